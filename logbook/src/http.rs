@@ -1,0 +1,327 @@
+//! The HTTP API: routes, validation, JSON errors, and request metrics.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Deserialize;
+use serde_json::json;
+use tower_http::catch_panic::CatchPanicLayer;
+
+use crate::build_info;
+use crate::config::Secret;
+use crate::storage::{NewEntry, Storage, StorageError};
+
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+pub const MAX_TEXT_CHARS: usize = 10_000;
+pub const MAX_TAGS: usize = 16;
+pub const MAX_TAG_CHARS: usize = 64;
+pub const DEFAULT_PAGE: u32 = 50;
+pub const MAX_PAGE: u32 = 500;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub storage: Storage,
+    pub draining: Arc<AtomicBool>,
+    pub api_token: Option<Secret>,
+    pub metrics: PrometheusHandle,
+    pub started: Instant,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/api/entries", get(list_entries).post(append_entry))
+        .route("/api/entries/{id}", get(get_entry))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/version", get(version))
+        .route("/metrics", get(metrics))
+        .method_not_allowed_fallback(method_not_allowed)
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(CatchPanicLayer::custom(panic_response))
+        // Outermost, so 404s, 405s, 413s and panics are all counted.
+        .layer(middleware::from_fn(track_request))
+        .with_state(state)
+}
+
+/// An error answer: a status and a JSON body `{"error": code, "message": text}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError { status, code, message: message.into() }
+    }
+
+    fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({ "error": self.code, "message": self.message }))).into_response()
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        let code = match rejection.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+            _ => "invalid_body",
+        };
+        let status =
+            if rejection.status().is_client_error() { rejection.status() } else { StatusCode::BAD_REQUEST };
+        ApiError::new(status, code, rejection.body_text())
+    }
+}
+
+impl From<StorageError> for ApiError {
+    fn from(e: StorageError) -> Self {
+        match e {
+            StorageError::Closed => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                "the service is shutting down; retry against another instance",
+            ),
+            other => {
+                tracing::error!(error = %other, "storage error");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "storage_unavailable",
+                    "storage failed; retry later",
+                )
+            }
+        }
+    }
+}
+
+/// `axum::Json`, with rejections turned into our JSON errors.
+pub struct JsonBody<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let Json(value) = Json::<T>::from_request(req, state).await?;
+        Ok(JsonBody(value))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AppendRequest {
+    text: String,
+    #[serde(default)]
+    tags: Vec<String>,
+}
+
+async fn append_entry(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<JsonBody<AppendRequest>, ApiError>,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let JsonBody(request) = body?;
+    let entry = validate(request)?;
+    let stored = state.storage.append(entry).await?;
+    let location = HeaderValue::from_str(&format!("/api/entries/{}", stored.id))
+        .unwrap_or_else(|_| HeaderValue::from_static("/api/entries"));
+    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(stored)).into_response())
+}
+
+fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(token) = &state.api_token else { return Ok(()) };
+    let presented = headers.get(header::AUTHORIZATION).and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+    match presented {
+        Some(candidate) if token.matches(candidate) => Ok(()),
+        _ => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "writes need the header Authorization: Bearer <LOGBOOK_API_TOKEN>",
+        )),
+    }
+}
+
+fn validate(request: AppendRequest) -> Result<NewEntry, ApiError> {
+    if request.text.trim().is_empty() {
+        return Err(ApiError::bad_request("invalid_text", "text must not be empty"));
+    }
+    let chars = request.text.chars().count();
+    if chars > MAX_TEXT_CHARS {
+        return Err(ApiError::bad_request(
+            "invalid_text",
+            format!("text is {chars} characters; the limit is {MAX_TEXT_CHARS}"),
+        ));
+    }
+    if request.tags.len() > MAX_TAGS {
+        return Err(ApiError::bad_request("invalid_tags", format!("at most {MAX_TAGS} tags are allowed")));
+    }
+    for tag in &request.tags {
+        let len = tag.chars().count();
+        if len == 0 || len > MAX_TAG_CHARS || tag.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(ApiError::bad_request(
+                "invalid_tags",
+                format!("each tag must be 1 to {MAX_TAG_CHARS} characters with no whitespace"),
+            ));
+        }
+    }
+    Ok(NewEntry { text: request.text, tags: request.tags })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListParams {
+    after: Option<i64>,
+    limit: Option<u32>,
+}
+
+async fn list_entries(
+    State(state): State<AppState>,
+    params: Result<Query<ListParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(params) = params.map_err(|e| {
+        ApiError::bad_request(
+            "invalid_query",
+            format!("{}; expected after=<id ≥ 0> and limit=<1..{MAX_PAGE}>", e.body_text()),
+        )
+    })?;
+    let after = params.after.unwrap_or(0);
+    if after < 0 {
+        return Err(ApiError::bad_request("invalid_query", "after must be 0 or a positive entry id"));
+    }
+    let limit = params.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::bad_request("invalid_query", format!("limit must be from 1 to {MAX_PAGE}")));
+    }
+    let entries = state.storage.list(after, limit).await?;
+    // A full page may have more behind it; the client continues from the last id.
+    let next_after = (entries.len() == limit as usize).then(|| entries.last().map(|e| e.id)).flatten();
+    Ok(Json(json!({ "entries": entries, "next_after": next_after })).into_response())
+}
+
+async fn get_entry(
+    State(state): State<AppState>,
+    id: Result<Path<i64>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let id = match id {
+        Ok(Path(id)) if id > 0 => id,
+        _ => return Err(ApiError::bad_request("invalid_id", "the entry id must be a positive integer")),
+    };
+    match state.storage.get(id).await? {
+        Some(entry) => Ok(Json(entry).into_response()),
+        None => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no entry with id {id}"))),
+    }
+}
+
+async fn healthz() -> Response {
+    Json(json!({ "status": "ok" })).into_response()
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.draining.load(Ordering::SeqCst) {
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "draining" }))).into_response();
+    }
+    if !state.storage.ready().await {
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "storage_unavailable" })))
+            .into_response();
+    }
+    Json(json!({ "status": "ready" })).into_response()
+}
+
+async fn version(State(state): State<AppState>) -> Response {
+    Json(json!({
+        "version": build_info::VERSION,
+        "revision": build_info::REVISION,
+        "build_time": build_info::BUILD_TIME,
+        "uptime_seconds": state.started.elapsed().as_secs(),
+    }))
+    .into_response()
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render())
+        .into_response()
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+}
+
+async fn method_not_allowed(method: Method) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not allowed on this route"),
+    )
+}
+
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    // The panic itself is logged by the panic hook, through tracing.
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error").into_response()
+}
+
+/// Decrements the in-flight gauge however the request ends, cancellation included.
+struct InFlight;
+
+impl InFlight {
+    fn start() -> Self {
+        metrics::gauge!("logbook_http_requests_in_flight").increment(1.0);
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics::gauge!("logbook_http_requests_in_flight").decrement(1.0);
+    }
+}
+
+/// Counts and times every request, labelled by route template (never the raw path, which
+/// could carry ids or secrets), and writes one access log line without query or headers.
+async fn track_request(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let _in_flight = InFlight::start();
+    let method = method_label(request.method());
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let response = next.run(request).await;
+    let elapsed = started.elapsed();
+    let status = response.status().as_u16();
+    metrics::counter!("logbook_http_requests_total",
+        "method" => method, "route" => route.clone(), "status" => status.to_string())
+    .increment(1);
+    metrics::histogram!("logbook_http_request_duration_seconds", "method" => method, "route" => route.clone())
+        .record(elapsed.as_secs_f64());
+    tracing::info!(method, route, status, duration_us = elapsed.as_micros() as u64, "request");
+    response
+}
+
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}

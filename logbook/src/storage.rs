@@ -1,0 +1,435 @@
+//! Embedded SQLite storage.
+//!
+//! One writer thread owns the only read-write connection. Appends queue up while the
+//! previous commit is syncing and are committed together in one durable transaction
+//! (group commit), so throughput grows with concurrency while every acknowledged entry
+//! is on disk. Reads use their own connections, which WAL mode never blocks.
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+
+/// Identifies a logbook database file (`PRAGMA application_id`), so foreign files are refused.
+pub const APPLICATION_ID: i32 = 0x4C42_4B31; // "LBK1"
+
+/// Schema migrations, applied in order; `PRAGMA user_version` records how many have run.
+const MIGRATIONS: &[&str] = &[
+    // 1: the journal itself.
+    "CREATE TABLE entries (
+         id         INTEGER PRIMARY KEY AUTOINCREMENT,
+         text       TEXT    NOT NULL,
+         tags       TEXT    NOT NULL DEFAULT '[]',
+         created_at TEXT    NOT NULL
+     );",
+];
+
+/// The most appends committed in one transaction.
+const MAX_BATCH: usize = 256;
+/// Appends waiting for the writer; beyond this, handlers wait (backpressure).
+const QUEUE_DEPTH: usize = 4096;
+const READERS: usize = 2;
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Entry {
+    pub id: i64,
+    pub text: String,
+    pub tags: Vec<String>,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewEntry {
+    pub text: String,
+    pub tags: Vec<String>,
+}
+
+#[derive(Debug)]
+pub enum StorageError {
+    /// The writer is shutting down or gone; the entry was not stored.
+    Closed,
+    /// The file is not one this build can serve (foreign, or a newer schema).
+    Refused(String),
+    Io(std::io::Error),
+    Sqlite(rusqlite::Error),
+}
+
+impl std::fmt::Display for StorageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StorageError::Closed => f.write_str("storage is shut down"),
+            StorageError::Refused(why) => f.write_str(why),
+            StorageError::Io(e) => write!(f, "{e}"),
+            StorageError::Sqlite(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for StorageError {}
+
+impl From<rusqlite::Error> for StorageError {
+    fn from(e: rusqlite::Error) -> Self {
+        StorageError::Sqlite(e)
+    }
+}
+
+type Reply = oneshot::Sender<Result<Entry, StorageError>>;
+
+enum Command {
+    Append(NewEntry, Reply),
+    Close,
+}
+
+/// Handle shared by request handlers. Cheap to clone.
+#[derive(Clone)]
+pub struct Storage {
+    writer: mpsc::Sender<Command>,
+    readers: std::sync::Arc<Readers>,
+}
+
+struct Readers {
+    conns: Vec<Mutex<Connection>>,
+    next: AtomicUsize,
+}
+
+/// Owns the writer thread; `close` commits what is queued, checkpoints and joins it.
+pub struct WriterHandle {
+    writer: mpsc::Sender<Command>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Opens (creating if needed) the database, migrates it and starts the writer thread.
+pub fn open(path: &Path) -> Result<(Storage, WriterHandle), StorageError> {
+    let mut conn = open_writer(path)?;
+    migrate(&mut conn)?;
+    let conns = (0..READERS).map(|_| open_reader(path).map(Mutex::new)).collect::<Result<Vec<_>, _>>()?;
+    let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+    let thread = std::thread::Builder::new()
+        .name("logbook-writer".into())
+        .spawn(move || writer_loop(conn, rx))
+        .map_err(StorageError::Io)?;
+    let storage = Storage {
+        writer: tx.clone(),
+        readers: std::sync::Arc::new(Readers { conns, next: AtomicUsize::new(0) }),
+    };
+    Ok((storage, WriterHandle { writer: tx, thread: Some(thread) }))
+}
+
+fn open_writer(path: &Path) -> Result<Connection, StorageError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StorageError::Refused(format!("journal_mode is {mode}, WAL is required")));
+    }
+    // FULL: in WAL mode, every commit syncs the log before it returns.
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    Ok(conn)
+}
+
+fn open_reader(path: &Path) -> Result<Connection, rusqlite::Error> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StorageError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let app_id: i32 = tx.query_row("PRAGMA application_id", [], |r| r.get(0))?;
+    let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let version = usize::try_from(version).unwrap_or(usize::MAX);
+    let has_tables: bool = tx.query_row("SELECT count(*) > 0 FROM sqlite_schema", [], |r| r.get(0))?;
+    if app_id != APPLICATION_ID && (app_id != 0 || has_tables) {
+        return Err(StorageError::Refused("the file is an SQLite database but not a logbook one".into()));
+    }
+    if version > MIGRATIONS.len() {
+        return Err(StorageError::Refused(format!(
+            "the database schema is version {version}, newer than this build knows ({})",
+            MIGRATIONS.len()
+        )));
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", index as i64 + 1)?;
+        tracing::info!(version = index + 1, "applied schema migration");
+    }
+    tx.pragma_update(None, "application_id", APPLICATION_ID)?;
+    Ok(tx.commit()?)
+}
+
+fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Command>) {
+    let mut batch: Vec<(NewEntry, Reply)> = Vec::with_capacity(MAX_BATCH);
+    let mut closing = false;
+    while !closing {
+        match rx.blocking_recv() {
+            Some(Command::Append(entry, reply)) => batch.push((entry, reply)),
+            Some(Command::Close) | None => break,
+        }
+        // Whatever queued up during the last commit goes into this one.
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(Command::Append(entry, reply)) => batch.push((entry, reply)),
+                Ok(Command::Close) => {
+                    closing = true;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        commit_batch(&mut conn, &mut batch);
+    }
+    // Anything still queued after Close is refused, so no caller waits forever.
+    rx.close();
+    while let Ok(cmd) = rx.try_recv() {
+        if let Command::Append(_, reply) = cmd {
+            let _ = reply.send(Err(StorageError::Closed));
+        }
+    }
+    // Fold the WAL into the main file. Never block on a reader that outlived the drain.
+    let _ = conn.busy_timeout(Duration::ZERO);
+    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
+        tracing::warn!(error = %e, "final checkpoint skipped; the WAL will be replayed at next start");
+    }
+    if let Err((_, e)) = conn.close() {
+        tracing::warn!(error = %e, "closing the database failed");
+    }
+}
+
+fn commit_batch(conn: &mut Connection, batch: &mut Vec<(NewEntry, Reply)>) {
+    metrics::histogram!("logbook_write_batch_size").record(batch.len() as f64);
+    match insert_all(conn, batch) {
+        Ok(stored) => {
+            metrics::counter!("logbook_entries_appended_total").increment(stored.len() as u64);
+            for ((_, reply), entry) in batch.drain(..).zip(stored) {
+                let _ = reply.send(Ok(entry));
+            }
+        }
+        Err(e) => {
+            metrics::counter!("logbook_storage_errors_total", "op" => "append").increment(1);
+            tracing::error!(error = %e, entries = batch.len(), "append transaction failed");
+            for (_, reply) in batch.drain(..) {
+                let _ = reply.send(Err(StorageError::Sqlite(clone_error(&e))));
+            }
+        }
+    }
+}
+
+fn clone_error(e: &rusqlite::Error) -> rusqlite::Error {
+    match e {
+        rusqlite::Error::SqliteFailure(code, msg) => rusqlite::Error::SqliteFailure(*code, msg.clone()),
+        other => rusqlite::Error::InvalidParameterName(other.to_string()),
+    }
+}
+
+fn insert_all(conn: &mut Connection, batch: &[(NewEntry, Reply)]) -> Result<Vec<Entry>, rusqlite::Error> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut stored = Vec::with_capacity(batch.len());
+    {
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO entries (text, tags, created_at)
+             VALUES (?1, ?2, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+             RETURNING id, created_at",
+        )?;
+        for (entry, _) in batch {
+            let tags = serde_json::to_string(&entry.tags).unwrap_or_else(|_| "[]".into());
+            let (id, created_at) =
+                insert.query_row(params![entry.text, tags], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            stored.push(Entry { id, text: entry.text.clone(), tags: entry.tags.clone(), created_at });
+        }
+    }
+    tx.commit()?;
+    Ok(stored)
+}
+
+impl Storage {
+    /// Appends one entry; returns once it is durably committed.
+    pub async fn append(&self, entry: NewEntry) -> Result<Entry, StorageError> {
+        let (reply, response) = oneshot::channel();
+        self.writer.send(Command::Append(entry, reply)).await.map_err(|_| StorageError::Closed)?;
+        response.await.map_err(|_| StorageError::Closed)?
+    }
+
+    pub async fn get(&self, id: i64) -> Result<Option<Entry>, StorageError> {
+        self.read(move |conn| {
+            conn.prepare_cached("SELECT id, text, tags, created_at FROM entries WHERE id = ?1")?
+                .query_row([id], row_to_entry)
+                .optional()
+        })
+        .await
+    }
+
+    /// Entries with an id above `after`, oldest first (keyset pagination).
+    pub async fn list(&self, after: i64, limit: u32) -> Result<Vec<Entry>, StorageError> {
+        self.read(move |conn| {
+            conn.prepare_cached(
+                "SELECT id, text, tags, created_at FROM entries WHERE id > ?1 ORDER BY id LIMIT ?2",
+            )?
+            .query_map(params![after, limit], row_to_entry)?
+            .collect()
+        })
+        .await
+    }
+
+    /// True when the writer is running and a read answers.
+    pub async fn ready(&self) -> bool {
+        !self.writer.is_closed() && self.read(|conn| conn.query_row("SELECT 1", [], |_| Ok(()))).await.is_ok()
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        query: impl FnOnce(&Connection) -> Result<T, rusqlite::Error> + Send + 'static,
+    ) -> Result<T, StorageError> {
+        let readers = self.readers.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let index = readers.next.fetch_add(1, Ordering::Relaxed) % readers.conns.len();
+            let conn = readers.conns[index].lock().unwrap_or_else(|p| p.into_inner());
+            query(&conn)
+        })
+        .await
+        .map_err(|_| StorageError::Closed)?;
+        result.map_err(|e| {
+            metrics::counter!("logbook_storage_errors_total", "op" => "read").increment(1);
+            StorageError::Sqlite(e)
+        })
+    }
+}
+
+fn row_to_entry(row: &rusqlite::Row<'_>) -> Result<Entry, rusqlite::Error> {
+    let tags: String = row.get(2)?;
+    Ok(Entry {
+        id: row.get(0)?,
+        text: row.get(1)?,
+        tags: serde_json::from_str(&tags).unwrap_or_default(),
+        created_at: row.get(3)?,
+    })
+}
+
+impl WriterHandle {
+    /// Commits every append queued so far, refuses later ones, checkpoints and closes.
+    pub fn close(mut self) {
+        let _ = self.writer.blocking_send(Command::Close);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The outcome of a backup, for the operator.
+pub struct BackupReport {
+    pub entries: i64,
+    pub bytes: u64,
+}
+
+/// Copies the live database at `source` to `dest` as one consistent snapshot.
+///
+/// The copy is written beside `dest`, checked with `PRAGMA integrity_check` and renamed into
+/// place, so `dest` is either absent or a complete, verified database. Writers are not blocked.
+pub fn backup(source: &Path, dest: &Path) -> Result<BackupReport, String> {
+    if dest.exists() {
+        return Err(format!("{} already exists; choose a new file name", dest.display()));
+    }
+    let src = Connection::open_with_flags(source, OpenFlags::SQLITE_OPEN_READ_WRITE)
+        .map_err(|e| format!("cannot open {}: {e}", source.display()))?;
+    src.busy_timeout(Duration::from_secs(5)).map_err(|e| e.to_string())?;
+    let app_id: i32 = src
+        .query_row("PRAGMA application_id", [], |r| r.get(0))
+        .map_err(|e| format!("{} is not a readable SQLite database: {e}", source.display()))?;
+    if app_id != APPLICATION_ID {
+        return Err(format!("{} is not a logbook database", source.display()));
+    }
+    let partial = dest.with_extension("partial");
+    let _ = std::fs::remove_file(&partial);
+    let result = (|| {
+        let mut dst =
+            Connection::open(&partial).map_err(|e| format!("cannot create {}: {e}", partial.display()))?;
+        {
+            let copy = rusqlite::backup::Backup::new(&src, &mut dst).map_err(|e| e.to_string())?;
+            // One step copies every page under a single read transaction: a consistent snapshot.
+            copy.step(-1).map_err(|e| format!("backup failed: {e}"))?;
+        }
+        dst.pragma_update(None, "journal_mode", "DELETE").map_err(|e| e.to_string())?;
+        let report = verify(&dst)?;
+        dst.close().map_err(|(_, e)| e.to_string())?;
+        std::fs::File::open(&partial).and_then(|f| f.sync_all()).map_err(|e| e.to_string())?;
+        std::fs::rename(&partial, dest)
+            .map_err(|e| format!("cannot move the copy to {}: {e}", dest.display()))?;
+        let bytes = std::fs::metadata(dest).map(|m| m.len()).unwrap_or(0);
+        Ok(BackupReport { bytes, ..report })
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    result
+}
+
+/// Checks a database file's integrity and counts its entries.
+pub fn verify(conn: &Connection) -> Result<BackupReport, String> {
+    let integrity: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .map_err(|e| format!("integrity check failed: {e}"))?;
+    if integrity != "ok" {
+        return Err(format!("integrity check failed: {integrity}"));
+    }
+    let entries = conn
+        .query_row("SELECT count(*) FROM entries", [], |r| r.get(0))
+        .map_err(|e| format!("cannot count entries: {e}"))?;
+    Ok(BackupReport { entries, bytes: 0 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_db(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("logbook-storage-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join("test.db")
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn appends_read_back_in_order_and_survive_reopen() {
+        let path = temp_db("reopen");
+        let (storage, writer) = open(&path).unwrap();
+        for i in 0..5 {
+            let e = storage
+                .append(NewEntry { text: format!("entry {i}"), tags: vec!["t".into()] })
+                .await
+                .unwrap();
+            assert_eq!(e.id, i + 1);
+        }
+        let page = storage.list(2, 2).await.unwrap();
+        assert_eq!(page.iter().map(|e| e.id).collect::<Vec<_>>(), vec![3, 4]);
+        tokio::task::spawn_blocking(move || writer.close()).await.unwrap();
+        assert!(matches!(
+            storage.append(NewEntry { text: "late".into(), tags: vec![] }).await,
+            Err(StorageError::Closed)
+        ));
+
+        let (storage, writer) = open(&path).unwrap();
+        assert_eq!(storage.get(5).await.unwrap().unwrap().text, "entry 4");
+        assert_eq!(storage.get(6).await.unwrap(), None);
+        tokio::task::spawn_blocking(move || writer.close()).await.unwrap();
+    }
+
+    #[test]
+    fn foreign_sqlite_files_are_refused() {
+        let path = temp_db("foreign");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch("CREATE TABLE other (x)").unwrap();
+        drop(conn);
+        let err = open(&path).err().expect("a foreign database must be refused");
+        assert!(err.to_string().contains("not a logbook"), "{err}");
+    }
+}

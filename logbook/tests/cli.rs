@@ -1,0 +1,158 @@
+//! The binary's command line: configuration errors, `healthcheck` and `backup`.
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use support::{Server, TempDir, open_db, run};
+
+const EXIT_CONFIG: i32 = 78;
+
+#[test]
+fn each_bad_variable_stops_startup_with_one_clear_line() {
+    let dir = TempDir::new("config");
+    let db = dir.path().join("ok.db");
+    let db = db.to_str().unwrap();
+    let cases: &[(&str, &str, &str)] = &[
+        ("LOGBOOK_PORT", "http", "expected an integer from 0 to 65535"),
+        ("LOGBOOK_PORT", "-1", "expected an integer"),
+        ("LOGBOOK_PORT", "99999", "expected an integer"),
+        ("LOGBOOK_SHUTDOWN_TIMEOUT", "forever", "expected a duration"),
+        ("LOGBOOK_SHUTDOWN_TIMEOUT", "0", "above zero"),
+        ("LOGBOOK_DRAIN_DELAY", "1h", "expected a duration"),
+        ("LOGBOOK_LOG_FORMAT", "yaml", "expected json or text"),
+        ("LOGBOOK_BIND", "everywhere", "expected an IP address"),
+        ("LOGBOOK_DB_PATH", "/nonexistent-dir/logbook.db", "expected a writable file path"),
+        ("LOGBOOK_DB_PATH", "/proc/logbook.db", "expected a writable file path"),
+        ("LOGBOOK_DB_PATH", dir.path().to_str().unwrap(), "expected a writable file path"),
+    ];
+    for (var, value, expected) in cases {
+        let env = [("LOGBOOK_DB_PATH", db), ("LOGBOOK_PORT", "0"), (var, value)];
+        let (code, stdout, stderr) = run(&[], &env);
+        assert_eq!(code, EXIT_CONFIG, "{var}={value}: stderr {stderr}");
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{var}={value}: expected one line, got {stderr:?}");
+        let line = lines[0];
+        assert!(line.contains(var) && line.contains(value) && line.contains(expected), "{line}");
+        assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"), "{stderr}");
+        let _ = stdout;
+    }
+}
+
+#[test]
+fn a_taken_port_is_named() {
+    let server = Server::start(&[]);
+    let dir = TempDir::new("port");
+    let db = dir.path().join("x.db");
+    let port = server.addr.port().to_string();
+    let env =
+        [("LOGBOOK_DB_PATH", db.to_str().unwrap()), ("LOGBOOK_PORT", &port), ("LOGBOOK_BIND", "127.0.0.1")];
+    let (code, _, stderr) = run(&[], &env);
+    assert_eq!(code, EXIT_CONFIG, "{stderr}");
+    assert!(stderr.contains(&format!("LOGBOOK_PORT={port}")) && stderr.contains("in use"), "{stderr}");
+}
+
+#[test]
+fn a_secret_in_a_bad_config_is_not_echoed() {
+    let (code, _, stderr) =
+        run(&[], &[("LOGBOOK_API_TOKEN", "s3cr3t-value"), ("LOGBOOK_API_TOKEN_FILE", "/x")]);
+    assert_eq!(code, EXIT_CONFIG);
+    assert!(stderr.contains("LOGBOOK_API_TOKEN") && !stderr.contains("s3cr3t-value"), "{stderr}");
+}
+
+#[test]
+fn unknown_arguments_are_a_usage_error() {
+    let (code, _, stderr) = run(&["frobnicate"], &[]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("Usage:"));
+    let (code, stdout, _) = run(&["--help"], &[]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("logbook healthcheck"));
+}
+
+#[test]
+fn healthcheck_reports_the_local_service() {
+    let server = Server::start(&[]);
+    let port = server.addr.port().to_string();
+    let up = run(&["healthcheck"], &[("LOGBOOK_PORT", &port)]);
+    assert_eq!(up.0, 0, "{up:?}");
+    drop(server);
+    let (code, _, stderr) = run(&["healthcheck"], &[("LOGBOOK_PORT", &port)]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("cannot connect"), "{stderr}");
+}
+
+#[test]
+fn backup_under_concurrent_writes_is_consistent_and_verified() {
+    let server = Server::start(&[]);
+    for i in 0..50 {
+        server.post_json("/api/entries", &format!(r#"{{"text":"seed {i}"}}"#));
+    }
+    let writing = Arc::new(AtomicBool::new(true));
+    let writer = {
+        let (writing, addr) = (writing.clone(), server.addr);
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while writing.load(Ordering::Relaxed) {
+                let body = format!(r#"{{"text":"during backup {n}"}}"#);
+                let r = support::request(
+                    addr,
+                    "POST",
+                    "/api/entries",
+                    &[("Content-Type", "application/json")],
+                    Some(body.as_bytes()),
+                )
+                .unwrap();
+                assert_eq!(r.status, 201);
+                n += 1;
+            }
+            n
+        })
+    };
+    let out = TempDir::new("backup");
+    let db = server.db.to_str().unwrap().to_owned();
+    let mut copies = Vec::new();
+    for i in 0..3 {
+        let dest = out.path().join(format!("copy-{i}.db"));
+        let (code, stdout, stderr) =
+            run(&["backup", "--to", dest.to_str().unwrap()], &[("LOGBOOK_DB_PATH", &db)]);
+        assert_eq!(code, 0, "{stderr}");
+        assert!(stdout.starts_with("backup: ") && stdout.contains(" entries, "), "{stdout}");
+        copies.push(dest);
+    }
+    writing.store(false, Ordering::Relaxed);
+    let during = writer.join().unwrap();
+    assert!(during > 0, "no write ran during the backups");
+
+    for copy in &copies {
+        let conn = open_db(copy);
+        let check: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+        assert_eq!(check, "ok");
+        // A snapshot: ids are exactly 1..=count with no gaps.
+        let (count, max): (i64, i64) = conn
+            .query_row("SELECT count(*), max(id) FROM entries", [], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap();
+        assert!(count >= 50);
+        assert_eq!(count, max);
+        let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+        assert_eq!(mode, "delete", "a backup is one self-contained file");
+    }
+    assert!(!out.path().join("copy-0.partial").exists());
+
+    // Never overwrite, and refuse what is not a logbook database.
+    let (code, _, stderr) =
+        run(&["backup", "--to", copies[0].to_str().unwrap()], &[("LOGBOOK_DB_PATH", &db)]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("already exists"), "{stderr}");
+    let foreign = out.path().join("foreign.db");
+    open_db(&foreign).execute_batch("CREATE TABLE t (x)").unwrap();
+    let dest = out.path().join("never.db");
+    let (code, _, stderr) =
+        run(&["backup", "--to", dest.to_str().unwrap()], &[("LOGBOOK_DB_PATH", foreign.to_str().unwrap())]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("not a logbook database"), "{stderr}");
+    assert!(!dest.exists());
+}
