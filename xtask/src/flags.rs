@@ -20,6 +20,23 @@ pub struct Xtask {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     Ci(Ci),
+    Bench(Bench),
+}
+
+/// Measure the service: GET and durable POST rates with wrk, p50/p99 latency, the same
+/// disk's raw SQLite rate (and the ratio), start-up time and idle stop time.
+///
+/// Builds a release binary and runs it on a free loopback port with a fresh database.
+/// Needs wrk on PATH.
+#[derive(Debug, Args)]
+pub struct Bench {
+    /// Seconds for each load run (GET, POST, raw SQLite).
+    #[arg(long, default_value_t = 10)]
+    pub duration: u32,
+
+    /// Concurrent HTTP connections for the load runs.
+    #[arg(long, default_value_t = 32)]
+    pub connections: u32,
 }
 
 /// Run the CI pipeline, exactly as GitHub Actions runs it, and summarise each step.
@@ -67,7 +84,7 @@ mod tests {
     #[test]
     fn ci_steps_parse_comma_separated() {
         let flags = Xtask::try_parse_from(["xtask", "ci", "--skip", "fmt,clippy"]).unwrap();
-        let Command::Ci(ci) = flags.command;
+        let Command::Ci(ci) = flags.command else { panic!("expected ci") };
         assert_eq!(ci.skip, vec![CiStep::Fmt, CiStep::Clippy]);
         assert!(Xtask::try_parse_from(["xtask", "ci", "--skip", "fmt", "--only", "test"]).is_err());
     }

@@ -1,7 +1,9 @@
 //! `cargo xtask`: the logbook project's operations runner. This file only dispatches.
 
+mod bench;
 mod ci;
 mod flags;
+mod http;
 mod process;
 
 use std::path::{Path, PathBuf};
@@ -16,6 +18,7 @@ fn main() -> anyhow::Result<()> {
     sh.change_dir(project_root());
     match flags.command {
         flags::Command::Ci(cmd) => cmd.run(&sh),
+        flags::Command::Bench(cmd) => cmd.run(&sh),
     }
 }
 
