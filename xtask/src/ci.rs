@@ -6,24 +6,29 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 use xshell::Shell;
 
-use crate::flags::{Ci, CiStep};
+use crate::flags::{Build, Builder, Ci, CiStep, Smoke};
 use crate::process::{self, Cmd};
 
 impl CiStep {
-    pub const ALL: &[CiStep] = &[CiStep::Fmt, CiStep::Clippy, CiStep::Test];
+    pub const ALL: &[CiStep] =
+        &[CiStep::Fmt, CiStep::Clippy, CiStep::Test, CiStep::BuildClassic, CiStep::Build, CiStep::Smoke];
 
     pub fn name(self) -> &'static str {
         match self {
             CiStep::Fmt => "fmt",
             CiStep::Clippy => "clippy",
             CiStep::Test => "test",
+            CiStep::BuildClassic => "build-classic",
+            CiStep::Build => "build",
+            CiStep::Smoke => "smoke",
         }
     }
 
     /// Steps that must have passed for this one to be worth running.
     fn needs(self) -> &'static [CiStep] {
         match self {
-            CiStep::Fmt | CiStep::Clippy | CiStep::Test => &[],
+            CiStep::Fmt | CiStep::Clippy | CiStep::Test | CiStep::BuildClassic | CiStep::Build => &[],
+            CiStep::Smoke => &[CiStep::Build],
         }
     }
 
@@ -32,6 +37,9 @@ impl CiStep {
             CiStep::Fmt => process::run(sh, &fmt_check()),
             CiStep::Clippy => process::run(sh, &clippy()),
             CiStep::Test => process::run(sh, &tests(nextest_installed(sh))),
+            CiStep::BuildClassic => Build { builder: Builder::Classic }.run(sh),
+            CiStep::Build => Build { builder: Builder::Buildkit }.run(sh),
+            CiStep::Smoke => Smoke { no_build: true }.run(sh),
         }
     }
 }
@@ -133,13 +141,14 @@ fn seconds(took: Option<Duration>) -> String {
 }
 
 fn summary_table(reports: &[StepReport], total: Duration) -> String {
-    let mut out = String::from("\nstep      result   time     note\n");
+    let width = CiStep::ALL.iter().map(|s| s.name().len()).max().unwrap_or(0);
+    let mut out = format!("\n{:<width$}  result   time     note\n", "step");
     for r in reports {
         let (result, note) = outcome_words(&r.outcome);
-        let line = format!("{:<9} {:<8} {:<8} {}", r.step.name(), result, seconds(r.took), note);
+        let line = format!("{:<width$}  {:<8} {:<8} {}", r.step.name(), result, seconds(r.took), note);
         let _ = writeln!(out, "{}", line.trim_end());
     }
-    let _ = writeln!(out, "{:<9} {:<8} {}", "total", "", seconds(Some(total)));
+    let _ = writeln!(out, "{:<width$}  {:<8} {}", "total", "", seconds(Some(total)));
     out
 }
 
@@ -188,9 +197,9 @@ mod tests {
             StepReport { step: CiStep::Test, outcome: Outcome::Skipped("--skip".into()), took: None },
         ];
         let table = summary_table(&reports, Duration::from_secs(5));
-        assert!(table.contains("fmt       pass     1.5s"), "{table}");
-        assert!(table.contains("clippy    FAIL     3.0s     `cargo clippy` failed\n"), "{table}");
-        assert!(table.contains("test      skipped  -        --skip"), "{table}");
+        assert!(table.contains("\nfmt            pass     1.5s\n"), "{table}");
+        assert!(table.contains("\nclippy         FAIL     3.0s     `cargo clippy` failed\n"), "{table}");
+        assert!(table.contains("\ntest           skipped  -        --skip\n"), "{table}");
         let md = summary_markdown(&reports);
         assert!(md.contains("| clippy | FAIL | 3.0s | `cargo clippy` failed |"), "{md}");
     }

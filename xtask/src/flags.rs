@@ -19,8 +19,98 @@ pub struct Xtask {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    Build(Build),
+    Up(Up),
+    Down(Down),
+    Status(Status),
+    Logs(Logs),
+    Smoke(Smoke),
     Ci(Ci),
     Bench(Bench),
+}
+
+/// Build the image: tagged `logbook:<git sha>` (with `-dirty` for a modified tree) and
+/// `logbook:latest`, with OCI labels. Prints its size and the build time.
+///
+/// RUST_IMAGE in the environment overrides the build's base image (for mirrors).
+#[derive(Debug, Args)]
+pub struct Build {
+    /// Which image builder to use: BuildKit, or the classic builder (for engines without
+    /// BuildKit). The Dockerfile supports both.
+    #[arg(long, value_enum, default_value_t = Builder::Buildkit)]
+    pub builder: Builder,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Builder {
+    /// BuildKit (DOCKER_BUILDKIT=1)
+    Buildkit,
+    /// the classic builder (DOCKER_BUILDKIT=0)
+    Classic,
+}
+
+/// Start the stack and return once the service is ready; prints its URL and image.
+///
+/// Builds the image first when this tree's image does not exist yet. If the service does
+/// not become ready within the timeout, prints its last logs and health log, stops what it
+/// started (keeping the data volume) and exits non-zero. The host port comes from
+/// LOGBOOK_HOST_PORT (environment or .env; default 8080).
+#[derive(Debug, Args)]
+pub struct Up {
+    /// Use the existing image for this tree; fail if it has not been built.
+    #[arg(long, conflicts_with = "tag")]
+    pub no_build: bool,
+
+    /// Run this image tag (e.g. 0123456789ab, or logbook:0123456789ab) instead of this tree's.
+    #[arg(long)]
+    pub tag: Option<String>,
+
+    /// Seconds to wait for /readyz to answer 200.
+    #[arg(long, default_value_t = 60)]
+    pub timeout: u64,
+}
+
+/// Stop the stack. The data volume is kept unless --volumes is given.
+#[derive(Debug, Args)]
+pub struct Down {
+    /// Also delete the volumes, and every entry in them. Needs --yes, or a confirmation
+    /// typed on a terminal.
+    #[arg(long)]
+    pub volumes: bool,
+
+    /// Confirm --volumes without asking.
+    #[arg(long, requires = "volumes")]
+    pub yes: bool,
+}
+
+/// Show the stack's containers: image tag, state, health and uptime.
+#[derive(Debug, Args)]
+pub struct Status {}
+
+/// Show the stack's logs.
+#[derive(Debug, Args)]
+pub struct Logs {
+    /// Only this service's logs (default: every service).
+    pub service: Option<String>,
+
+    /// Keep following new lines until Ctrl-C.
+    #[arg(short, long)]
+    pub follow: bool,
+
+    /// How many recent lines to show per container.
+    #[arg(long, default_value_t = 100)]
+    pub tail: u32,
+}
+
+/// Prove the image on the real engine, in a fresh, isolated stack (own project name,
+/// free port, own volume): health, readiness, version, a write/read round trip, metrics,
+/// persistence across restart, non-root user, Docker health, graceful stop, and that a
+/// broken image fails fast. Always tears down; prints the logs when a check fails.
+#[derive(Debug, Args)]
+pub struct Smoke {
+    /// Use the existing image for this tree; fail if it has not been built.
+    #[arg(long)]
+    pub no_build: bool,
 }
 
 /// Measure the service: GET and durable POST rates with wrk, p50/p99 latency, the same
@@ -63,6 +153,12 @@ pub enum CiStep {
     Clippy,
     /// the workspace tests (nextest when installed, else cargo test)
     Test,
+    /// cargo xtask build --builder classic: the Dockerfile still builds without BuildKit
+    BuildClassic,
+    /// cargo xtask build: the image, with BuildKit
+    Build,
+    /// cargo xtask smoke: the image on the real engine
+    Smoke,
 }
 
 #[cfg(test)]

@@ -1,10 +1,20 @@
 //! `cargo xtask`: the logbook project's operations runner. This file only dispatches.
 
 mod bench;
+mod build;
 mod ci;
+mod docker;
+mod down;
 mod flags;
 mod http;
+mod logs;
 mod process;
+mod project;
+mod smoke;
+mod stack;
+mod status;
+mod time;
+mod up;
 
 use std::path::{Path, PathBuf};
 
@@ -14,9 +24,16 @@ use clap::Parser;
 fn main() -> anyhow::Result<()> {
     let flags = flags::Xtask::parse();
     process::init(flags.dry_run);
+    process::install_interrupt_handler();
     let sh = xshell::Shell::new().context("cannot set up a shell")?;
     sh.change_dir(project_root());
     match flags.command {
+        flags::Command::Build(cmd) => cmd.run(&sh),
+        flags::Command::Up(cmd) => cmd.run(&sh),
+        flags::Command::Down(cmd) => cmd.run(&sh),
+        flags::Command::Status(cmd) => cmd.run(&sh),
+        flags::Command::Logs(cmd) => cmd.run(&sh),
+        flags::Command::Smoke(cmd) => cmd.run(&sh),
         flags::Command::Ci(cmd) => cmd.run(&sh),
         flags::Command::Bench(cmd) => cmd.run(&sh),
     }

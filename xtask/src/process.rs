@@ -39,14 +39,13 @@ impl Cmd {
         self
     }
 
-    #[allow(dead_code)] // first used by the image build
     pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.env.push((key.into(), value.into()));
         self
     }
 
     /// The argv as one vector, for assertions.
-    #[allow(dead_code)] // first used by the image build
+    #[cfg(test)]
     pub fn argv(&self) -> Vec<&str> {
         std::iter::once(self.program.as_str()).chain(self.args.iter().map(String::as_str)).collect()
     }
@@ -123,6 +122,9 @@ impl Runner {
         // Through std, so the child inherits stdin too (xshell would give it a null one).
         let mut command: std::process::Command = cmd.to_xshell(sh).into();
         let status = command.status().map_err(|e| spawn_error(cmd, &e))?;
+        if interrupted() {
+            bail!("interrupted during `{cmd}`");
+        }
         check_status(cmd, status)
     }
 
@@ -198,6 +200,29 @@ pub fn echo(cmd: &Cmd) {
     say(&format!("$ {cmd}"));
 }
 
+/// One plain line on stdout: a result the user asked for.
+#[allow(clippy::print_stdout)]
+pub fn result(line: &str) {
+    println!("{line}");
+}
+
+/// Set by SIGINT or SIGTERM, so long waits stop and RAII guards get to clean up.
+static INTERRUPTED: std::sync::LazyLock<std::sync::Arc<std::sync::atomic::AtomicBool>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// Turns the first Ctrl-C (or SIGTERM) into an error at the next wait, so cleanup runs;
+/// a second one exits at once.
+pub fn install_interrupt_handler() {
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        let _ = signal_hook::flag::register_conditional_shutdown(signal, 130, INTERRUPTED.clone());
+        let _ = signal_hook::flag::register(signal, INTERRUPTED.clone());
+    }
+}
+
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst)
+}
+
 /// One plain line on stderr: progress and diagnostics, never results.
 #[allow(clippy::print_stderr)]
 pub fn say(line: &str) {
@@ -220,6 +245,9 @@ pub fn wait_for<T>(
     });
     let mut last_line = Instant::now();
     let result = loop {
+        if interrupted() {
+            break Err(anyhow::anyhow!("interrupted while waiting for {what}"));
+        }
         match check() {
             Ok(Some(value)) => break Ok(value),
             Ok(None) => {}

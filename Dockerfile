@@ -1,0 +1,67 @@
+# The logbook image: a static binary on an empty base, run as a non-root user.
+# Builds with the classic builder and with BuildKit alike. Every base image is a build
+# argument with a public default, so mirrors and air-gapped registries work.
+ARG RUST_IMAGE=rust:1.95-slim-bookworm
+
+FROM ${RUST_IMAGE} AS build
+WORKDIR /src
+ENV CARGO_TERM_COLOR=never \
+    CARGO_INCREMENTAL=0 \
+    RUSTFLAGS="-C target-feature=+crt-static"
+
+# 1. Dependencies, in a layer of their own: manifests plus empty stand-in sources, so this
+#    layer is reused until Cargo.toml or Cargo.lock change.
+COPY Cargo.toml Cargo.lock ./
+COPY logbook/Cargo.toml logbook/
+COPY xtask/Cargo.toml xtask/
+RUN mkdir -p logbook/src xtask/src \
+ && echo 'fn main() {}' > logbook/src/main.rs \
+ && touch logbook/src/lib.rs \
+ && echo 'fn main() {}' > xtask/src/main.rs \
+ && target="$(rustc -vV | sed -n 's/^host: //p')" \
+ && cargo build --release --locked -p logbook --bin logbook --target "$target"
+
+# 2. The service itself. Build facts go in after the dependency layer, so changing them
+#    rebuilds only this crate.
+ARG VERSION=unknown
+ARG REVISION=unknown
+ARG CREATED=unknown
+COPY logbook/src logbook/src
+RUN touch logbook/src/main.rs logbook/src/lib.rs \
+ && target="$(rustc -vV | sed -n 's/^host: //p')" \
+ && LOGBOOK_GIT_REVISION="$REVISION" LOGBOOK_BUILD_TIME="$CREATED" \
+    cargo build --release --locked -p logbook --bin logbook --target "$target" \
+ && mkdir -p /rootfs/etc /rootfs/data /rootfs/tmp \
+ && cp "target/$target/release/logbook" /rootfs/logbook \
+ && echo 'logbook:x:10001:10001:logbook:/data:/sbin/nologin' > /rootfs/etc/passwd \
+ && echo 'logbook:x:10001:' > /rootfs/etc/group \
+ && chmod 1777 /rootfs/tmp \
+ && /rootfs/logbook version
+
+# 3. Runtime: the binary, a passwd entry for the non-root user, /tmp, and the data directory.
+FROM scratch
+COPY --from=build /rootfs/etc /etc
+COPY --from=build /rootfs/tmp /tmp
+COPY --from=build --chown=10001:10001 /rootfs/data /data
+COPY --from=build /rootfs/logbook /logbook
+USER 10001:10001
+ENV LOGBOOK_BIND=0.0.0.0 \
+    LOGBOOK_PORT=8080 \
+    LOGBOOK_DB_PATH=/data/logbook.db \
+    SQLITE_TMPDIR=/tmp
+VOLUME ["/data"]
+EXPOSE 8080
+HEALTHCHECK --interval=5s --timeout=3s --start-period=10s --retries=3 CMD ["/logbook", "healthcheck"]
+ENTRYPOINT ["/logbook"]
+
+ARG VERSION=unknown
+ARG REVISION=unknown
+ARG CREATED=unknown
+ARG SOURCE=https://github.com/logbook-dev/logbook
+LABEL org.opencontainers.image.title="logbook" \
+      org.opencontainers.image.description="An append-only journal over HTTP on embedded SQLite" \
+      org.opencontainers.image.licenses="MIT OR Apache-2.0" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.created="${CREATED}" \
+      org.opencontainers.image.source="${SOURCE}"

@@ -1,0 +1,16 @@
+//! `cargo xtask logs`: the stack's logs, optionally followed.
+
+use anyhow::Result;
+use xshell::Shell;
+
+use crate::docker::{self, Compose};
+use crate::flags::Logs;
+use crate::process;
+
+impl Logs {
+    pub fn run(self, sh: &Shell) -> Result<()> {
+        let compose = Compose::app(docker::connect(sh)?);
+        // Runs with the terminal's stdin, so Ctrl-C and paging behave as in a shell.
+        process::run(sh, &compose.logs(self.service.as_deref(), self.follow, Some(self.tail)))
+    }
+}

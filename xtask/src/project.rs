@@ -1,0 +1,11 @@
+//! The one block a team edits to adopt this layout for its own service.
+
+/// The service's crate and binary, the image repository, and the compose service name.
+pub const NAME: &str = "logbook";
+/// The port the service listens on inside the container.
+pub const CONTAINER_PORT: u16 = 8080;
+/// Host port when neither the environment nor `.env` sets `LOGBOOK_HOST_PORT`.
+pub const DEFAULT_HOST_PORT: u16 = 8080;
+/// The app stack's compose file, and its project name.
+pub const COMPOSE_FILE: &str = "docker-compose.yml";
+pub const COMPOSE_PROJECT: &str = NAME;

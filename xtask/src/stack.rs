@@ -1,0 +1,207 @@
+//! Shared by `up` and `smoke`: the image for this tree, starting a stack, waiting until it
+//! is ready, explaining why it is not, and tearing it down by RAII.
+
+use std::net::{IpAddr, TcpListener};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use xshell::Shell;
+
+use crate::docker::{self, Compose, ImagePlan};
+use crate::process::{self, Cmd};
+use crate::{http, project};
+
+/// The image for the current tree: reused when a clean tree's tag exists, else built.
+pub fn ensure_image(sh: &Shell, no_build: bool) -> Result<String> {
+    let plan = ImagePlan::from_repo(sh)?;
+    if no_build {
+        if !process::runner().dry_run && !docker::image_exists(sh, &plan.tag) {
+            bail!(
+                "image {} does not exist and --no-build was given: run `cargo xtask build` first",
+                plan.tag
+            );
+        }
+        return Ok(plan.tag);
+    }
+    if !plan.is_dirty() && docker::image_exists(sh, &plan.tag) {
+        process::say(&format!("image {} is up to date", plan.tag));
+        return Ok(plan.tag);
+    }
+    crate::build::build(sh, &plan, crate::flags::Builder::Buildkit)?;
+    Ok(plan.tag)
+}
+
+/// A value from the environment, else from `.env` (as Compose reads it), else `default`.
+pub fn setting(sh: &Shell, key: &str, default: &str) -> String {
+    if let Ok(value) = std::env::var(key) {
+        return value;
+    }
+    let dotenv = sh.read_file(".env").unwrap_or_default();
+    dotenv
+        .lines()
+        .filter_map(|l| l.trim().split_once('='))
+        .find(|(k, _)| k.trim() == key)
+        .map(|(_, v)| v.trim().trim_matches(|c| c == '"' || c == '\'').to_owned())
+        .unwrap_or_else(|| default.to_owned())
+}
+
+/// Fails, naming the port and the variable, when something else holds the host port.
+pub fn ensure_port_free(bind: &str, port: u16) -> Result<()> {
+    let ip: IpAddr =
+        bind.parse().with_context(|| format!("LOGBOOK_HOST_BIND={bind} is not an IP address"))?;
+    if TcpListener::bind((ip, port)).is_err() {
+        bail!(
+            "host port {bind}:{port} is already in use: set LOGBOOK_HOST_PORT to a free port (in the environment or .env)"
+        );
+    }
+    Ok(())
+}
+
+pub fn containers(sh: &Shell, compose: &Compose) -> Result<Vec<serde_json::Value>> {
+    docker::parse_ps(&process::query(sh, &compose.ps_json())?)
+}
+
+/// The service's container id, if it exists.
+pub fn container_id(sh: &Shell, compose: &Compose) -> Result<Option<String>> {
+    Ok(containers(sh, compose)?
+        .iter()
+        .find(|c| c["Service"] == project::NAME)
+        .and_then(|c| c["ID"].as_str().map(str::to_owned)))
+}
+
+/// `host:port` where the service is published, as Compose reports it.
+pub fn published_addr(sh: &Shell, compose: &Compose) -> Result<String> {
+    let mapping = process::query(sh, &compose.port(project::NAME, project::CONTAINER_PORT))?;
+    let (host, port) =
+        mapping.rsplit_once(':').with_context(|| format!("unexpected port mapping {mapping:?}"))?;
+    let host = match host {
+        "0.0.0.0" | "" => "127.0.0.1",
+        "[::]" | "::" => "[::1]",
+        other => other,
+    };
+    Ok(format!("{host}:{port}"))
+}
+
+/// Polls `/readyz` until 200. Fails early, with the last log lines, if the container exits
+/// or restarts, and at `timeout` otherwise.
+pub fn wait_ready(sh: &Shell, compose: &Compose, addr: &str, timeout: Duration) -> Result<()> {
+    let mut last_state_check = Instant::now();
+    let waited = process::wait_for("the service to be ready", timeout, Duration::from_millis(100), || {
+        if http::get(addr, "/readyz", Duration::from_secs(2)).is_ok_and(|r| r.status == 200) {
+            return Ok(Some(()));
+        }
+        if last_state_check.elapsed() >= Duration::from_secs(1) {
+            last_state_check = Instant::now();
+            if let Some(c) = containers(sh, compose)?.iter().find(|c| c["Service"] == project::NAME) {
+                let state = c["State"].as_str().unwrap_or_default();
+                match state {
+                    "restarting" => bail!("the container keeps exiting and restarting"),
+                    "exited" | "dead" => bail!("the container is {state} (exit code {})", c["ExitCode"]),
+                    _ => {}
+                }
+            }
+        }
+        Ok(None)
+    });
+    waited.map_err(|e| {
+        let logs =
+            process::query(sh, &compose.logs(Some(project::NAME), false, Some(15))).unwrap_or_default();
+        anyhow::anyhow!("{} did not become ready: {e:#}\nlast log lines:\n{logs}", project::NAME)
+    })
+}
+
+/// Prints what an operator needs when a stack is unhealthy: recent logs and the health log.
+pub fn diagnose(sh: &Shell, compose: &Compose) {
+    process::say(&format!("--- last log lines of project {} ---", compose.project));
+    let _ = process::run(sh, &compose.logs(None, false, Some(50)));
+    if let Ok(Some(id)) = container_id(sh, compose) {
+        let health =
+            process::query(sh, &docker::inspect_format(&id, "{{json .State.Health}}")).unwrap_or_default();
+        process::say(&format!("--- health log ---\n{health}"));
+    }
+}
+
+/// What a [`StackGuard`] does when dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnDrop {
+    /// On failure only: print diagnostics and stop the stack, keeping its volumes.
+    DownIfFailed,
+    /// On failure only: print diagnostics; leave the stack as it is.
+    DiagnoseIfFailed,
+    /// Always remove the stack and its volumes; print diagnostics first on failure.
+    /// Only for throwaway projects (smoke tests).
+    RemoveWithVolumes,
+}
+
+/// Tears down or explains a stack however the code leaves scope: errors, panics and
+/// interrupts included. Call [`StackGuard::succeeded`] on the success path.
+pub struct StackGuard<'a> {
+    sh: &'a Shell,
+    compose: Compose,
+    on_drop: OnDrop,
+    failed: bool,
+    extra_images: Vec<String>,
+}
+
+impl<'a> StackGuard<'a> {
+    pub fn new(sh: &'a Shell, compose: &Compose, on_drop: OnDrop) -> Self {
+        StackGuard { sh, compose: compose.clone(), on_drop, failed: true, extra_images: Vec::new() }
+    }
+
+    /// An image to remove with the stack (throwaway test images).
+    pub fn remove_image(&mut self, image: &str) {
+        self.extra_images.push(image.to_owned());
+    }
+
+    pub fn succeeded(mut self) {
+        self.failed = false;
+    }
+}
+
+impl Drop for StackGuard<'_> {
+    fn drop(&mut self) {
+        if process::runner().dry_run {
+            return;
+        }
+        if self.failed {
+            diagnose(self.sh, &self.compose);
+        }
+        let down = match self.on_drop {
+            OnDrop::RemoveWithVolumes => Some(self.compose.down(true)),
+            OnDrop::DownIfFailed if self.failed => Some(self.compose.down(false)),
+            _ => None,
+        };
+        if let Some(Err(e)) = down.map(|down| process::run(self.sh, &down)) {
+            process::say(&format!("cleanup failed: {e:#}"));
+        }
+        for image in &self.extra_images {
+            let _ = process::query(self.sh, &Cmd::new("docker").args(["image", "rm", "--force", image]));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_taken_port_is_named_with_its_variable() {
+        let held = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = held.local_addr().unwrap().port();
+        let err = ensure_port_free("127.0.0.1", port).unwrap_err().to_string();
+        assert!(err.contains(&port.to_string()) && err.contains("LOGBOOK_HOST_PORT"), "{err}");
+        drop(held);
+        ensure_port_free("127.0.0.1", port).unwrap();
+        assert!(ensure_port_free("localhost", port).is_err());
+    }
+
+    #[test]
+    fn settings_come_from_the_environment_then_dotenv() {
+        let sh = Shell::new().unwrap();
+        let dir = sh.create_temp_dir().unwrap();
+        sh.change_dir(dir.path());
+        sh.write_file(".env", "# comment\nLOGBOOK_TEST_ONLY_SETTING = \"9191\"\n").unwrap();
+        assert_eq!(setting(&sh, "LOGBOOK_TEST_ONLY_SETTING", "1"), "9191");
+        assert_eq!(setting(&sh, "LOGBOOK_TEST_ONLY_ABSENT", "8080"), "8080");
+    }
+}
