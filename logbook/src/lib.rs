@@ -1,5 +1,6 @@
 //! logbook: an append-only journal over HTTP on embedded SQLite.
 
+pub mod archive;
 pub mod build_info;
 pub mod config;
 pub mod healthcheck;

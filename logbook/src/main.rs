@@ -1,10 +1,11 @@
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Instant;
 
 use logbook::config::Config;
 use logbook::server::ServeError;
-use logbook::{build_info, healthcheck, server, storage, telemetry};
+use logbook::{archive, build_info, healthcheck, server, telemetry};
 
 /// Exit codes, documented in the README.
 const EXIT_RUNTIME: u8 = 1;
@@ -15,11 +16,15 @@ const USAGE: &str = "\
 logbook: an append-only journal over HTTP on embedded SQLite
 
 Usage:
-  logbook [serve]          serve HTTP (configured by LOGBOOK_* environment variables)
-  logbook healthcheck      exit 0 if the local /healthz answers 200, else 1
-  logbook backup --to FILE write a consistent, verified copy of LOGBOOK_DB_PATH to FILE
-  logbook version          print version and git revision
-  logbook help             print this help
+  logbook [serve]             serve HTTP (configured by LOGBOOK_* environment variables)
+  logbook healthcheck         exit 0 if the local /healthz answers 200, else 1
+  logbook backup --to FILE    write a consistent, verified copy of LOGBOOK_DB_PATH to FILE
+                              while the service runs (FILE '-' writes it to stdout)
+  logbook verify FILE         check that FILE is a complete logbook database; count its entries
+  logbook restore --from FILE replace LOGBOOK_DB_PATH with FILE, keeping the old one as .bak
+                              (only while the service is stopped)
+  logbook version             print version and git revision
+  logbook help                print this help
 
 Environment: LOGBOOK_BIND, LOGBOOK_PORT, LOGBOOK_DB_PATH, LOGBOOK_LOG, LOGBOOK_LOG_FORMAT,
 LOGBOOK_SHUTDOWN_TIMEOUT, LOGBOOK_DRAIN_DELAY, LOGBOOK_API_TOKEN, LOGBOOK_API_TOKEN_FILE.
@@ -70,21 +75,11 @@ fn main() -> ExitCode {
                 }
             }
         }
-        ["backup", "--to", dest] => {
-            let config = match load_config() {
-                Ok(c) => c,
-                Err(code) => return code,
-            };
-            match storage::backup(&config.db_path, &PathBuf::from(dest)) {
-                Ok(report) => {
-                    println!("backup: {} entries, {} bytes -> {dest}", report.entries, report.bytes);
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("logbook backup: {e}");
-                    ExitCode::from(EXIT_RUNTIME)
-                }
-            }
+        // With `--to -` the backup itself is on stdout, so the report goes to stderr.
+        ["backup", "--to", dest] => report(with_config(|config| backup(&config.db_path, dest)), *dest == "-"),
+        ["verify", file] => report(archive::verify_file(Path::new(file)).map_err(fail), false),
+        ["restore", "--from", file] => {
+            report(with_config(|config| archive::restore(Path::new(file), &config.db_path)), false)
         }
         ["version" | "--version" | "-V"] => {
             println!(
@@ -113,4 +108,54 @@ fn load_config() -> Result<Config, ExitCode> {
         eprintln!("logbook: {e}");
         ExitCode::from(EXIT_CONFIG)
     })
+}
+
+/// Runs `operation` with the environment's configuration; a bad value exits 78 first.
+fn with_config<T>(operation: impl FnOnce(&Config) -> Result<T, String>) -> Result<T, ExitCode> {
+    let config = load_config()?;
+    operation(&config).map_err(fail)
+}
+
+/// Backs up to `dest`, or with `-`, to a temporary file beside the database that is then
+/// streamed to stdout (so a shell-less container can hand a backup to `docker exec`).
+fn backup(db: &Path, dest: &str) -> Result<archive::FileReport, String> {
+    if dest != "-" {
+        return archive::backup(db, Path::new(dest));
+    }
+    let dir = db.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let temp = dir.join(format!(".logbook-backup-{}.db", std::process::id()));
+    let result = archive::backup(db, &temp).and_then(|report| {
+        let mut file = std::fs::File::open(&temp).map_err(|e| e.to_string())?;
+        let mut stdout = std::io::stdout().lock();
+        std::io::copy(&mut file, &mut stdout)
+            .and_then(|_| stdout.flush())
+            .map_err(|e| format!("cannot write to stdout: {e}"))?;
+        Ok(report)
+    });
+    let _ = std::fs::remove_file(&temp);
+    result
+}
+
+/// Prints a successful operator command's report as one JSON line.
+#[allow(clippy::print_stdout, clippy::print_stderr)]
+fn report<T: serde::Serialize>(result: Result<T, ExitCode>, to_stderr: bool) -> ExitCode {
+    match result {
+        Ok(value) => {
+            let line = serde_json::to_string(&value).unwrap_or_default();
+            if to_stderr {
+                eprintln!("{line}")
+            } else {
+                println!("{line}")
+            }
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
+/// Prints `message` as one line on stderr; the exit code for a failed operator command.
+#[allow(clippy::print_stderr)]
+fn fail(message: String) -> ExitCode {
+    eprintln!("logbook: {message}");
+    ExitCode::from(EXIT_RUNTIME)
 }

@@ -29,6 +29,9 @@ const MIGRATIONS: &[&str] = &[
      );",
 ];
 
+/// The schema version this build writes and understands.
+pub const SCHEMA_VERSION: usize = MIGRATIONS.len();
+
 /// The most appends committed in one transaction.
 const MAX_BATCH: usize = 256;
 /// Appends waiting for the writer; beyond this, handlers wait (backpressure).
@@ -323,68 +326,6 @@ impl WriterHandle {
             let _ = thread.join();
         }
     }
-}
-
-/// The outcome of a backup, for the operator.
-pub struct BackupReport {
-    pub entries: i64,
-    pub bytes: u64,
-}
-
-/// Copies the live database at `source` to `dest` as one consistent snapshot.
-///
-/// The copy is written beside `dest`, checked with `PRAGMA integrity_check` and renamed into
-/// place, so `dest` is either absent or a complete, verified database. Writers are not blocked.
-pub fn backup(source: &Path, dest: &Path) -> Result<BackupReport, String> {
-    if dest.exists() {
-        return Err(format!("{} already exists; choose a new file name", dest.display()));
-    }
-    let src = Connection::open_with_flags(source, OpenFlags::SQLITE_OPEN_READ_WRITE)
-        .map_err(|e| format!("cannot open {}: {e}", source.display()))?;
-    src.busy_timeout(Duration::from_secs(5)).map_err(|e| e.to_string())?;
-    let app_id: i32 = src
-        .query_row("PRAGMA application_id", [], |r| r.get(0))
-        .map_err(|e| format!("{} is not a readable SQLite database: {e}", source.display()))?;
-    if app_id != APPLICATION_ID {
-        return Err(format!("{} is not a logbook database", source.display()));
-    }
-    let partial = dest.with_extension("partial");
-    let _ = std::fs::remove_file(&partial);
-    let result = (|| {
-        let mut dst =
-            Connection::open(&partial).map_err(|e| format!("cannot create {}: {e}", partial.display()))?;
-        {
-            let copy = rusqlite::backup::Backup::new(&src, &mut dst).map_err(|e| e.to_string())?;
-            // One step copies every page under a single read transaction: a consistent snapshot.
-            copy.step(-1).map_err(|e| format!("backup failed: {e}"))?;
-        }
-        dst.pragma_update(None, "journal_mode", "DELETE").map_err(|e| e.to_string())?;
-        let report = verify(&dst)?;
-        dst.close().map_err(|(_, e)| e.to_string())?;
-        std::fs::File::open(&partial).and_then(|f| f.sync_all()).map_err(|e| e.to_string())?;
-        std::fs::rename(&partial, dest)
-            .map_err(|e| format!("cannot move the copy to {}: {e}", dest.display()))?;
-        let bytes = std::fs::metadata(dest).map(|m| m.len()).unwrap_or(0);
-        Ok(BackupReport { bytes, ..report })
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&partial);
-    }
-    result
-}
-
-/// Checks a database file's integrity and counts its entries.
-pub fn verify(conn: &Connection) -> Result<BackupReport, String> {
-    let integrity: String = conn
-        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-        .map_err(|e| format!("integrity check failed: {e}"))?;
-    if integrity != "ok" {
-        return Err(format!("integrity check failed: {integrity}"));
-    }
-    let entries = conn
-        .query_row("SELECT count(*) FROM entries", [], |r| r.get(0))
-        .map_err(|e| format!("cannot count entries: {e}"))?;
-    Ok(BackupReport { entries, bytes: 0 })
 }
 
 #[cfg(test)]

@@ -120,7 +120,11 @@ fn backup_under_concurrent_writes_is_consistent_and_verified() {
         let (code, stdout, stderr) =
             run(&["backup", "--to", dest.to_str().unwrap()], &[("LOGBOOK_DB_PATH", &db)]);
         assert_eq!(code, 0, "{stderr}");
-        assert!(stdout.starts_with("backup: ") && stdout.contains(" entries, "), "{stdout}");
+        let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        assert!(
+            report["entries"].as_i64().unwrap() >= 50 && report["bytes"].as_u64().unwrap() > 0,
+            "{stdout}"
+        );
         copies.push(dest);
     }
     writing.store(false, Ordering::Relaxed);
@@ -140,7 +144,7 @@ fn backup_under_concurrent_writes_is_consistent_and_verified() {
         let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
         assert_eq!(mode, "delete", "a backup is one self-contained file");
     }
-    assert!(!out.path().join("copy-0.partial").exists());
+    assert!(!out.path().join("copy-0.db.partial").exists());
 
     // Never overwrite, and refuse what is not a logbook database.
     let (code, _, stderr) =
@@ -155,4 +159,119 @@ fn backup_under_concurrent_writes_is_consistent_and_verified() {
     assert_eq!(code, 1);
     assert!(stderr.contains("not a logbook database"), "{stderr}");
     assert!(!dest.exists());
+}
+
+/// Runs the binary with stdout captured as bytes (a backup streamed to stdout).
+fn run_binary_stdout(args: &[&str], env: &[(&str, &str)]) -> (i32, Vec<u8>, String) {
+    let out = std::process::Command::new(support::BIN)
+        .args(args)
+        .env_clear()
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (out.status.code().unwrap_or(-1), out.stdout, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn backup_to_stdout_streams_a_verified_database_and_leaves_nothing_behind() {
+    let server = Server::start(&[]);
+    for i in 0..10 {
+        server.post_json("/api/entries", &format!(r#"{{"text":"entry {i}"}}"#));
+    }
+    let db = server.db.to_str().unwrap().to_owned();
+    let (code, bytes, stderr) = run_binary_stdout(&["backup", "--to", "-"], &[("LOGBOOK_DB_PATH", &db)]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(bytes.starts_with(b"SQLite format 3\0"));
+    assert!(stderr.contains(r#""entries":10"#), "the report goes to stderr: {stderr}");
+    let out = TempDir::new("stdout-backup");
+    let copy = out.path().join("copy.db");
+    std::fs::write(&copy, &bytes).unwrap();
+    let (code, stdout, _) = run(&["verify", copy.to_str().unwrap()], &[]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains(r#""entries":10"#), "{stdout}");
+    let leftovers: Vec<_> = std::fs::read_dir(server.db.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.contains("backup"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn verify_refuses_missing_truncated_foreign_and_non_sqlite_files() {
+    let dir = TempDir::new("verify");
+    let good = dir.path().join("good.db");
+    {
+        let server = Server::start_with_db(&dir.path().join("live.db"), &[]);
+        for i in 0..200 {
+            server.post_json("/api/entries", &format!(r#"{{"text":"entry {i} {}"}}"#, "x".repeat(200)));
+        }
+        let live = dir.path().join("live.db");
+        let (code, _, stderr) =
+            run(&["backup", "--to", good.to_str().unwrap()], &[("LOGBOOK_DB_PATH", live.to_str().unwrap())]);
+        assert_eq!(code, 0, "{stderr}");
+    }
+    let bytes = std::fs::read(&good).unwrap();
+    let truncated = dir.path().join("truncated.db");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let text = dir.path().join("notes.txt");
+    std::fs::write(&text, "not a database at all, just some text").unwrap();
+    let foreign = dir.path().join("foreign.db");
+    open_db(&foreign).execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1);").unwrap();
+    let empty = dir.path().join("empty.db");
+    std::fs::write(&empty, b"").unwrap();
+
+    let (code, stdout, _) = run(&["verify", good.to_str().unwrap()], &[]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains(r#""entries":200"#) && stdout.contains(r#""schema_version":1"#), "{stdout}");
+    for (file, reason) in [
+        (dir.path().join("missing.db"), "cannot read"),
+        (truncated, "truncated.db"),
+        (text, "not an SQLite database"),
+        (foreign, "not a logbook database"),
+        (empty, "not an SQLite database"),
+    ] {
+        let (code, _, stderr) = run(&["verify", file.to_str().unwrap()], &[]);
+        assert_eq!(code, 1, "{} was accepted", file.display());
+        assert!(stderr.contains(reason) && stderr.lines().count() == 1, "{stderr}");
+    }
+}
+
+#[test]
+fn restore_replaces_the_database_and_keeps_the_old_one() {
+    let dir = TempDir::new("restore");
+    let live = dir.path().join("live.db");
+    let backup = dir.path().join("backup.db");
+    let env = [("LOGBOOK_DB_PATH", live.to_str().unwrap())];
+    let mut server = Server::start_with_db(&live, &[]);
+    for i in 0..5 {
+        server.post_json("/api/entries", &format!(r#"{{"text":"before {i}"}}"#));
+    }
+    assert_eq!(run(&["backup", "--to", backup.to_str().unwrap()], &env).0, 0);
+    for i in 0..3 {
+        server.post_json("/api/entries", &format!(r#"{{"text":"after {i}"}}"#));
+    }
+    // Stopped by SIGKILL: the newest entries may live only in the WAL, which the kept
+    // copy must include.
+    server.signal("KILL");
+    server.wait_exit(std::time::Duration::from_secs(5));
+
+    let bad = dir.path().join("bad.db");
+    std::fs::write(&bad, b"SQLite format 3\0 but nothing else").unwrap();
+    let (code, _, stderr) = run(&["restore", "--from", bad.to_str().unwrap()], &env);
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(support::stored_entries(&live).len(), 8, "a refused restore must not touch the database");
+
+    let (code, stdout, stderr) = run(&["restore", "--from", backup.to_str().unwrap()], &env);
+    assert_eq!(code, 0, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["entries"], 5);
+    let kept = std::path::PathBuf::from(report["previous"].as_str().unwrap());
+    assert!(kept.to_str().unwrap().ends_with(".bak"));
+    assert_eq!(support::stored_entries(&kept).len(), 8, "the kept copy has every entry, WAL included");
+
+    let restarted = Server::start_with_db(&live, &[]);
+    assert_eq!(restarted.get("/api/entries").json()["entries"].as_array().unwrap().len(), 5);
+    assert_eq!(restarted.get("/api/entries/5").json()["text"], "before 4");
+    assert_eq!(restarted.get("/api/entries/6").status, 404);
 }

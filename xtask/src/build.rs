@@ -31,12 +31,7 @@ pub fn build(sh: &Shell, plan: &ImagePlan, builder: Builder) -> Result<()> {
     )?
     .parse()
     .unwrap_or(0.0);
-    process::result(&format!(
-        "built {} (also {}): {:.1} MB in {:.1}s",
-        plan.tag,
-        plan.latest(),
-        size / 1e6,
-        took.as_secs_f64()
-    ));
+    let also = if plan.tag_latest { format!(" (also {})", plan.latest()) } else { String::new() };
+    process::result(&format!("built {}{also}: {:.1} MB in {:.1}s", plan.tag, size / 1e6, took.as_secs_f64()));
     Ok(())
 }

@@ -6,12 +6,19 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 use xshell::Shell;
 
-use crate::flags::{Build, Builder, Ci, CiStep, Smoke};
+use crate::flags::{Build, Builder, Ci, CiStep, Drill, Smoke};
 use crate::process::{self, Cmd};
 
 impl CiStep {
-    pub const ALL: &[CiStep] =
-        &[CiStep::Fmt, CiStep::Clippy, CiStep::Test, CiStep::BuildClassic, CiStep::Build, CiStep::Smoke];
+    pub const ALL: &[CiStep] = &[
+        CiStep::Fmt,
+        CiStep::Clippy,
+        CiStep::Test,
+        CiStep::BuildClassic,
+        CiStep::Build,
+        CiStep::Smoke,
+        CiStep::Drill,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -21,6 +28,7 @@ impl CiStep {
             CiStep::BuildClassic => "build-classic",
             CiStep::Build => "build",
             CiStep::Smoke => "smoke",
+            CiStep::Drill => "drill",
         }
     }
 
@@ -28,7 +36,7 @@ impl CiStep {
     fn needs(self) -> &'static [CiStep] {
         match self {
             CiStep::Fmt | CiStep::Clippy | CiStep::Test | CiStep::BuildClassic | CiStep::Build => &[],
-            CiStep::Smoke => &[CiStep::Build],
+            CiStep::Smoke | CiStep::Drill => &[CiStep::Build],
         }
     }
 
@@ -40,6 +48,7 @@ impl CiStep {
             CiStep::BuildClassic => Build { builder: Builder::Classic }.run(sh),
             CiStep::Build => Build { builder: Builder::Buildkit }.run(sh),
             CiStep::Smoke => Smoke { no_build: true }.run(sh),
+            CiStep::Drill => Drill { no_build: true }.run(sh),
         }
     }
 }

@@ -161,6 +161,8 @@ pub struct ImagePlan {
     pub created: String,
     pub source: String,
     pub rust_image: Option<String>,
+    /// Also tag `logbook:latest` (not for throwaway test images).
+    pub tag_latest: bool,
 }
 
 impl ImagePlan {
@@ -187,6 +189,7 @@ impl ImagePlan {
             created,
             source: toml_string(&workspace, "repository").unwrap_or_default(),
             rust_image: std::env::var("RUST_IMAGE").ok().filter(|v| !v.is_empty()),
+            tag_latest: true,
         })
     }
 
@@ -215,15 +218,10 @@ pub fn build_image(plan: &ImagePlan, builder: Builder) -> Cmd {
         .into_iter()
         .chain([("VERSION", plan.version.as_str()), ("REVISION", &plan.revision), ("CREATED", &plan.created)])
         .chain((!plan.source.is_empty()).then_some(("SOURCE", plan.source.as_str())));
-    let mut cmd = Cmd::new("docker").args([
-        "build",
-        "--file",
-        "Dockerfile",
-        "--tag",
-        &plan.tag,
-        "--tag",
-        &plan.latest(),
-    ]);
+    let mut cmd = Cmd::new("docker").args(["build", "--file", "Dockerfile", "--tag", &plan.tag]);
+    if plan.tag_latest {
+        cmd = cmd.args(["--tag", &plan.latest()]);
+    }
     for (key, value) in build_args {
         cmd = cmd.args(["--build-arg".to_owned(), format!("{key}={value}")]);
     }
@@ -232,6 +230,18 @@ pub fn build_image(plan: &ImagePlan, builder: Builder) -> Cmd {
         Builder::Classic => "0",
     };
     cmd.arg(".").env("DOCKER_BUILDKIT", buildkit)
+}
+
+/// Builds `tag` from `image` with a setting the service rejects, so it never gets ready:
+/// the stand-in for a bad release in smoke tests and drills.
+pub fn build_broken_image(sh: &Shell, image: &str, tag: &str) -> Result<()> {
+    let dir = sh.create_temp_dir()?;
+    sh.write_file(
+        dir.path().join("Dockerfile"),
+        format!("FROM {image}\nENV LOGBOOK_SHUTDOWN_TIMEOUT=never\n"),
+    )?;
+    let context = dir.path().display().to_string();
+    process::run(sh, &Cmd::new("docker").args(["build", "--quiet", "--tag", tag, &context]))
 }
 
 pub fn image_exists(sh: &Shell, image: &str) -> bool {
@@ -267,6 +277,7 @@ mod tests {
             created: "2026-11-23T10:00:00Z".into(),
             source: "https://example.org/logbook".into(),
             rust_image: rust_image.map(Into::into),
+            tag_latest: true,
         }
     }
 
@@ -279,7 +290,8 @@ mod tests {
              --build-arg REVISION=0123456789abcdef0123456789abcdef01234567 \
              --build-arg CREATED=2026-11-23T10:00:00Z --build-arg SOURCE=https://example.org/logbook ."
         );
-        let classic = build_image(&plan(None), Builder::Classic);
+        let classic = build_image(&ImagePlan { tag_latest: false, ..plan(None) }, Builder::Classic);
+        assert!(!classic.to_string().contains("latest"));
         assert!(!classic.to_string().contains("RUST_IMAGE"));
         assert_eq!(classic.env, [("DOCKER_BUILDKIT".to_owned(), "0".to_owned())]);
     }

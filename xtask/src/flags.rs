@@ -25,6 +25,10 @@ pub enum Command {
     Status(Status),
     Logs(Logs),
     Smoke(Smoke),
+    Rollback(Rollback),
+    Backup(Backup),
+    Restore(Restore),
+    Drill(Drill),
     Ci(Ci),
     Bench(Bench),
 }
@@ -49,12 +53,14 @@ pub enum Builder {
     Classic,
 }
 
-/// Start the stack and return once the service is ready; prints its URL and image.
+/// Start the stack, or switch it to another image, and return once the service is ready;
+/// prints its URL and image, and records the release.
 ///
 /// Builds the image first when this tree's image does not exist yet. If the service does
-/// not become ready within the timeout, prints its last logs and health log, stops what it
-/// started (keeping the data volume) and exits non-zero. The host port comes from
-/// LOGBOOK_HOST_PORT (environment or .env; default 8080).
+/// not become ready within the timeout (or on Ctrl-C), prints its last logs and health log
+/// and brings back the image that ran before (unless --no-rollback); with nothing to go
+/// back to, stops what it started, keeping the data volume. Exits non-zero either way.
+/// The host port comes from LOGBOOK_HOST_PORT (environment or .env; default 8080).
 #[derive(Debug, Args)]
 pub struct Up {
     /// Use the existing image for this tree; fail if it has not been built.
@@ -68,6 +74,11 @@ pub struct Up {
     /// Seconds to wait for /readyz to answer 200.
     #[arg(long, default_value_t = 60)]
     pub timeout: u64,
+
+    /// If the new image does not become ready, leave it in place instead of restoring the
+    /// previous one.
+    #[arg(long)]
+    pub no_rollback: bool,
 }
 
 /// Stop the stack. The data volume is kept unless --volumes is given.
@@ -129,6 +140,61 @@ pub struct Bench {
     pub connections: u32,
 }
 
+/// Bring back an earlier release: the one before the running image, or --to TAG.
+///
+/// Health-gated like `up`: if the release does not become ready, the image that was running
+/// is restored. The data volume is never touched. --list shows what you can go back to.
+#[derive(Debug, Args)]
+pub struct Rollback {
+    /// Roll back to this release (e.g. 0123456789ab or logbook:0123456789ab) instead of the
+    /// previous one. It must be in the release history.
+    #[arg(long, conflicts_with = "list")]
+    pub to: Option<String>,
+
+    /// List the recorded releases, newest first, with their revisions and times; change nothing.
+    #[arg(long)]
+    pub list: bool,
+
+    /// Seconds to wait for /readyz to answer 200.
+    #[arg(long, default_value_t = 60)]
+    pub timeout: u64,
+}
+
+/// Copy the live database out of the running stack, consistently and without stopping it,
+/// then verify the copy (integrity check, entry count) and print its path and size.
+#[derive(Debug, Args)]
+pub struct Backup {
+    /// Where to write the copy (default: backups/logbook-<UTC time>.db). Never overwritten.
+    #[arg(long)]
+    pub out: Option<std::path::PathBuf>,
+}
+
+/// Replace the stack's database with a backup file.
+///
+/// The file is verified first; a missing, truncated, foreign or damaged file is refused
+/// before anything is stopped. Then the service stops, the file goes into the data volume
+/// (the replaced database is kept there as a timestamped .bak), and the service starts
+/// again; prints the restored entry count once it is ready.
+#[derive(Debug, Args)]
+pub struct Restore {
+    /// The backup file, as written by `cargo xtask backup`.
+    pub file: std::path::PathBuf,
+
+    /// Seconds to wait for /readyz to answer 200 after the restore.
+    #[arg(long, default_value_t = 60)]
+    pub timeout: u64,
+}
+
+/// Rehearse release safety on a throwaway stack: deploy v1 and write entries, switch to v2,
+/// roll back, try a broken image (v1 must come back by itself), back up, write more,
+/// restore. Checks that no entry is lost or invented and reports the rollback time.
+#[derive(Debug, Args)]
+pub struct Drill {
+    /// Use the existing image for this tree as v1; fail if it has not been built.
+    #[arg(long)]
+    pub no_build: bool,
+}
+
 /// Run the CI pipeline, exactly as GitHub Actions runs it, and summarise each step.
 ///
 /// Steps run in order; after a failure, the steps that do not depend on the failed one
@@ -159,6 +225,8 @@ pub enum CiStep {
     Build,
     /// cargo xtask smoke: the image on the real engine
     Smoke,
+    /// cargo xtask drill: rollback, automatic restore, backup and restore on the real engine
+    Drill,
 }
 
 #[cfg(test)]

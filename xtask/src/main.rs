@@ -1,15 +1,20 @@
 //! `cargo xtask`: the logbook project's operations runner. This file only dispatches.
 
+mod backup;
 mod bench;
 mod build;
 mod ci;
 mod docker;
 mod down;
+mod drill;
 mod flags;
 mod http;
 mod logs;
 mod process;
 mod project;
+mod release;
+mod restore;
+mod rollback;
 mod smoke;
 mod stack;
 mod status;
@@ -34,6 +39,10 @@ fn main() -> anyhow::Result<()> {
         flags::Command::Status(cmd) => cmd.run(&sh),
         flags::Command::Logs(cmd) => cmd.run(&sh),
         flags::Command::Smoke(cmd) => cmd.run(&sh),
+        flags::Command::Rollback(cmd) => cmd.run(&sh),
+        flags::Command::Backup(cmd) => cmd.run(&sh),
+        flags::Command::Restore(cmd) => cmd.run(&sh),
+        flags::Command::Drill(cmd) => cmd.run(&sh),
         flags::Command::Ci(cmd) => cmd.run(&sh),
         flags::Command::Bench(cmd) => cmd.run(&sh),
     }

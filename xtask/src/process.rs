@@ -96,6 +96,16 @@ pub fn run(sh: &Shell, cmd: &Cmd) -> Result<()> {
     runner().run(sh, cmd)
 }
 
+/// [`Runner::capture`] under the process-wide policy.
+pub fn capture(sh: &Shell, cmd: &Cmd, dry_run_value: &str) -> Result<String> {
+    runner().capture(sh, cmd, dry_run_value)
+}
+
+/// [`Runner::run_to_file`] under the process-wide policy.
+pub fn run_to_file(cmd: &Cmd, file: &std::path::Path) -> Result<()> {
+    runner().run_to_file(cmd, file)
+}
+
 /// [`Runner::group`] under the process-wide policy.
 pub fn group<T>(title: &str, body: impl FnOnce() -> T) -> T {
     runner().group(title, body)
@@ -136,6 +146,28 @@ impl Runner {
             return Ok(dry_run_value.to_owned());
         }
         query(sh, cmd)
+    }
+
+    /// Echoes `cmd > file`, then runs it with stdout written to `file` (unless dry-run).
+    pub fn run_to_file(&self, cmd: &Cmd, file: &std::path::Path) -> Result<()> {
+        say(&format!("$ {cmd} > {}", quote(&file.display().to_string())));
+        if self.dry_run {
+            return Ok(());
+        }
+        let mut expression =
+            duct::cmd(&cmd.program, &cmd.args).stdout_path(file).stderr_capture().unchecked();
+        for (k, v) in &cmd.env {
+            expression = expression.env(k, v);
+        }
+        let output = expression.run().map_err(|e| spawn_error(cmd, &e))?;
+        if !output.status.success() {
+            bail!(
+                "`{cmd}` failed ({}): {}",
+                exit_description(output.status),
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        Ok(())
     }
 
     /// Wraps `body` in a GitHub Actions log group, or a plain header line elsewhere.
@@ -217,6 +249,12 @@ pub fn install_interrupt_handler() {
         let _ = signal_hook::flag::register_conditional_shutdown(signal, 130, INTERRUPTED.clone());
         let _ = signal_hook::flag::register(signal, INTERRUPTED.clone());
     }
+}
+
+/// Forgets an interrupt that has been handled (say, by starting a restore), so the
+/// restore's own waits can run; a further Ctrl-C interrupts those.
+pub fn clear_interrupt() {
+    INTERRUPTED.store(false, std::sync::atomic::Ordering::SeqCst);
 }
 
 pub fn interrupted() -> bool {

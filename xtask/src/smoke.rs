@@ -17,8 +17,8 @@ impl Smoke {
     pub fn run(self, sh: &Shell) -> Result<()> {
         let program = docker::connect(sh)?;
         let image = stack::ensure_image(sh, self.no_build)?;
-        let compose =
-            isolated(program.clone(), &format!("{}-smoke-{}", project::NAME, std::process::id()), &image)?;
+        let compose = isolated(program.clone(), &format!("{}-smoke-{}", project::NAME, std::process::id()))?
+            .var("LOGBOOK_IMAGE", &image);
         if process::runner().dry_run {
             process::run(sh, &compose.up())?;
             return Ok(());
@@ -41,11 +41,10 @@ impl Smoke {
 }
 
 /// A throwaway project: its own name, volume and free loopback port, and no `.env`.
-fn isolated(program: docker::ComposeProgram, name: &str, image: &str) -> Result<Compose> {
+pub fn isolated(program: docker::ComposeProgram, name: &str) -> Result<Compose> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port().to_string();
     Ok(Compose::app(program)
         .project(name)
-        .var("LOGBOOK_IMAGE", image)
         .var("LOGBOOK_HOST_BIND", "127.0.0.1")
         .var("LOGBOOK_HOST_PORT", &port)
         .var("LOGBOOK_ENV_FILE", "/dev/null"))
@@ -53,12 +52,12 @@ fn isolated(program: docker::ComposeProgram, name: &str, image: &str) -> Result<
 
 /// Prints one PASS or FAIL line per check, as it happens; stops at the first failure.
 #[derive(Default)]
-struct Checks {
-    passed: usize,
+pub struct Checks {
+    pub passed: usize,
 }
 
 impl Checks {
-    fn run(&mut self, name: &str, check: impl FnOnce() -> Result<()>) -> Result<()> {
+    pub fn run(&mut self, name: &str, check: impl FnOnce() -> Result<()>) -> Result<()> {
         match check() {
             Ok(()) => {
                 self.passed += 1;
@@ -157,7 +156,7 @@ fn run_checks(sh: &Shell, compose: &Compose, image: &str, checks: &mut Checks) -
 }
 
 impl Checks {
-    fn run_value<T>(&mut self, name: &str, check: impl FnOnce() -> Result<T>) -> Result<T> {
+    pub fn run_value<T>(&mut self, name: &str, check: impl FnOnce() -> Result<T>) -> Result<T> {
         let mut value = None;
         self.run(name, || {
             value = Some(check()?);
@@ -173,7 +172,7 @@ fn expect_status(addr: &str, path: &str, status: u16) -> Result<()> {
     Ok(())
 }
 
-fn expect_entry(addr: &str, id: i64, text: &str) -> Result<()> {
+pub fn expect_entry(addr: &str, id: i64, text: &str) -> Result<()> {
     let response = http::get(addr, &format!("/api/entries/{id}"), TIMEOUT)?;
     ensure!(response.status == 200, "entry {id}: {} {}", response.status, response.body);
     let entry: serde_json::Value = serde_json::from_str(&response.body)?;
@@ -189,15 +188,15 @@ fn broken_image_is_refused(sh: &Shell, program: docker::ComposeProgram, image: &
         dir.path().join("Dockerfile"),
         format!("FROM {image}\nENV LOGBOOK_SHUTDOWN_TIMEOUT=never\n"),
     )?;
-    let compose =
-        isolated(program, &format!("{}-smoke-broken-{}", project::NAME, std::process::id()), &broken)?;
+    let compose = isolated(program, &format!("{}-smoke-broken-{}", project::NAME, std::process::id()))?;
     let mut guard = StackGuard::new(sh, &compose, OnDrop::RemoveWithVolumes);
     guard.remove_image(&broken);
-    let context = dir.path().display().to_string();
-    process::run(sh, &Cmd::new("docker").args(["build", "--quiet", "--tag", &broken, &context]))?;
+    docker::build_broken_image(sh, image, &broken)?;
     let started = Instant::now();
     let deadline = Duration::from_secs(30);
-    let result = crate::up::start(sh, &compose, deadline);
+    let history = dir.path().join("releases.json");
+    let gate = crate::release::Gate { timeout: deadline, restore_previous: false };
+    let result = crate::release::deploy(sh, &compose, &history, &broken, gate);
     let took = started.elapsed();
     guard.succeeded();
     match result {

@@ -31,8 +31,12 @@ pub fn ensure_image(sh: &Shell, no_build: bool) -> Result<String> {
     Ok(plan.tag)
 }
 
-/// A value from the environment, else from `.env` (as Compose reads it), else `default`.
-pub fn setting(sh: &Shell, key: &str, default: &str) -> String {
+/// A variable as `compose` will see it: set on the command, else in the environment, else
+/// in `.env`, else `default`.
+pub fn setting(sh: &Shell, compose: &Compose, key: &str, default: &str) -> String {
+    if let Some((_, value)) = compose.env.iter().find(|(k, _)| k == key) {
+        return value.clone();
+    }
     if let Ok(value) = std::env::var(key) {
         return value;
     }
@@ -45,8 +49,17 @@ pub fn setting(sh: &Shell, key: &str, default: &str) -> String {
         .unwrap_or_else(|| default.to_owned())
 }
 
-/// Fails, naming the port and the variable, when something else holds the host port.
-pub fn ensure_port_free(bind: &str, port: u16) -> Result<()> {
+/// Fails, naming the port and the variable, when something else holds the host port that
+/// `compose` would publish.
+pub fn ensure_host_port_free(sh: &Shell, compose: &Compose) -> Result<()> {
+    let bind = setting(sh, compose, "LOGBOOK_HOST_BIND", "127.0.0.1");
+    let port = setting(sh, compose, "LOGBOOK_HOST_PORT", &project::DEFAULT_HOST_PORT.to_string());
+    let port: u16 =
+        port.parse().map_err(|_| anyhow::anyhow!("LOGBOOK_HOST_PORT={port} is not a port number"))?;
+    ensure_port_free(&bind, port)
+}
+
+fn ensure_port_free(bind: &str, port: u16) -> Result<()> {
     let ip: IpAddr =
         bind.parse().with_context(|| format!("LOGBOOK_HOST_BIND={bind} is not an IP address"))?;
     if TcpListener::bind((ip, port)).is_err() {
@@ -201,7 +214,10 @@ mod tests {
         let dir = sh.create_temp_dir().unwrap();
         sh.change_dir(dir.path());
         sh.write_file(".env", "# comment\nLOGBOOK_TEST_ONLY_SETTING = \"9191\"\n").unwrap();
-        assert_eq!(setting(&sh, "LOGBOOK_TEST_ONLY_SETTING", "1"), "9191");
-        assert_eq!(setting(&sh, "LOGBOOK_TEST_ONLY_ABSENT", "8080"), "8080");
+        let compose = Compose::app(crate::docker::ComposeProgram(vec!["docker".into(), "compose".into()]));
+        assert_eq!(setting(&sh, &compose, "LOGBOOK_TEST_ONLY_SETTING", "1"), "9191");
+        assert_eq!(setting(&sh, &compose, "LOGBOOK_TEST_ONLY_ABSENT", "8080"), "8080");
+        let compose = compose.var("LOGBOOK_TEST_ONLY_SETTING", "7070");
+        assert_eq!(setting(&sh, &compose, "LOGBOOK_TEST_ONLY_SETTING", "1"), "7070");
     }
 }

@@ -1,0 +1,174 @@
+//! Whole-file operations for operators: backup, verify and restore.
+//!
+//! Every file this writes appears under its final name only once it is complete, synced
+//! and verified; until then it lives under a `.partial` name that is removed on failure.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+use serde::Serialize;
+
+use crate::storage::{APPLICATION_ID, SCHEMA_VERSION};
+
+/// What a verified database file holds.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct FileReport {
+    pub entries: i64,
+    pub bytes: u64,
+    pub schema_version: i64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RestoreReport {
+    pub entries: i64,
+    /// Where the replaced database was kept, if there was one.
+    pub previous: Option<PathBuf>,
+}
+
+/// Checks that `path` is a complete logbook database this build can serve: the SQLite
+/// header, the logbook application id, a schema no newer than this build's, and
+/// `PRAGMA integrity_check`. Opens it read-only.
+pub fn verify_file(path: &Path) -> Result<FileReport, String> {
+    let shown = path.display();
+    let mut header = [0u8; 16];
+    let bytes = std::fs::metadata(path).map_err(|e| format!("cannot read {shown}: {e}"))?.len();
+    File::open(path)
+        .and_then(|mut f| f.read_exact(&mut header))
+        .map_err(|_| format!("{shown} is not an SQLite database (too short)"))?;
+    if &header != b"SQLite format 3\0" {
+        return Err(format!("{shown} is not an SQLite database"));
+    }
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| format!("cannot open {shown}: {e}"))?;
+    let report = check(&conn).map_err(|e| format!("{shown}: {e}"))?;
+    Ok(FileReport { bytes, ..report })
+}
+
+fn check(conn: &Connection) -> Result<FileReport, String> {
+    let pragma = |name: &str| -> Result<i64, String> {
+        conn.query_row(&format!("PRAGMA {name}"), [], |r| r.get(0)).map_err(|e| format!("unreadable ({e})"))
+    };
+    if pragma("application_id")? != i64::from(APPLICATION_ID) {
+        return Err("not a logbook database".into());
+    }
+    let schema_version = pragma("user_version")?;
+    if schema_version > SCHEMA_VERSION as i64 {
+        return Err(format!("schema version {schema_version} is newer than this build's ({SCHEMA_VERSION})"));
+    }
+    let integrity: String =
+        conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).map_err(|e| format!("damaged ({e})"))?;
+    if integrity != "ok" {
+        return Err(format!("damaged: {integrity}"));
+    }
+    let entries = conn
+        .query_row("SELECT count(*) FROM entries", [], |r| r.get(0))
+        .map_err(|e| format!("cannot count entries ({e})"))?;
+    Ok(FileReport { entries, bytes: 0, schema_version })
+}
+
+/// Copies the live database at `source` to `dest` as one consistent snapshot, in rollback
+/// (non-WAL) mode so the copy is one self-contained file. Writers are not blocked.
+/// Never overwrites `dest`.
+pub fn backup(source: &Path, dest: &Path) -> Result<FileReport, String> {
+    if dest.exists() {
+        return Err(format!("{} already exists; choose a new file name", dest.display()));
+    }
+    let src = Connection::open_with_flags(source, OpenFlags::SQLITE_OPEN_READ_WRITE)
+        .map_err(|e| format!("cannot open {}: {e}", source.display()))?;
+    src.busy_timeout(Duration::from_secs(5)).map_err(|e| e.to_string())?;
+    let app_id: i32 = src
+        .query_row("PRAGMA application_id", [], |r| r.get(0))
+        .map_err(|e| format!("{} is not a readable SQLite database: {e}", source.display()))?;
+    if app_id != APPLICATION_ID {
+        return Err(format!("{} is not a logbook database", source.display()));
+    }
+    write_verified(
+        dest,
+        |partial| {
+            let mut dst =
+                Connection::open(partial).map_err(|e| format!("cannot create {}: {e}", partial.display()))?;
+            {
+                let copy = rusqlite::backup::Backup::new(&src, &mut dst).map_err(|e| e.to_string())?;
+                // One step copies every page under a single read transaction: a consistent snapshot.
+                copy.step(-1).map_err(|e| format!("backup failed: {e}"))?;
+            }
+            dst.pragma_update(None, "journal_mode", "DELETE").map_err(|e| e.to_string())?;
+            dst.close().map_err(|(_, e)| e.to_string())
+        },
+        || {},
+    )
+}
+
+/// Replaces the database at `db` with the verified file `from`. The replaced database is
+/// first kept as `<db>.<UTC time>.bak` (a self-contained copy, its WAL included). Run only
+/// while the service is stopped.
+pub fn restore(from: &Path, db: &Path) -> Result<RestoreReport, String> {
+    verify_file(from)?;
+    let previous = if db.exists() {
+        let stamp: String = Connection::open_in_memory()
+            .and_then(|c| c.query_row("SELECT strftime('%Y%m%dT%H%M%SZ', 'now')", [], |r| r.get(0)))
+            .map_err(|e| e.to_string())?;
+        let kept = PathBuf::from(format!("{}.{stamp}.bak", db.display()));
+        backup(db, &kept).map_err(|e| format!("cannot keep the current database: {e}"))?;
+        Some(kept)
+    } else {
+        None
+    };
+    let copied = write_verified(
+        db,
+        |partial| {
+            std::fs::copy(from, partial)
+                .map(|_| ())
+                .map_err(|e| format!("cannot copy {}: {e}", from.display()))
+        },
+        // A WAL left beside the old file would be replayed into the restored one.
+        || {
+            for stale in ["-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{}{stale}", db.display()));
+            }
+        },
+    )?;
+    Ok(RestoreReport { entries: copied.entries, previous })
+}
+
+/// Writes `dest` through `write(partial)`, then syncs and verifies the partial file, runs
+/// `before_rename`, and renames it over `dest`.
+fn write_verified(
+    dest: &Path,
+    write: impl FnOnce(&Path) -> Result<(), String>,
+    before_rename: impl FnOnce(),
+) -> Result<FileReport, String> {
+    let partial = with_suffix(dest, "partial");
+    let _ = std::fs::remove_file(&partial);
+    let result = write(&partial).and_then(|()| sync(&partial)).and_then(|()| verify_file(&partial)).and_then(
+        |report| {
+            before_rename();
+            std::fs::rename(&partial, dest)
+                .map_err(|e| format!("cannot move the copy to {}: {e}", dest.display()))?;
+            sync_dir(dest);
+            Ok(report)
+        },
+    );
+    if result.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    result
+}
+
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    PathBuf::from(format!("{}.{suffix}", path.display()))
+}
+
+fn sync(path: &Path) -> Result<(), String> {
+    File::open(path).and_then(|f| f.sync_all()).map_err(|e| format!("cannot sync {}: {e}", path.display()))
+}
+
+/// Makes a rename durable. Best effort: not every filesystem can sync a directory.
+fn sync_dir(path: &Path) {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let _ = File::open(dir).and_then(|d| d.sync_all());
+    }
+}
