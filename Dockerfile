@@ -36,7 +36,7 @@ RUN touch logbook/src/main.rs logbook/src/lib.rs \
  && echo 'logbook:x:10001:10001:logbook:/data:/sbin/nologin' > /rootfs/etc/passwd \
  && echo 'logbook:x:10001:' > /rootfs/etc/group \
  && chmod 1777 /rootfs/tmp \
- && /rootfs/logbook version
+ && /rootfs/logbook version | grep '^logbook '
 
 # 3. Runtime: the binary, a passwd entry for the non-root user, /tmp, and the data directory.
 FROM scratch

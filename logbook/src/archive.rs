@@ -93,12 +93,19 @@ pub fn backup(source: &Path, dest: &Path) -> Result<FileReport, String> {
             {
                 let copy = rusqlite::backup::Backup::new(&src, &mut dst).map_err(|e| e.to_string())?;
                 // One step copies every page under a single read transaction: a consistent snapshot.
-                copy.step(-1).map_err(|e| format!("backup failed: {e}"))?;
+                match copy.step(-1).map_err(|e| format!("backup failed: {e}"))? {
+                    rusqlite::backup::StepResult::Done => {}
+                    other => {
+                        return Err(format!(
+                            "backup did not complete ({other:?}): the database was busy; try again"
+                        ));
+                    }
+                }
             }
             dst.pragma_update(None, "journal_mode", "DELETE").map_err(|e| e.to_string())?;
             dst.close().map_err(|(_, e)| e.to_string())
         },
-        || {},
+        Placement::New,
     )
 }
 
@@ -107,6 +114,8 @@ pub fn backup(source: &Path, dest: &Path) -> Result<FileReport, String> {
 /// while the service is stopped.
 pub fn restore(from: &Path, db: &Path) -> Result<RestoreReport, String> {
     verify_file(from)?;
+    // Held until the restore is done: a running service (or a second restore) refuses it.
+    let _lock = crate::storage::lock(db).map_err(|e| format!("{e}; stop the service first"))?;
     let previous = if db.exists() {
         let stamp: String = Connection::open_in_memory()
             .and_then(|c| c.query_row("SELECT strftime('%Y%m%dT%H%M%SZ', 'now')", [], |r| r.get(0)))
@@ -125,29 +134,44 @@ pub fn restore(from: &Path, db: &Path) -> Result<RestoreReport, String> {
                 .map_err(|e| format!("cannot copy {}: {e}", from.display()))
         },
         // A WAL left beside the old file would be replayed into the restored one.
-        || {
+        Placement::Replace(&|| {
             for stale in ["-wal", "-shm"] {
                 let _ = std::fs::remove_file(format!("{}{stale}", db.display()));
             }
-        },
+        }),
     )?;
     Ok(RestoreReport { entries: copied.entries, previous })
 }
 
-/// Writes `dest` through `write(partial)`, then syncs and verifies the partial file, runs
-/// `before_rename`, and renames it over `dest`.
+/// How a verified file takes its final name.
+enum Placement<'a> {
+    /// Only if nothing has that name yet, checked atomically (a hard link cannot overwrite).
+    New,
+    /// Over whatever is there, after running the given step.
+    Replace(&'a dyn Fn()),
+}
+
+/// Writes `dest` through `write(partial)`, syncs and verifies the partial file, then gives
+/// it its final name as `placement` says. The partial file is removed on any failure.
 fn write_verified(
     dest: &Path,
     write: impl FnOnce(&Path) -> Result<(), String>,
-    before_rename: impl FnOnce(),
+    placement: Placement<'_>,
 ) -> Result<FileReport, String> {
-    let partial = with_suffix(dest, "partial");
+    let partial = with_suffix(dest, &format!("partial-{}", std::process::id()));
     let _ = std::fs::remove_file(&partial);
     let result = write(&partial).and_then(|()| sync(&partial)).and_then(|()| verify_file(&partial)).and_then(
         |report| {
-            before_rename();
-            std::fs::rename(&partial, dest)
-                .map_err(|e| format!("cannot move the copy to {}: {e}", dest.display()))?;
+            let placed = match placement {
+                Placement::New => {
+                    std::fs::hard_link(&partial, dest).and_then(|()| std::fs::remove_file(&partial))
+                }
+                Placement::Replace(before) => {
+                    before();
+                    std::fs::rename(&partial, dest)
+                }
+            };
+            placed.map_err(|e| format!("cannot move the copy to {}: {e}", dest.display()))?;
             sync_dir(dest);
             Ok(report)
         },

@@ -10,6 +10,19 @@ use std::time::Duration;
 
 pub const DEFAULT_PORT: u16 = 8080;
 
+/// Every variable the service reads.
+pub const KNOWN: &[&str] = &[
+    "LOGBOOK_BIND",
+    "LOGBOOK_PORT",
+    "LOGBOOK_DB_PATH",
+    "LOGBOOK_LOG",
+    "LOGBOOK_LOG_FORMAT",
+    "LOGBOOK_SHUTDOWN_TIMEOUT",
+    "LOGBOOK_DRAIN_DELAY",
+    "LOGBOOK_API_TOKEN",
+    "LOGBOOK_API_TOKEN_FILE",
+];
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub bind: IpAddr,
@@ -73,9 +86,18 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 impl Config {
-    /// Reads the process environment.
+    /// Reads the process environment. A value that is not UTF-8 is refused rather than
+    /// guessed at (a mangled LOGBOOK_DB_PATH would open some other file).
     pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_lookup(|name| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned()))
+        for (name, value) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            if let Some(var) = KNOWN.iter().find(|known| **known == name)
+                && value.to_str().is_none()
+            {
+                return Err(ConfigError { var, value: None, expected: "a UTF-8 value".into() });
+            }
+        }
+        Self::from_lookup(|name| std::env::var(name).ok())
     }
 
     /// Reads configuration through `lookup`, so tests need not touch the process environment.
@@ -115,9 +137,10 @@ impl Config {
         };
         let shutdown_timeout = duration_var(&get, "LOGBOOK_SHUTDOWN_TIMEOUT", Duration::from_secs(10))?;
         if shutdown_timeout.is_zero() {
+            let raw = lookup("LOGBOOK_SHUTDOWN_TIMEOUT").unwrap_or_default();
             return Err(invalid(
                 "LOGBOOK_SHUTDOWN_TIMEOUT",
-                "0",
+                &raw,
                 "a duration above zero such as 10s or 500ms",
             ));
         }
@@ -216,8 +239,8 @@ mod tests {
             "LOGBOOK_SHUTDOWN_TIMEOUT"
         );
         assert_eq!(
-            config(&[("LOGBOOK_SHUTDOWN_TIMEOUT", "0s")]).unwrap_err().var,
-            "LOGBOOK_SHUTDOWN_TIMEOUT"
+            config(&[("LOGBOOK_SHUTDOWN_TIMEOUT", "0ms")]).unwrap_err().to_string(),
+            r#"invalid LOGBOOK_SHUTDOWN_TIMEOUT="0ms": expected a duration above zero such as 10s or 500ms"#
         );
     }
 

@@ -9,10 +9,15 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use tokio::net::TcpListener;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::task::JoinSet;
 
 use crate::config::Config;
 use crate::http::{AppState, router};
@@ -80,14 +85,7 @@ pub async fn serve(config: Config, started: Instant) -> Result<(), ServeError> {
         metrics,
         started,
     };
-    let (stop_accepting, stop_signal) = tokio::sync::oneshot::channel::<()>();
-    let mut server = tokio::spawn(
-        axum::serve(listener, router(state))
-            .with_graceful_shutdown(async {
-                let _ = stop_signal.await;
-            })
-            .into_future(),
-    );
+    let mut server = Server::new(router(state));
     tracing::info!(
         addr = %local,
         db = %config.db_path.display(),
@@ -98,10 +96,11 @@ pub async fn serve(config: Config, started: Instant) -> Result<(), ServeError> {
         "listening"
     );
 
-    let signal_name = tokio::select! {
-        name = signals.next() => name,
-        result = &mut server => {
-            return Err(ServeError::Runtime(format!("server stopped unexpectedly: {result:?}")));
+    let signal_name = loop {
+        tokio::select! {
+            name = signals.next() => break name,
+            accepted = listener.accept() => server.accept(accepted).await,
+            Some(_) = server.connections.join_next() => {}
         }
     };
     let shutdown_started = Instant::now();
@@ -113,25 +112,34 @@ pub async fn serve(config: Config, started: Instant) -> Result<(), ServeError> {
         "shutdown started; readiness is now 503"
     );
 
-    tokio::select! {
-        _ = tokio::time::sleep(config.drain_delay) => {}
-        name = signals.next() => exit_now(name),
-    }
-    let _ = stop_accepting.send(());
-    tokio::select! {
-        result = &mut server => {
-            if let Ok(Err(e)) = result {
-                tracing::warn!(error = %e, "server ended with an error while draining");
-            }
+    // Keep accepting through the drain delay, so balancers see the 503 before the refusal.
+    let delay = tokio::time::sleep(config.drain_delay);
+    tokio::pin!(delay);
+    loop {
+        tokio::select! {
+            _ = &mut delay => break,
+            name = signals.next() => exit_now(name),
+            accepted = listener.accept() => server.accept(accepted).await,
+            Some(_) = server.connections.join_next() => {}
         }
+    }
+    drop(listener);
+    let Server { graceful, mut connections, .. } = server;
+    tokio::select! {
+        _ = graceful.shutdown() => {}
         _ = tokio::time::sleep(config.shutdown_timeout) => {
             // A stuck client (say, half a request header) must not hold the process past
             // the orchestrator's grace period, which would end in SIGKILL.
-            tracing::warn!("in-flight requests did not finish within LOGBOOK_SHUTDOWN_TIMEOUT; closing them");
-            server.abort();
+            tracing::warn!(
+                connections = connections.len(),
+                "in-flight requests did not finish within LOGBOOK_SHUTDOWN_TIMEOUT; closing them"
+            );
+            connections.abort_all();
         }
         name = signals.next() => exit_now(name),
     }
+    // Wait for aborted connections to let go of their state.
+    while connections.join_next().await.is_some() {}
 
     // Commit what is queued, checkpoint, close. Appends arriving later are refused (503).
     tokio::task::spawn_blocking(move || writer.close())
@@ -139,6 +147,45 @@ pub async fn serve(config: Config, started: Instant) -> Result<(), ServeError> {
         .map_err(|e| ServeError::Runtime(format!("closing storage failed: {e}")))?;
     tracing::info!(elapsed_ms = shutdown_started.elapsed().as_millis() as u64, "shutdown complete");
     Ok(())
+}
+
+/// Longest a client may take to send a request's head; slower connections are closed.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// HTTP/1.1 connections, each a task in `connections`, watched for graceful shutdown.
+struct Server {
+    app: axum::Router,
+    http: http1::Builder,
+    graceful: GracefulShutdown,
+    connections: JoinSet<()>,
+}
+
+impl Server {
+    fn new(app: axum::Router) -> Self {
+        let mut http = http1::Builder::new();
+        http.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+        Server { app, http, graceful: GracefulShutdown::new(), connections: JoinSet::new() }
+    }
+
+    async fn accept(&mut self, accepted: std::io::Result<(TcpStream, SocketAddr)>) {
+        match accepted {
+            Ok((stream, _)) => {
+                let service = TowerToHyperService::new(self.app.clone());
+                let connection =
+                    self.graceful.watch(self.http.serve_connection(TokioIo::new(stream), service));
+                self.connections.spawn(async move {
+                    if let Err(e) = connection.await {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            Err(e) => {
+                // Out of file descriptors, say: back off instead of spinning.
+                tracing::warn!(error = %e, "accepting a connection failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
 }
 
 fn exit_now(signal_name: &str) -> ! {

@@ -104,10 +104,12 @@ struct Readers {
 pub struct WriterHandle {
     writer: mpsc::Sender<Command>,
     thread: Option<JoinHandle<()>>,
+    _lock: std::fs::File,
 }
 
 /// Opens (creating if needed) the database, migrates it and starts the writer thread.
 pub fn open(path: &Path) -> Result<(Storage, WriterHandle), StorageError> {
+    let lock = lock(path)?;
     let mut conn = open_writer(path)?;
     migrate(&mut conn)?;
     let conns = (0..READERS).map(|_| open_reader(path).map(Mutex::new)).collect::<Result<Vec<_>, _>>()?;
@@ -120,7 +122,28 @@ pub fn open(path: &Path) -> Result<(Storage, WriterHandle), StorageError> {
         writer: tx.clone(),
         readers: std::sync::Arc::new(Readers { conns, next: AtomicUsize::new(0) }),
     };
-    Ok((storage, WriterHandle { writer: tx, thread: Some(thread) }))
+    Ok((storage, WriterHandle { writer: tx, thread: Some(thread), _lock: lock }))
+}
+
+/// Takes the exclusive lock `<db>.lock`, held for as long as the returned file lives, so
+/// that two services (two containers on one volume, say) or a restore never write the same
+/// database at once. The lock is the kernel's: it ends with the process, however it ends.
+pub fn lock(db: &Path) -> Result<std::fs::File, StorageError> {
+    let path = std::path::PathBuf::from(format!("{}.lock", db.display()));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(StorageError::Io)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StorageError::Refused(format!(
+            "another logbook process is using this database (it holds {})",
+            path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(StorageError::Io(e)),
+    }
 }
 
 fn open_writer(path: &Path) -> Result<Connection, StorageError> {
@@ -129,6 +152,12 @@ fn open_writer(path: &Path) -> Result<Connection, StorageError> {
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     conn.busy_timeout(Duration::from_secs(5))?;
+    // Refuse a foreign file before changing anything in it (WAL mode is persistent).
+    let app_id: i32 = conn.query_row("PRAGMA application_id", [], |r| r.get(0))?;
+    let has_tables: bool = conn.query_row("SELECT count(*) > 0 FROM sqlite_schema", [], |r| r.get(0))?;
+    if app_id != APPLICATION_ID && (app_id != 0 || has_tables) {
+        return Err(StorageError::Refused("the file is an SQLite database but not a logbook one".into()));
+    }
     let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(StorageError::Refused(format!("journal_mode is {mode}, WAL is required")));
@@ -149,13 +178,8 @@ fn open_reader(path: &Path) -> Result<Connection, rusqlite::Error> {
 
 fn migrate(conn: &mut Connection) -> Result<(), StorageError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let app_id: i32 = tx.query_row("PRAGMA application_id", [], |r| r.get(0))?;
     let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     let version = usize::try_from(version).unwrap_or(usize::MAX);
-    let has_tables: bool = tx.query_row("SELECT count(*) > 0 FROM sqlite_schema", [], |r| r.get(0))?;
-    if app_id != APPLICATION_ID && (app_id != 0 || has_tables) {
-        return Err(StorageError::Refused("the file is an SQLite database but not a logbook one".into()));
-    }
     if version > MIGRATIONS.len() {
         return Err(StorageError::Refused(format!(
             "the database schema is version {version}, newer than this build knows ({})",
@@ -320,9 +344,23 @@ fn row_to_entry(row: &rusqlite::Row<'_>) -> Result<Entry, rusqlite::Error> {
 
 impl WriterHandle {
     /// Commits every append queued so far, refuses later ones, checkpoints and closes.
+    /// Blocks: call it from a blocking context.
     pub fn close(mut self) {
-        let _ = self.writer.blocking_send(Command::Close);
         if let Some(thread) = self.thread.take() {
+            let _ = self.writer.blocking_send(Command::Close);
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Early exits (a failed bind, say) still checkpoint and close the database. Drop may run
+/// inside the async runtime, where waiting for queue space is not allowed, so it only
+/// closes when the request fits at once.
+impl Drop for WriterHandle {
+    fn drop(&mut self) {
+        if let Some(thread) = self.thread.take()
+            && self.writer.try_send(Command::Close).is_ok()
+        {
             let _ = thread.join();
         }
     }
@@ -372,5 +410,28 @@ mod tests {
         drop(conn);
         let err = open(&path).err().expect("a foreign database must be refused");
         assert!(err.to_string().contains("not a logbook"), "{err}");
+        let mode: String =
+            Connection::open(&path).unwrap().query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+        assert_eq!(mode, "delete", "a refused file must be left as it was");
+    }
+
+    #[test]
+    fn commits_are_synced_and_logged_ahead() {
+        let path = temp_db("pragmas");
+        let conn = open_writer(&path).unwrap();
+        let synchronous: i64 = conn.query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap();
+        assert_eq!(synchronous, 2, "synchronous must be FULL: a kill -9 test cannot tell NORMAL apart");
+        let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+        assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn one_database_one_writer() {
+        let path = temp_db("lock");
+        let first = lock(&path).unwrap();
+        let err = lock(&path).expect_err("a second lock must be refused");
+        assert!(err.to_string().contains("another logbook process"), "{err}");
+        drop(first);
+        lock(&path).unwrap();
     }
 }

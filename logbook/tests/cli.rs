@@ -21,7 +21,7 @@ fn each_bad_variable_stops_startup_with_one_clear_line() {
         ("LOGBOOK_PORT", "-1", "expected an integer"),
         ("LOGBOOK_PORT", "99999", "expected an integer"),
         ("LOGBOOK_SHUTDOWN_TIMEOUT", "forever", "expected a duration"),
-        ("LOGBOOK_SHUTDOWN_TIMEOUT", "0", "above zero"),
+        ("LOGBOOK_SHUTDOWN_TIMEOUT", "0ms", "above zero"),
         ("LOGBOOK_DRAIN_DELAY", "1h", "expected a duration"),
         ("LOGBOOK_LOG_FORMAT", "yaml", "expected json or text"),
         ("LOGBOOK_BIND", "everywhere", "expected an IP address"),
@@ -144,7 +144,11 @@ fn backup_under_concurrent_writes_is_consistent_and_verified() {
         let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
         assert_eq!(mode, "delete", "a backup is one self-contained file");
     }
-    assert!(!out.path().join("copy-0.db.partial").exists());
+    let leftovers = std::fs::read_dir(out.path())
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().contains("partial"))
+        .count();
+    assert_eq!(leftovers, 0, "partial files left behind");
 
     // Never overwrite, and refuse what is not a logbook database.
     let (code, _, stderr) =
@@ -274,4 +278,22 @@ fn restore_replaces_the_database_and_keeps_the_old_one() {
     assert_eq!(restarted.get("/api/entries").json()["entries"].as_array().unwrap().len(), 5);
     assert_eq!(restarted.get("/api/entries/5").json()["text"], "before 4");
     assert_eq!(restarted.get("/api/entries/6").status, 404);
+}
+
+#[test]
+fn one_database_serves_one_process_and_restore_waits_for_it_to_stop() {
+    let server = Server::start(&[]);
+    let db = server.db.to_str().unwrap().to_owned();
+    let (code, _, stderr) = run(&[], &[("LOGBOOK_DB_PATH", &db), ("LOGBOOK_PORT", "0")]);
+    assert_eq!(code, EXIT_CONFIG, "{stderr}");
+    assert!(stderr.contains("another logbook process is using this database"), "{stderr}");
+
+    let dir = TempDir::new("restore-live");
+    let backup = dir.path().join("b.db");
+    assert_eq!(run(&["backup", "--to", backup.to_str().unwrap()], &[("LOGBOOK_DB_PATH", &db)]).0, 0);
+    let (code, _, stderr) =
+        run(&["restore", "--from", backup.to_str().unwrap()], &[("LOGBOOK_DB_PATH", &db)]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("stop the service first"), "{stderr}");
+    assert_eq!(server.get("/readyz").status, 200, "the running service is untouched");
 }

@@ -50,7 +50,7 @@ impl Bench {
         let get = wrk(&format!("{url}/api/entries/1"), self.connections, seconds, None);
         let post_script = dir.join("post.lua");
         let post = wrk(&format!("{url}/api/entries"), self.connections, seconds, Some(&post_script));
-        let baseline = sqlite_baseline(&dir.join("baseline.db"), seconds);
+        let baseline = sqlite_baseline(&target_dir(sh), &dir.join("baseline.db"), seconds);
         if process::runner().dry_run {
             for cmd in [&get, &post, &baseline] {
                 process::echo(cmd);
@@ -59,9 +59,15 @@ impl Bench {
         }
         std::fs::write(&post_script, POST_SCRIPT)?;
 
+        // The service's defaults, whatever the caller's shell sets (a token would turn every
+        // POST into a 401).
+        let mut server = duct::cmd(target_dir(sh).join("release/logbook"), Vec::<String>::new());
+        for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("LOGBOOK_")) {
+            server = server.env_remove(key);
+        }
         let spawned = Instant::now();
         let server = ServerGuard(
-            duct::cmd(release_binary(sh), Vec::<String>::new())
+            server
                 .env("LOGBOOK_BIND", "127.0.0.1")
                 .env("LOGBOOK_PORT", port.to_string())
                 .env("LOGBOOK_DB_PATH", dir.join("logbook.db"))
@@ -139,8 +145,9 @@ pub fn build_release() -> Cmd {
     ])
 }
 
-fn release_binary(sh: &Shell) -> PathBuf {
-    sh.current_dir().join("target/release/logbook")
+/// Cargo's target directory: `CARGO_TARGET_DIR` when set, else `target/`.
+fn target_dir(sh: &Shell) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| sh.current_dir().join("target"), PathBuf::from)
 }
 
 pub fn wrk(url: &str, connections: u32, seconds: u32, script: Option<&Path>) -> Cmd {
@@ -159,8 +166,10 @@ pub fn wrk(url: &str, connections: u32, seconds: u32, script: Option<&Path>) -> 
     cmd.arg(url)
 }
 
-pub fn sqlite_baseline(db: &Path, seconds: u32) -> Cmd {
-    Cmd::new("target/release/examples/sqlite_baseline").arg(db.display().to_string()).arg(seconds.to_string())
+pub fn sqlite_baseline(target_dir: &Path, db: &Path, seconds: u32) -> Cmd {
+    Cmd::new(target_dir.join("release/examples/sqlite_baseline").display().to_string())
+        .arg(db.display().to_string())
+        .arg(seconds.to_string())
 }
 
 /// Reads requests/s and the 50th and 99th latency percentiles from `wrk --latency` output.

@@ -32,7 +32,8 @@ impl CiStep {
         }
     }
 
-    /// Steps that must have passed for this one to be worth running.
+    /// Steps whose failure makes this one pointless (a skipped one does not: the image may
+    /// exist already).
     fn needs(self) -> &'static [CiStep] {
         match self {
             CiStep::Fmt | CiStep::Clippy | CiStep::Test | CiStep::BuildClassic | CiStep::Build => &[],
@@ -71,14 +72,18 @@ impl Ci {
         let started = Instant::now();
         let mut reports: Vec<StepReport> = Vec::new();
         for &step in CiStep::ALL {
-            let outcome_before_run = if !self.only.is_empty() && !self.only.contains(&step) {
+            let outcome_before_run = if process::interrupted() {
+                Some(Outcome::Skipped("not run: interrupted".into()))
+            } else if !self.only.is_empty() && !self.only.contains(&step) {
                 Some(Outcome::Skipped("not in --only".into()))
             } else if self.skip.contains(&step) {
                 Some(Outcome::Skipped("--skip".into()))
             } else {
                 step.needs()
                     .iter()
-                    .find(|need| reports.iter().any(|r| r.step == **need && r.outcome != Outcome::Pass))
+                    .find(|need| {
+                        reports.iter().any(|r| r.step == **need && matches!(r.outcome, Outcome::Fail(_)))
+                    })
                     .map(|need| Outcome::Skipped(format!("not run: needs {}", need.name())))
             };
             let report = match outcome_before_run {

@@ -44,12 +44,24 @@ pub fn discover_compose(sh: &Shell) -> Result<ComposeProgram> {
     )
 }
 
+/// The oldest Compose the compose files work with (`env_file` with `required: false`).
+const MIN_COMPOSE: (u32, u32) = (2, 24);
+
 fn compose_from_version(program: Vec<String>, version: &str) -> Result<ComposeProgram> {
-    let major = version.trim().trim_start_matches('v').split('.').next().unwrap_or_default();
-    if major == "1" {
+    let mut parts = version.trim().trim_start_matches('v').split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    if major == 1 {
         bail!(
             "{} is Compose v1 ({version}); v2 or later is required (v1 lacks `ps --format json` and `up --wait`): install the compose plugin",
             program.join(" ")
+        );
+    }
+    if (major, minor) < MIN_COMPOSE {
+        bail!(
+            "{} is Compose {version}; {}.{} or later is required (for `env_file` with `required: false`): update the compose plugin",
+            program.join(" "),
+            MIN_COMPOSE.0,
+            MIN_COMPOSE.1
         );
     }
     Ok(ComposeProgram(program))
@@ -74,6 +86,8 @@ pub struct Compose {
     pub project: String,
     pub files: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// Compose's `--env-file`: where it reads variables for the files (default `.env`).
+    pub env_file: Option<String>,
 }
 
 impl Compose {
@@ -84,6 +98,7 @@ impl Compose {
             project: project::COMPOSE_PROJECT.to_owned(),
             files: vec![project::COMPOSE_FILE.to_owned()],
             env: Vec::new(),
+            env_file: None,
         }
     }
 
@@ -102,6 +117,9 @@ impl Compose {
         let (program, pre) =
             self.program.0.split_first().map_or(("docker", &[][..]), |(p, rest)| (p.as_str(), rest));
         let mut cmd = Cmd::new(program).args(pre.iter().cloned()).args(["--project-name", &self.project]);
+        if let Some(env_file) = &self.env_file {
+            cmd = cmd.args(["--env-file", env_file]);
+        }
         for file in &self.files {
             cmd = cmd.args(["--file", file]);
         }
@@ -332,6 +350,8 @@ mod tests {
         let err = compose_from_version(vec!["docker-compose".into()], "1.29.2").unwrap_err().to_string();
         assert!(err.contains("Compose v1") && err.contains("v2 or later"), "{err}");
         assert!(compose_from_version(vec!["docker-compose".into()], "v2.24.0").is_ok());
+        let err = compose_from_version(vec!["docker-compose".into()], "2.20.3").unwrap_err().to_string();
+        assert!(err.contains("2.24 or later"), "{err}");
         assert!(compose_from_version(vec!["docker".into(), "compose".into()], "5.6.1").is_ok());
     }
 

@@ -10,7 +10,11 @@ use crate::process;
 impl Logs {
     pub fn run(self, sh: &Shell) -> Result<()> {
         let compose = Compose::app(docker::connect(sh)?);
-        // Runs with the terminal's stdin, so Ctrl-C and paging behave as in a shell.
-        process::run(sh, &compose.logs(self.service.as_deref(), self.follow, Some(self.tail)))
+        // Runs with the terminal's stdin, so Ctrl-C and paging behave as in a shell; Ctrl-C
+        // is how following ends, not a failure.
+        match process::run(sh, &compose.logs(self.service.as_deref(), self.follow, Some(self.tail))) {
+            Err(_) if process::interrupted() => Ok(()),
+            other => other,
+        }
     }
 }

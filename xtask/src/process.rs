@@ -96,6 +96,11 @@ pub fn run(sh: &Shell, cmd: &Cmd) -> Result<()> {
     runner().run(sh, cmd)
 }
 
+/// [`Runner::run_cleanup`] under the process-wide policy.
+pub fn run_cleanup(sh: &Shell, cmd: &Cmd) -> Result<()> {
+    runner().run_cleanup(sh, cmd)
+}
+
 /// [`Runner::capture`] under the process-wide policy.
 pub fn capture(sh: &Shell, cmd: &Cmd, dry_run_value: &str) -> Result<String> {
     runner().capture(sh, cmd, dry_run_value)
@@ -124,7 +129,20 @@ impl Runner {
     }
 
     /// Echoes `cmd`, then runs it with inherited stdio (unless dry-run).
+    /// After Ctrl-C, refuses to start anything new.
     pub fn run(&self, sh: &Shell, cmd: &Cmd) -> Result<()> {
+        if interrupted() {
+            bail!("interrupted; not running `{cmd}`");
+        }
+        let result = self.run_cleanup(sh, cmd);
+        if result.is_err() && interrupted() {
+            bail!("interrupted during `{cmd}`");
+        }
+        result
+    }
+
+    /// [`Runner::run`], even after Ctrl-C: for teardown and diagnostics.
+    pub fn run_cleanup(&self, sh: &Shell, cmd: &Cmd) -> Result<()> {
         echo(cmd);
         if self.dry_run {
             return Ok(());
@@ -132,9 +150,6 @@ impl Runner {
         // Through std, so the child inherits stdin too (xshell would give it a null one).
         let mut command: std::process::Command = cmd.to_xshell(sh).into();
         let status = command.status().map_err(|e| spawn_error(cmd, &e))?;
-        if interrupted() {
-            bail!("interrupted during `{cmd}`");
-        }
         check_status(cmd, status)
     }
 

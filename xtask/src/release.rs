@@ -209,8 +209,7 @@ pub fn deploy(sh: &Shell, compose: &Compose, history_file: &Path, image: &str, g
         };
         let guard = StackGuard::new(sh, &compose_new, on_drop);
         let result = process::run(sh, &compose_new.up())
-            .and_then(|()| stack::published_addr(sh, &compose_new))
-            .and_then(|addr| stack::wait_ready(sh, &compose_new, &addr, gate.timeout).map(|()| addr));
+            .and_then(|()| stack::wait_ready(sh, &compose_new, gate.timeout));
         if result.is_ok() {
             guard.succeeded();
         }
@@ -233,8 +232,7 @@ pub fn deploy(sh: &Shell, compose: &Compose, history_file: &Path, image: &str, g
                 process::clear_interrupt();
                 let compose_old = compose.clone().var("LOGBOOK_IMAGE", &previous);
                 let restored = process::run(sh, &compose_old.up())
-                    .and_then(|()| stack::published_addr(sh, &compose_old))
-                    .and_then(|addr| stack::wait_ready(sh, &compose_old, &addr, gate.timeout).map(|()| addr));
+                    .and_then(|()| stack::wait_ready(sh, &compose_old, gate.timeout));
                 match restored {
                     Ok(addr) => {
                         bail!("{image} failed: {e:#}\nrestored {previous}, which is ready at http://{addr}")

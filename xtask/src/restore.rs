@@ -60,8 +60,7 @@ pub fn restore(
     let compose = compose.clone().var("LOGBOOK_IMAGE", &image);
     process::run(sh, &compose.up())?;
     if !dry_run {
-        let addr = stack::published_addr(sh, &compose)?;
-        stack::wait_ready(sh, &compose, &addr, timeout)?;
+        stack::wait_ready(sh, &compose, timeout)?;
     }
     let report: serde_json::Value =
         serde_json::from_str(&restored?).context("logbook restore printed bad JSON")?;

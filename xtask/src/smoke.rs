@@ -40,10 +40,13 @@ impl Smoke {
     }
 }
 
-/// A throwaway project: its own name, volume and free loopback port, and no `.env`.
+/// A throwaway project: its own name, volume and free loopback port, and no `.env`
+/// (neither for the compose file's variables nor for the service's environment).
 pub fn isolated(program: docker::ComposeProgram, name: &str) -> Result<Compose> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port().to_string();
-    Ok(Compose::app(program)
+    let mut compose = Compose::app(program);
+    compose.env_file = Some("/dev/null".into());
+    Ok(compose
         .project(name)
         .var("LOGBOOK_HOST_BIND", "127.0.0.1")
         .var("LOGBOOK_HOST_PORT", &port)
@@ -74,12 +77,12 @@ impl Checks {
 
 fn run_checks(sh: &Shell, compose: &Compose, image: &str, checks: &mut Checks) -> Result<()> {
     process::run(sh, &compose.up())?;
-    let addr = stack::published_addr(sh, compose)?;
     let container = stack::container_id(sh, compose)?.context("the service container was not created")?;
 
-    checks.run("/healthz and /readyz answer 200", || {
-        stack::wait_ready(sh, compose, &addr, Duration::from_secs(30))?;
-        expect_status(&addr, "/healthz", 200)
+    let addr = checks.run_value("/healthz and /readyz answer 200", || {
+        let addr = stack::wait_ready(sh, compose, Duration::from_secs(30))?;
+        expect_status(&addr, "/healthz", 200)?;
+        Ok(addr)
     })?;
     checks.run("/version reports the image's git revision", || {
         let label = process::query(
@@ -114,8 +117,7 @@ fn run_checks(sh: &Shell, compose: &Compose, image: &str, checks: &mut Checks) -
     })?;
     checks.run("the entry survives `docker compose restart`", || {
         process::run(sh, &compose.restart(project::NAME))?;
-        let addr = stack::published_addr(sh, compose)?;
-        stack::wait_ready(sh, compose, &addr, Duration::from_secs(30))?;
+        let addr = stack::wait_ready(sh, compose, Duration::from_secs(30))?;
         expect_entry(&addr, id, &text)
     })?;
     checks.run("the service runs as a non-root user", || {

@@ -95,13 +95,21 @@ pub fn published_addr(sh: &Shell, compose: &Compose) -> Result<String> {
     Ok(format!("{host}:{port}"))
 }
 
-/// Polls `/readyz` until 200. Fails early, with the last log lines, if the container exits
-/// or restarts, and at `timeout` otherwise.
-pub fn wait_ready(sh: &Shell, compose: &Compose, addr: &str, timeout: Duration) -> Result<()> {
+/// Polls `/readyz` at the published address until it answers 200, and returns that
+/// address. Fails early, with the last log lines, if the container exits or restarts, and
+/// at `timeout` otherwise.
+pub fn wait_ready(sh: &Shell, compose: &Compose, timeout: Duration) -> Result<String> {
     let mut last_state_check = Instant::now();
+    let mut addr = None;
     let waited = process::wait_for("the service to be ready", timeout, Duration::from_millis(100), || {
-        if http::get(addr, "/readyz", Duration::from_secs(2)).is_ok_and(|r| r.status == 200) {
-            return Ok(Some(()));
+        // Known once the container runs; a container that died early never publishes it.
+        if addr.is_none() {
+            addr = published_addr(sh, compose).ok();
+        }
+        if let Some(addr) = &addr
+            && http::get(addr, "/readyz", Duration::from_secs(2)).is_ok_and(|r| r.status == 200)
+        {
+            return Ok(Some(addr.clone()));
         }
         if last_state_check.elapsed() >= Duration::from_secs(1) {
             last_state_check = Instant::now();
@@ -126,7 +134,7 @@ pub fn wait_ready(sh: &Shell, compose: &Compose, addr: &str, timeout: Duration) 
 /// Prints what an operator needs when a stack is unhealthy: recent logs and the health log.
 pub fn diagnose(sh: &Shell, compose: &Compose) {
     process::say(&format!("--- last log lines of project {} ---", compose.project));
-    let _ = process::run(sh, &compose.logs(None, false, Some(50)));
+    let _ = process::run_cleanup(sh, &compose.logs(None, false, Some(50)));
     if let Ok(Some(id)) = container_id(sh, compose) {
         let health =
             process::query(sh, &docker::inspect_format(&id, "{{json .State.Health}}")).unwrap_or_default();
@@ -184,7 +192,7 @@ impl Drop for StackGuard<'_> {
             OnDrop::DownIfFailed if self.failed => Some(self.compose.down(false)),
             _ => None,
         };
-        if let Some(Err(e)) = down.map(|down| process::run(self.sh, &down)) {
+        if let Some(Err(e)) = down.map(|down| process::run_cleanup(self.sh, &down)) {
             process::say(&format!("cleanup failed: {e:#}"));
         }
         for image in &self.extra_images {
