@@ -6,38 +6,33 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 use xshell::Shell;
 
-use crate::flags::{Build, Builder, Ci, CiStep, Drill, Smoke};
+use clap::ValueEnum;
+
+use crate::flags::{Build, Builder, Ci, CiStep, Drill, Lint, MonitoringSmoke, Smoke};
 use crate::process::{self, Cmd};
 
 impl CiStep {
-    pub const ALL: &[CiStep] = &[
-        CiStep::Fmt,
-        CiStep::Clippy,
-        CiStep::Test,
-        CiStep::BuildClassic,
-        CiStep::Build,
-        CiStep::Smoke,
-        CiStep::Drill,
-    ];
+    /// Every step, in the order they run: the order of the enum.
+    pub fn all() -> &'static [CiStep] {
+        CiStep::value_variants()
+    }
 
-    pub fn name(self) -> &'static str {
-        match self {
-            CiStep::Fmt => "fmt",
-            CiStep::Clippy => "clippy",
-            CiStep::Test => "test",
-            CiStep::BuildClassic => "build-classic",
-            CiStep::Build => "build",
-            CiStep::Smoke => "smoke",
-            CiStep::Drill => "drill",
-        }
+    /// The name `--skip` and `--only` take, which is also the subcommand it runs.
+    pub fn name(self) -> String {
+        self.to_possible_value().map(|v| v.get_name().to_owned()).unwrap_or_default()
     }
 
     /// Steps whose failure makes this one pointless (a skipped one does not: the image may
     /// exist already).
     fn needs(self) -> &'static [CiStep] {
         match self {
-            CiStep::Fmt | CiStep::Clippy | CiStep::Test | CiStep::BuildClassic | CiStep::Build => &[],
-            CiStep::Smoke | CiStep::Drill => &[CiStep::Build],
+            CiStep::Fmt
+            | CiStep::Clippy
+            | CiStep::Lint
+            | CiStep::Test
+            | CiStep::BuildClassic
+            | CiStep::Build => &[],
+            CiStep::Smoke | CiStep::Drill | CiStep::MonitoringSmoke => &[CiStep::Build],
         }
     }
 
@@ -45,11 +40,13 @@ impl CiStep {
         match self {
             CiStep::Fmt => process::run(sh, &fmt_check()),
             CiStep::Clippy => process::run(sh, &clippy()),
+            CiStep::Lint => Lint {}.run(sh),
             CiStep::Test => process::run(sh, &tests(nextest_installed(sh))),
             CiStep::BuildClassic => Build { builder: Builder::Classic }.run(sh),
             CiStep::Build => Build { builder: Builder::Buildkit }.run(sh),
             CiStep::Smoke => Smoke { no_build: true }.run(sh),
             CiStep::Drill => Drill { no_build: true }.run(sh),
+            CiStep::MonitoringSmoke => MonitoringSmoke { no_build: true }.run(sh),
         }
     }
 }
@@ -71,7 +68,7 @@ impl Ci {
     pub fn run(self, sh: &Shell) -> Result<()> {
         let started = Instant::now();
         let mut reports: Vec<StepReport> = Vec::new();
-        for &step in CiStep::ALL {
+        for &step in CiStep::all() {
             let outcome_before_run = if process::interrupted() {
                 Some(Outcome::Skipped("not run: interrupted".into()))
             } else if !self.only.is_empty() && !self.only.contains(&step) {
@@ -113,7 +110,7 @@ impl Ci {
                 process::say(&format!("ci: cannot write GITHUB_STEP_SUMMARY ({path}): {e}"));
             }
         }
-        let failed: Vec<&str> =
+        let failed: Vec<String> =
             reports.iter().filter(|r| matches!(r.outcome, Outcome::Fail(_))).map(|r| r.step.name()).collect();
         if !failed.is_empty() {
             bail!("ci failed: {}", failed.join(", "));
@@ -155,7 +152,7 @@ fn seconds(took: Option<Duration>) -> String {
 }
 
 fn summary_table(reports: &[StepReport], total: Duration) -> String {
-    let width = CiStep::ALL.iter().map(|s| s.name().len()).max().unwrap_or(0);
+    let width = CiStep::all().iter().map(|s| s.name().len()).max().unwrap_or(0);
     let mut out = format!("\n{:<width$}  result   time     note\n", "step");
     for r in reports {
         let (result, note) = outcome_words(&r.outcome);
@@ -211,9 +208,18 @@ mod tests {
             StepReport { step: CiStep::Test, outcome: Outcome::Skipped("--skip".into()), took: None },
         ];
         let table = summary_table(&reports, Duration::from_secs(5));
-        assert!(table.contains("\nfmt            pass     1.5s\n"), "{table}");
-        assert!(table.contains("\nclippy         FAIL     3.0s     `cargo clippy` failed\n"), "{table}");
-        assert!(table.contains("\ntest           skipped  -        --skip\n"), "{table}");
+        let row = |step: &str| -> Vec<&str> {
+            table.lines().find(|l| l.starts_with(&format!("{step} "))).unwrap().split_whitespace().collect()
+        };
+        assert_eq!(row("fmt"), ["fmt", "pass", "1.5s"], "{table}");
+        assert_eq!(row("clippy"), ["clippy", "FAIL", "3.0s", "`cargo", "clippy`", "failed"], "{table}");
+        assert_eq!(row("test"), ["test", "skipped", "-", "--skip"], "{table}");
+        assert_eq!(row("total"), ["total", "5.0s"], "{table}");
+        // The result column lines up.
+        let at =
+            |step: &str, word: &str| table.lines().find(|l| l.starts_with(step)).unwrap().find(word).unwrap();
+        assert_eq!(at("fmt", "pass"), at("clippy", "FAIL"));
+        assert_eq!(at("fmt", "pass"), at("test", "skipped"));
         let md = summary_markdown(&reports);
         assert!(md.contains("| clippy | FAIL | 3.0s | `cargo clippy` failed |"), "{md}");
     }

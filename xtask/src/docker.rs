@@ -102,6 +102,14 @@ impl Compose {
         }
     }
 
+    /// The same project with the monitoring file layered on.
+    pub fn with_monitoring(mut self) -> Self {
+        if !self.files.iter().any(|f| f == project::MONITORING_COMPOSE_FILE) {
+            self.files.push(project::MONITORING_COMPOSE_FILE.to_owned());
+        }
+        self
+    }
+
     pub fn project(mut self, name: &str) -> Self {
         self.project = name.to_owned();
         self
@@ -131,7 +139,16 @@ impl Compose {
     }
 
     pub fn up(&self) -> Cmd {
-        self.cmd(&["up", "--detach", "--remove-orphans"])
+        // No --remove-orphans: the monitoring services share the project and must survive
+        // an app-only `up`.
+        self.cmd(&["up", "--detach"])
+    }
+
+    /// `up` for the named services only (and what they depend on).
+    pub fn up_services(&self, services: &[&str]) -> Cmd {
+        let mut args = vec!["up", "--detach"];
+        args.extend(services);
+        self.cmd(&args)
     }
 
     pub fn down(&self, volumes: bool) -> Cmd {
@@ -321,7 +338,7 @@ mod tests {
             .var("LOGBOOK_IMAGE", "logbook:def");
         assert_eq!(
             compose.up().to_string(),
-            "LOGBOOK_IMAGE=logbook:def docker compose --project-name logbook --file docker-compose.yml up --detach --remove-orphans"
+            "LOGBOOK_IMAGE=logbook:def docker compose --project-name logbook --file docker-compose.yml up --detach"
         );
         let smoke = Compose::app(ComposeProgram(vec!["docker-compose".into()])).project("logbook-smoke-7");
         assert_eq!(

@@ -11,7 +11,8 @@ use crate::process;
 
 impl Down {
     pub fn run(self, sh: &Shell) -> Result<()> {
-        let compose = Compose::app(docker::connect(sh)?);
+        // Both files, so monitoring containers and volumes go too.
+        let compose = crate::monitoring::interpolable(sh, Compose::app(docker::connect(sh)?));
         if self.volumes && !self.yes && !process::runner().dry_run {
             confirm_volume_deletion(&compose.project)?;
         }

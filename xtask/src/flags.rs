@@ -29,6 +29,10 @@ pub enum Command {
     Backup(Backup),
     Restore(Restore),
     Drill(Drill),
+    MonitoringUp(MonitoringUp),
+    MonitoringDown(MonitoringDown),
+    MonitoringSmoke(MonitoringSmoke),
+    Lint(Lint),
     Ci(Ci),
     Bench(Bench),
 }
@@ -195,6 +199,59 @@ pub struct Drill {
     pub no_build: bool,
 }
 
+/// Start Prometheus and Grafana beside the app (which is started or updated first, as by
+/// `up`), and wait until Prometheus scrapes the service as up and Grafana is healthy.
+/// Prints their URLs.
+///
+/// Grafana needs GRAFANA_ADMIN_PASSWORD (environment or .env): it has no default password.
+/// Images: PROMETHEUS_IMAGE and GRAFANA_IMAGE override the public ones.
+#[derive(Debug, Args)]
+pub struct MonitoringUp {
+    /// Which monitoring services to start (comma-separated; default: all). For example
+    /// `--services prometheus` where no Grafana image can be had.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub services: Vec<MonitoringService>,
+
+    /// Use the existing image for this tree; fail if it has not been built.
+    #[arg(long)]
+    pub no_build: bool,
+
+    /// Seconds to wait for each service.
+    #[arg(long, default_value_t = 90)]
+    pub timeout: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MonitoringService {
+    /// Prometheus: scrapes the service, evaluates the alert rules
+    Prometheus,
+    /// Grafana: the provisioned dashboard
+    Grafana,
+}
+
+/// Stop and remove Prometheus and Grafana; the app keeps running and their volumes are kept.
+#[derive(Debug, Args)]
+pub struct MonitoringDown {}
+
+/// Prove the monitoring stack on a throwaway project: Prometheus comes up, scrapes the
+/// service as up, answers a PromQL query for its request counter, and monitoring-down
+/// leaves the app serving. Always tears down.
+#[derive(Debug, Args)]
+pub struct MonitoringSmoke {
+    /// Use the existing image for this tree; fail if it has not been built.
+    #[arg(long)]
+    pub no_build: bool,
+}
+
+/// Check the product files: both compose files (`docker compose config`), the Prometheus
+/// config and alert rules (promtool check and the rules' unit tests), and that every metric
+/// the dashboard and the alerts use is one the service really exports (its live /metrics,
+/// which must also pass `promtool check metrics`).
+///
+/// Uses a local promtool when there is one, else the Prometheus image (PROMETHEUS_IMAGE).
+#[derive(Debug, Args)]
+pub struct Lint {}
+
 /// Run the CI pipeline, exactly as GitHub Actions runs it, and summarise each step.
 ///
 /// Steps run in order; after a failure, the steps that do not depend on the failed one
@@ -217,6 +274,8 @@ pub enum CiStep {
     Fmt,
     /// cargo clippy with warnings denied
     Clippy,
+    /// cargo xtask lint: compose files, Prometheus config and rules, dashboard metrics
+    Lint,
     /// the workspace tests (nextest when installed, else cargo test)
     Test,
     /// cargo xtask build --builder classic: the Dockerfile still builds without BuildKit
@@ -227,6 +286,8 @@ pub enum CiStep {
     Smoke,
     /// cargo xtask drill: rollback, automatic restore, backup and restore on the real engine
     Drill,
+    /// cargo xtask monitoring-smoke: Prometheus scraping the service on the real engine
+    MonitoringSmoke,
 }
 
 #[cfg(test)]

@@ -9,7 +9,9 @@ mod down;
 mod drill;
 mod flags;
 mod http;
+mod lint;
 mod logs;
+mod monitoring;
 mod process;
 mod project;
 mod release;
@@ -43,6 +45,10 @@ fn main() -> anyhow::Result<()> {
         flags::Command::Backup(cmd) => cmd.run(&sh),
         flags::Command::Restore(cmd) => cmd.run(&sh),
         flags::Command::Drill(cmd) => cmd.run(&sh),
+        flags::Command::MonitoringUp(cmd) => cmd.run(&sh),
+        flags::Command::MonitoringDown(cmd) => cmd.run(&sh),
+        flags::Command::MonitoringSmoke(cmd) => cmd.run(&sh),
+        flags::Command::Lint(cmd) => cmd.run(&sh),
         flags::Command::Ci(cmd) => cmd.run(&sh),
         flags::Command::Bench(cmd) => cmd.run(&sh),
     }

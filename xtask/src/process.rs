@@ -217,6 +217,20 @@ pub fn query(sh: &Shell, cmd: &Cmd) -> Result<String> {
         .to_owned())
 }
 
+/// [`query`], with `input` on the command's stdin.
+pub fn query_with_input(sh: &Shell, cmd: &Cmd, input: &str) -> Result<String> {
+    let output = cmd.to_xshell(sh).stdin(input).ignore_status().output().map_err(|e| spawn_error(cmd, &e))?;
+    if !output.status.success() {
+        bail!(
+            "`{cmd}` failed ({}): {}{}",
+            exit_description(output.status),
+            String::from_utf8_lossy(&output.stdout).trim(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
 /// Whether `cmd` runs and exits 0, quietly. For probing tools.
 pub fn succeeds(sh: &Shell, cmd: &Cmd) -> bool {
     cmd.to_xshell(sh)

@@ -9,3 +9,5 @@ pub const DEFAULT_HOST_PORT: u16 = 8080;
 /// The app stack's compose file, and its project name.
 pub const COMPOSE_FILE: &str = "docker-compose.yml";
 pub const COMPOSE_PROJECT: &str = NAME;
+/// Prometheus and Grafana, layered on the app stack.
+pub const MONITORING_COMPOSE_FILE: &str = "docker-compose.monitoring.yml";

@@ -88,9 +88,7 @@ fn up_dry_run_prints_the_exact_commands_and_runs_nothing() {
     let up = output.lines().find(|l| l.contains(" up --detach")).expect("no compose up printed");
     assert!(up.starts_with("$ LOGBOOK_IMAGE=logbook:"), "{up}");
     assert!(
-        up.ends_with(
-            "docker compose --project-name logbook --file docker-compose.yml up --detach --remove-orphans"
-        ),
+        up.ends_with("docker compose --project-name logbook --file docker-compose.yml up --detach"),
         "{up}"
     );
     docker.assert_only_queries();
@@ -102,7 +100,12 @@ fn down_and_smoke_dry_runs_change_nothing() {
     let docker = FakeDocker::new("down");
     let (ok, output) = docker.xtask(&["down", "--volumes", "--yes", "--dry-run"]);
     assert!(ok, "{output}");
-    assert!(output.contains("$ docker compose --project-name logbook --file docker-compose.yml down --remove-orphans --volumes"), "{output}");
+    assert!(
+        output.contains(
+            "docker compose --project-name logbook --file docker-compose.yml --file docker-compose.monitoring.yml down --remove-orphans --volumes"
+        ),
+        "{output}"
+    );
     let (ok, output) = docker.xtask(&["logs", "-f", "logbook", "--dry-run"]);
     assert!(ok, "{output}");
     assert!(output.contains("logs --no-color --tail 100 --follow logbook"), "{output}");
