@@ -160,6 +160,13 @@ fn write_verified(
 ) -> Result<FileReport, String> {
     let partial = with_suffix(dest, &format!("partial-{}", std::process::id()));
     let _ = std::fs::remove_file(&partial);
+    // Created here first, so a refusal carries the operating system's reason (a read-only
+    // filesystem, say) rather than SQLite's "unable to open database file".
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&partial)
+        .map_err(|e| format!("cannot create {}: {e}", partial.display()))?;
     let result = write(&partial).and_then(|()| sync(&partial)).and_then(|()| verify_file(&partial)).and_then(
         |report| {
             let placed = match placement {

@@ -8,8 +8,11 @@ use xshell::Shell;
 
 use clap::ValueEnum;
 
-use crate::flags::{Build, Builder, Ci, CiStep, Drill, Lint, MonitoringSmoke, Smoke};
+use crate::flags::{
+    AuditImage, Build, Builder, Ci, CiStep, Drill, Lint, MonitoringSmoke, Scan, ScanFormat, Smoke,
+};
 use crate::process::{self, Cmd};
+use crate::scan::Trivy;
 
 impl CiStep {
     /// Every step, in the order they run: the order of the enum.
@@ -32,28 +35,57 @@ impl CiStep {
             | CiStep::Test
             | CiStep::BuildClassic
             | CiStep::Build => &[],
-            CiStep::Smoke | CiStep::Drill | CiStep::MonitoringSmoke => &[CiStep::Build],
+            CiStep::Advisories => &[],
+            CiStep::Smoke | CiStep::Drill | CiStep::MonitoringSmoke | CiStep::AuditImage | CiStep::Scan => {
+                &[CiStep::Build]
+            }
         }
     }
 
-    fn run(self, sh: &Shell) -> Result<()> {
+    /// Runs the step. `required`: a missing tool fails the step instead of skipping it.
+    fn run(self, sh: &Shell, required: bool) -> Result<Outcome> {
+        let done = |result: Result<()>| result.map(|()| Outcome::Pass(String::new()));
         match self {
-            CiStep::Fmt => process::run(sh, &fmt_check()),
-            CiStep::Clippy => process::run(sh, &clippy()),
-            CiStep::Lint => Lint {}.run(sh),
-            CiStep::Test => process::run(sh, &tests(nextest_installed(sh))),
-            CiStep::BuildClassic => Build { builder: Builder::Classic }.run(sh),
-            CiStep::Build => Build { builder: Builder::Buildkit }.run(sh),
-            CiStep::Smoke => Smoke { no_build: true }.run(sh),
-            CiStep::Drill => Drill { no_build: true }.run(sh),
-            CiStep::MonitoringSmoke => MonitoringSmoke { no_build: true }.run(sh),
+            CiStep::Fmt => done(process::run(sh, &fmt_check())),
+            CiStep::Clippy => done(process::run(sh, &clippy())),
+            CiStep::Lint => done(Lint {}.run(sh)),
+            CiStep::Test => done(process::run(sh, &tests(nextest_installed(sh)))),
+            CiStep::BuildClassic => done(Build { builder: Builder::Classic }.run(sh)),
+            CiStep::Build => done(Build { builder: Builder::Buildkit }.run(sh)),
+            CiStep::Smoke => done(Smoke { no_build: true }.run(sh)),
+            CiStep::Drill => done(Drill { no_build: true }.run(sh)),
+            CiStep::MonitoringSmoke => done(MonitoringSmoke { no_build: true }.run(sh)),
+            CiStep::AuditImage => done(AuditImage { tag: None, self_test: true }.run(sh)),
+            CiStep::Advisories => crate::advisories::check(sh, true).map(Outcome::Pass),
+            CiStep::Scan => {
+                if Trivy::find(sh).is_none() {
+                    if required {
+                        bail!(
+                            "trivy not found, and --require scan was given: install trivy or set TRIVY_IMAGE"
+                        );
+                    }
+                    return Ok(Outcome::Skipped("trivy not found".into()));
+                }
+                done(
+                    Scan {
+                        tag: None,
+                        severity: "HIGH,CRITICAL".into(),
+                        ignore_unfixed: false,
+                        format: ScanFormat::Table,
+                        output: None,
+                        ignorefile: ".trivyignore".into(),
+                    }
+                    .run(sh),
+                )
+            }
         }
     }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Outcome {
-    Pass,
+    /// Passed, with an optional note (what it could not check, say).
+    Pass(String),
     Fail(String),
     Skipped(String),
 }
@@ -87,10 +119,11 @@ impl Ci {
                 Some(outcome) => StepReport { step, outcome, took: None },
                 None => {
                     let step_started = Instant::now();
-                    let result = process::group(&format!("ci: {}", step.name()), || step.run(sh));
+                    let required = self.require.contains(&step);
+                    let result = process::group(&format!("ci: {}", step.name()), || step.run(sh, required));
                     let took = step_started.elapsed();
                     let outcome = match result {
-                        Ok(()) => Outcome::Pass,
+                        Ok(outcome) => outcome,
                         Err(e) => {
                             process::say(&format!("ci: {} failed: {e:#}", step.name()));
                             Outcome::Fail(format!("{e:#}"))
@@ -141,7 +174,7 @@ fn nextest_installed(sh: &Shell) -> bool {
 
 fn outcome_words(outcome: &Outcome) -> (&'static str, &str) {
     match outcome {
-        Outcome::Pass => ("pass", ""),
+        Outcome::Pass(note) => ("pass", note),
         Outcome::Fail(why) => ("FAIL", why.lines().next().unwrap_or_default()),
         Outcome::Skipped(why) => ("skipped", why),
     }
@@ -199,7 +232,11 @@ mod tests {
     #[test]
     fn summary_lists_every_step_with_its_result_and_time() {
         let reports = vec![
-            StepReport { step: CiStep::Fmt, outcome: Outcome::Pass, took: Some(Duration::from_millis(1500)) },
+            StepReport {
+                step: CiStep::Fmt,
+                outcome: Outcome::Pass(String::new()),
+                took: Some(Duration::from_millis(1500)),
+            },
             StepReport {
                 step: CiStep::Clippy,
                 outcome: Outcome::Fail("`cargo clippy` failed\nmore".into()),

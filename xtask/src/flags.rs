@@ -33,6 +33,9 @@ pub enum Command {
     MonitoringDown(MonitoringDown),
     MonitoringSmoke(MonitoringSmoke),
     Lint(Lint),
+    Scan(Scan),
+    AuditImage(AuditImage),
+    Advisories(Advisories),
     Ci(Ci),
     Bench(Bench),
 }
@@ -252,6 +255,69 @@ pub struct MonitoringSmoke {
 #[derive(Debug, Args)]
 pub struct Lint {}
 
+/// Scan the image (and the Dockerfile, compose files and manifests) with Trivy, and fail
+/// when a finding is at or above the severity gate.
+///
+/// Uses a local trivy, else Trivy's image (TRIVY_IMAGE). Findings listed in .trivyignore
+/// are suppressed (put the reason in a comment above each). Prints counts by severity and
+/// every finding at or above the gate.
+#[derive(Debug, Args)]
+pub struct Scan {
+    /// Scan this image tag instead of this tree's.
+    #[arg(long)]
+    pub tag: Option<String>,
+
+    /// Severities that fail the scan (comma-separated).
+    #[arg(long, default_value = "HIGH,CRITICAL")]
+    pub severity: String,
+
+    /// Leave out vulnerabilities that have no fixed version yet.
+    #[arg(long)]
+    pub ignore_unfixed: bool,
+
+    /// Report format: the summary table only, or also Trivy's JSON or SARIF report.
+    #[arg(long, value_enum, default_value_t = ScanFormat::Table)]
+    pub format: ScanFormat,
+
+    /// Write the JSON or SARIF report to this file instead of stdout.
+    #[arg(long)]
+    pub output: Option<std::path::PathBuf>,
+
+    /// The file of suppressed finding ids (inside the project when Trivy runs from its image).
+    #[arg(long, default_value = ".trivyignore")]
+    pub ignorefile: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ScanFormat {
+    /// the summary only
+    Table,
+    /// Trivy's JSON report
+    Json,
+    /// SARIF 2.1.0, for GitHub code scanning
+    Sarif,
+}
+
+/// Check the built image natively, with no extra tool: non-root user (configured and at
+/// runtime), HEALTHCHECK, exposed port, OCI labels, a filesystem holding only what belongs,
+/// no secret-looking values in history, environment or labels, and the size budget.
+#[derive(Debug, Args)]
+pub struct AuditImage {
+    /// Audit this image tag instead of this tree's.
+    #[arg(long)]
+    pub tag: Option<String>,
+
+    /// Also build a deliberately bad image and show that every check fails on it.
+    #[arg(long)]
+    pub self_test: bool,
+}
+
+/// Check Cargo.lock's dependencies with cargo-deny (deny.toml): advisories, licenses,
+/// banned crates and sources. Where the advisory database cannot be fetched, says so and
+/// still runs the other checks.
+#[derive(Debug, Args)]
+pub struct Advisories {}
+
 /// Run the CI pipeline, exactly as GitHub Actions runs it, and summarise each step.
 ///
 /// Steps run in order; after a failure, the steps that do not depend on the failed one
@@ -265,6 +331,11 @@ pub struct Ci {
     /// Run only these steps (repeatable, or comma-separated).
     #[arg(long, value_enum, value_delimiter = ',')]
     pub only: Vec<CiStep>,
+
+    /// Fail, instead of skipping, a step whose tool is missing (for example `scan` without
+    /// Trivy). Repeatable, or comma-separated.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub require: Vec<CiStep>,
 }
 
 /// The steps of `cargo xtask ci`, in the order they run.
@@ -282,12 +353,18 @@ pub enum CiStep {
     BuildClassic,
     /// cargo xtask build: the image, with BuildKit
     Build,
+    /// cargo xtask audit-image --self-test: the image's hardening, proven on the image
+    AuditImage,
+    /// cargo xtask advisories: cargo-deny on Cargo.lock
+    Advisories,
     /// cargo xtask smoke: the image on the real engine
     Smoke,
     /// cargo xtask drill: rollback, automatic restore, backup and restore on the real engine
     Drill,
     /// cargo xtask monitoring-smoke: Prometheus scraping the service on the real engine
     MonitoringSmoke,
+    /// cargo xtask scan: Trivy (skipped when Trivy is not available, unless required)
+    Scan,
 }
 
 #[cfg(test)]

@@ -1,5 +1,7 @@
 //! `cargo xtask`: the logbook project's operations runner. This file only dispatches.
 
+mod advisories;
+mod audit;
 mod backup;
 mod bench;
 mod build;
@@ -17,6 +19,7 @@ mod project;
 mod release;
 mod restore;
 mod rollback;
+mod scan;
 mod smoke;
 mod stack;
 mod status;
@@ -49,6 +52,9 @@ fn main() -> anyhow::Result<()> {
         flags::Command::MonitoringDown(cmd) => cmd.run(&sh),
         flags::Command::MonitoringSmoke(cmd) => cmd.run(&sh),
         flags::Command::Lint(cmd) => cmd.run(&sh),
+        flags::Command::Scan(cmd) => cmd.run(&sh),
+        flags::Command::AuditImage(cmd) => cmd.run(&sh),
+        flags::Command::Advisories(cmd) => cmd.run(&sh),
         flags::Command::Ci(cmd) => cmd.run(&sh),
         flags::Command::Bench(cmd) => cmd.run(&sh),
     }

@@ -11,3 +11,5 @@ pub const COMPOSE_FILE: &str = "docker-compose.yml";
 pub const COMPOSE_PROJECT: &str = NAME;
 /// Prometheus and Grafana, layered on the app stack.
 pub const MONITORING_COMPOSE_FILE: &str = "docker-compose.monitoring.yml";
+/// The most the runtime image may weigh, in MB (checked by `cargo xtask audit-image`).
+pub const IMAGE_SIZE_BUDGET_MB: u64 = 16;

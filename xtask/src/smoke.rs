@@ -132,6 +132,37 @@ fn run_checks(sh: &Shell, compose: &Compose, image: &str, checks: &mut Checks) -
         ensure!(!uids.is_empty() && uids.iter().all(|u| *u != "0"), "process UIDs {uids:?}");
         Ok(())
     })?;
+    checks.run("read-only root, all capabilities dropped, no-new-privileges", || {
+        let host = process::query(
+            sh,
+            &docker::inspect_format(&container, "{{.HostConfig.ReadonlyRootfs}} {{json .HostConfig.CapDrop}} {{json .HostConfig.SecurityOpt}} {{.State.Pid}}"),
+        )?;
+        let words: Vec<&str> = host.split_whitespace().collect();
+        ensure!(words.first() == Some(&"true"), "the root filesystem is writable: {host}");
+        ensure!(host.contains("\"ALL\""), "capabilities are not all dropped: {host}");
+        ensure!(host.contains("no-new-privileges"), "no-new-privileges is not set: {host}");
+        // The kernel's own view of the process, where the host can see it (not through a VM).
+        if let Some(status) = words.last().and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok()) {
+            let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name)).map(str::trim).unwrap_or("?").to_owned();
+            ensure!(field("CapEff:") == "0000000000000000", "effective capabilities {}", field("CapEff:"));
+            ensure!(field("NoNewPrivs:") == "1", "NoNewPrivs is {}", field("NoNewPrivs:"));
+        }
+        Ok(())
+    })?;
+    checks.run("writes outside /data and /tmp fail", || {
+        let backup_to =
+            |path: &str| Cmd::new("docker").args(["exec", &container, "/logbook", "backup", "--to", path]);
+        for denied in ["/etc/probe.db", "/probe.db"] {
+            match process::query(sh, &backup_to(denied)) {
+                Ok(_) => bail!("wrote {denied}"),
+                Err(e) => ensure!(format!("{e:#}").contains("Read-only file system"), "{denied}: {e:#}"),
+            }
+        }
+        for allowed in ["/tmp/probe.db", "/data/probe.db"] {
+            process::query(sh, &backup_to(allowed)).with_context(|| format!("cannot write {allowed}"))?;
+        }
+        Ok(())
+    })?;
     checks.run("Docker's health status reaches healthy", || {
         process::wait_for(
             "Docker's health status",

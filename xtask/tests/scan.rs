@@ -1,0 +1,215 @@
+//! `cargo xtask scan` against Trivy's real JSON report format, through a stand-in `trivy`
+//! put first on PATH: it records its argv and writes the fixture report it is pointed at.
+#![allow(clippy::unwrap_used)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const STANDIN_TRIVY: &str = r#"#!/bin/sh
+echo "$*" >> "$STANDIN_LOG"
+case "$1" in
+  --version) echo "Version: 0.67.2"; exit 0 ;;
+  image) report="$STANDIN_IMAGE_REPORT" ;;
+  config) report="$STANDIN_CONFIG_REPORT" ;;
+  convert) report="$STANDIN_SARIF" ;;
+  *) echo "unexpected trivy call: $*" >&2; exit 2 ;;
+esac
+out=""; previous=""
+for arg in "$@"; do [ "$previous" = "--output" ] && out="$arg"; previous="$arg"; done
+cp "$report" "$out"
+"#;
+
+/// Knows the stand-in image and answers the engine check.
+const STANDIN_DOCKER: &str = r#"#!/bin/sh
+case "$1 $2" in
+  "image inspect") [ "$3" = "logbook:standin" ] ;;
+  "version --format") echo 20.10.24 ;;
+  *) echo "unexpected docker call: $*" >&2; exit 2 ;;
+esac
+"#;
+
+struct Run {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+    calls: Vec<String>,
+}
+
+struct Standins {
+    dir: PathBuf,
+}
+
+impl Standins {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("xtask-scan-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for (program, body) in [("trivy", STANDIN_TRIVY), ("docker", STANDIN_DOCKER)] {
+            let path = dir.join(program);
+            std::fs::write(&path, body).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        Standins { dir }
+    }
+
+    fn scan(&self, image_report: &str, args: &[&str]) -> Run {
+        let log = self.dir.join("calls.log");
+        let _ = std::fs::remove_file(&log);
+        let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+            .arg("scan")
+            .args(["--tag", "logbook:standin"])
+            .args(args)
+            .env("PATH", format!("{}:{}", self.dir.display(), std::env::var("PATH").unwrap()))
+            .env("STANDIN_LOG", &log)
+            .env("STANDIN_IMAGE_REPORT", fixture(image_report))
+            .env("STANDIN_CONFIG_REPORT", fixture("config.json"))
+            .env("STANDIN_SARIF", fixture("image.sarif"))
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .unwrap();
+        Run {
+            ok: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            calls: std::fs::read_to_string(&log).unwrap_or_default().lines().map(str::to_owned).collect(),
+        }
+    }
+}
+
+impl Drop for Standins {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/trivy").join(name)
+}
+
+#[test]
+fn a_critical_finding_fails_the_gate_and_is_listed() {
+    let standins = Standins::new("critical");
+    let run = standins.scan("critical.json", &[]);
+    assert!(!run.ok, "{}", run.stdout);
+    assert!(
+        run.stdout.contains(
+            "image logbook:standin: 1 CRITICAL, 0 HIGH, 0 MEDIUM, 1 LOW, 0 UNKNOWN; gate HIGH,CRITICAL: FAIL"
+        ),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("CVE-2026-31337") && run.stdout.contains("hyper 1.6.0 -> 1.6.1"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        !run.stdout.contains("GHSA-4x8q-m2v9-ww7c"),
+        "a LOW finding is counted, not listed: {}",
+        run.stdout
+    );
+    assert!(run.stderr.contains("1 finding(s) at or above the gate"), "{}", run.stderr);
+
+    // The stand-in got Trivy's real argv: JSON out, our own gate (exit code 0), the ignore file.
+    let image_call = run.calls.iter().find(|c| c.starts_with("image ")).unwrap();
+    assert!(
+        image_call.starts_with("image --format json --exit-code 0 --ignorefile .trivyignore --output "),
+        "{image_call}"
+    );
+    assert!(image_call.ends_with("/image.json logbook:standin"), "{image_call}");
+    let config_call = run.calls.iter().find(|c| c.starts_with("config ")).unwrap();
+    assert!(config_call.starts_with(
+        "config --format json --exit-code 0 --ignorefile .trivyignore --skip-dirs target --output "
+    ));
+    assert!(config_call.ends_with("/config.json ."), "{config_call}");
+}
+
+#[test]
+fn the_gate_is_the_callers_to_set() {
+    let standins = Standins::new("gate");
+    let run = standins.scan("critical.json", &["--severity", "CRITICAL", "--ignore-unfixed"]);
+    assert!(!run.ok);
+    assert!(run.calls.iter().any(|c| c.contains("--ignore-unfixed logbook:standin")), "{:?}", run.calls);
+    let low = standins.scan("low.json", &["--severity", "LOW"]);
+    assert!(!low.ok, "a LOW gate fails on a LOW finding: {}", low.stdout);
+}
+
+#[test]
+fn only_low_findings_pass() {
+    let run = Standins::new("low").scan("low.json", &[]);
+    assert!(run.ok, "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout.contains("0 CRITICAL, 0 HIGH, 0 MEDIUM, 1 LOW, 0 UNKNOWN; gate HIGH,CRITICAL: pass"),
+        "{}",
+        run.stdout
+    );
+}
+
+#[test]
+fn no_findings_pass() {
+    let run = Standins::new("none").scan("none.json", &[]);
+    assert!(run.ok, "{}{}", run.stdout, run.stderr);
+    assert!(run.stdout.contains(
+        "image logbook:standin: 0 CRITICAL, 0 HIGH, 0 MEDIUM, 0 LOW, 0 UNKNOWN; gate HIGH,CRITICAL: pass"
+    ));
+    assert!(run.stdout.contains("config (Dockerfile, compose, manifests): 0 CRITICAL"), "{}", run.stdout);
+}
+
+#[test]
+fn a_malformed_report_is_an_error_not_a_pass() {
+    let run = Standins::new("malformed").scan("malformed.json", &[]);
+    assert!(!run.ok);
+    assert!(run.stderr.contains("not valid JSON"), "{}", run.stderr);
+    assert!(!run.stdout.contains("pass"), "{}", run.stdout);
+}
+
+#[test]
+fn an_ignore_entry_suppresses_its_finding_and_bad_lines_are_named() {
+    let standins = Standins::new("ignore");
+    let ignorefile = standins.dir.join("trivyignore");
+    std::fs::write(
+        &ignorefile,
+        "# hyper: fixed upstream, the service does not parse trailers\nCVE-2026-31337 exp:2999-01-01\nthis is not an id\n",
+    )
+    .unwrap();
+    let run = standins.scan("critical.json", &["--ignorefile", ignorefile.to_str().unwrap()]);
+    assert!(run.ok, "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout
+            .contains("0 CRITICAL, 0 HIGH, 0 MEDIUM, 1 LOW, 0 UNKNOWN (1 ignored); gate HIGH,CRITICAL: pass"),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stderr.contains("trivyignore:3: `this is not an id` is not a finding id"), "{}", run.stderr);
+}
+
+#[test]
+fn sarif_output_is_checked_and_written() {
+    let standins = Standins::new("sarif");
+    let out = standins.dir.join("out.sarif");
+    let run = standins.scan("low.json", &["--format", "sarif", "--output", out.to_str().unwrap()]);
+    assert!(run.ok, "{}{}", run.stdout, run.stderr);
+    let convert = run.calls.iter().find(|c| c.starts_with("convert ")).unwrap();
+    assert!(
+        convert.starts_with("convert --format sarif --output ") && convert.ends_with("/image.json"),
+        "{convert}"
+    );
+    let sarif: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(sarif["version"], "2.1.0");
+    assert!(sarif["$schema"].as_str().unwrap().contains("sarif"));
+    assert_eq!(sarif["runs"][0]["tool"]["driver"]["name"], "Trivy");
+    assert!(sarif["runs"][0]["results"].is_array());
+}
+
+#[test]
+fn a_missing_image_says_to_build_it() {
+    let standins = Standins::new("missing");
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["scan", "--tag", "logbook:nope"])
+        .env("PATH", format!("{}:{}", standins.dir.display(), std::env::var("PATH").unwrap()))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("run `cargo xtask build` first"));
+}
