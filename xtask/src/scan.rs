@@ -161,11 +161,22 @@ pub fn parse_ignores(file: &str, text: &str, today: &str) -> Ignores {
     ignores
 }
 
+/// `CVE-2024-1234`, `GHSA-xxxx-xxxx-xxxx`, `RUSTSEC-2024-0001`, `AVD-DS-0002` or `DS002`.
 fn looks_like_id(id: &str) -> bool {
-    let upper_start = id.chars().next().is_some_and(|c| c.is_ascii_uppercase());
-    let allowed = id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
-    let has_digit = id.chars().any(|c| c.is_ascii_digit());
-    upper_start && allowed && has_digit && !id.ends_with('-')
+    let upper = |s: &str| s.len() >= 2 && s.chars().all(|c| c.is_ascii_uppercase());
+    match id.split_once('-') {
+        Some((prefix, rest)) => {
+            upper(prefix)
+                && !rest.is_empty()
+                && rest.split('-').all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric()))
+        }
+        None => {
+            let digits = id.trim_start_matches(|c: char| c.is_ascii_uppercase());
+            upper(&id[..id.len() - digits.len()])
+                && !digits.is_empty()
+                && digits.chars().all(|c| c.is_ascii_digit())
+        }
+    }
 }
 
 fn is_date(text: &str) -> bool {
