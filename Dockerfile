@@ -36,19 +36,19 @@ RUN touch logbook/src/main.rs logbook/src/lib.rs \
  && target="$(rustc -vV | sed -n 's/^host: //p')" \
  && LOGBOOK_GIT_REVISION="$REVISION" LOGBOOK_BUILD_TIME="$CREATED" \
     cargo auditable build --release --locked -p logbook --bin logbook --target "$target" \
- && mkdir -p /rootfs/etc /rootfs/data /rootfs/tmp \
+ && mkdir -p /rootfs/etc /rootfs/tmp /datafs/data \
  && cp "target/$target/release/logbook" /rootfs/logbook \
  && echo 'logbook:x:10001:10001:logbook:/data:/sbin/nologin' > /rootfs/etc/passwd \
  && echo 'logbook:x:10001:' > /rootfs/etc/group \
  && chmod 1777 /rootfs/tmp \
  && /rootfs/logbook version | grep '^logbook '
 
-# 3. Runtime: the binary, a passwd entry for the non-root user, /tmp, and the data directory.
+# 3. Runtime: the binary, a passwd entry for the non-root user, /tmp and the data directory.
+#    Whole trees are copied so the directories keep their modes (/tmp is 1777, and Docker's
+#    tmpfs takes its mode from the directory it covers).
 FROM scratch
-COPY --from=build /rootfs/etc /etc
-COPY --from=build /rootfs/tmp /tmp
-COPY --from=build --chown=10001:10001 /rootfs/data /data
-COPY --from=build /rootfs/logbook /logbook
+COPY --from=build /rootfs /
+COPY --from=build --chown=10001:10001 /datafs /
 USER 10001:10001
 ENV LOGBOOK_BIND=0.0.0.0 \
     LOGBOOK_PORT=8080 \
