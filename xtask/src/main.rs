@@ -6,7 +6,9 @@ mod backup;
 mod bench;
 mod build;
 mod ci;
+mod coverage;
 mod docker;
+mod doctor;
 mod down;
 mod drill;
 mod flags;
@@ -16,6 +18,7 @@ mod logs;
 mod monitoring;
 mod process;
 mod project;
+mod publish;
 mod release;
 mod restore;
 mod rollback;
@@ -29,7 +32,7 @@ mod up;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
 fn main() -> anyhow::Result<()> {
     let flags = flags::Xtask::parse();
@@ -53,6 +56,18 @@ fn main() -> anyhow::Result<()> {
         flags::Command::MonitoringSmoke(cmd) => cmd.run(&sh),
         flags::Command::Lint(cmd) => cmd.run(&sh),
         flags::Command::Scan(cmd) => cmd.run(&sh),
+        flags::Command::Publish(cmd) => cmd.run(&sh),
+        flags::Command::Doctor(cmd) => cmd.run(&sh),
+        flags::Command::Coverage(cmd) => cmd.run(&sh),
+        flags::Command::Completions(cmd) => {
+            clap_complete::generate(
+                cmd.shell,
+                &mut flags::Xtask::command(),
+                "cargo-xtask",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
         flags::Command::AuditImage(cmd) => cmd.run(&sh),
         flags::Command::Advisories(cmd) => cmd.run(&sh),
         flags::Command::Ci(cmd) => cmd.run(&sh),

@@ -16,7 +16,10 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 impl Smoke {
     pub fn run(self, sh: &Shell) -> Result<()> {
         let program = docker::connect(sh)?;
-        let image = stack::ensure_image(sh, self.no_build)?;
+        let image = match &self.tag {
+            Some(tag) => stack::resolve_image(sh, tag)?,
+            None => stack::ensure_image(sh, self.no_build)?,
+        };
         let compose = isolated(program.clone(), &format!("{}-smoke-{}", project::NAME, std::process::id()))?
             .var("LOGBOOK_IMAGE", &image);
         if process::runner().dry_run {

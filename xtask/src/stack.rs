@@ -31,6 +31,20 @@ pub fn ensure_image(sh: &Shell, no_build: bool) -> Result<String> {
     Ok(plan.tag)
 }
 
+/// The image a `--tag` names: `abc` is `logbook:abc`; one from a registry is pulled when
+/// it is not here yet.
+pub fn resolve_image(sh: &Shell, tag: &str) -> Result<String> {
+    let image = crate::release::image_name(tag);
+    if process::runner().dry_run || docker::image_exists(sh, &image) {
+        return Ok(image);
+    }
+    if image.contains('/') {
+        process::run(sh, &Cmd::new("docker").args(["pull", &image]))?;
+        return Ok(image);
+    }
+    bail!("image {image} does not exist: `docker image ls {}` lists what there is", project::NAME)
+}
+
 /// A variable as `compose` will see it: set on the command, else in the environment, else
 /// in `.env`, else `default`.
 pub fn setting(sh: &Shell, compose: &Compose, key: &str, default: &str) -> String {

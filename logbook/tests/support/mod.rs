@@ -56,8 +56,7 @@ impl Server {
 
     /// Starts a server on `db`, which the caller owns.
     pub fn start_with_db(db: &Path, env: &[(&str, &str)]) -> Server {
-        let mut child = Command::new(BIN)
-            .env_clear()
+        let mut child = bare_command()
             .env("LOGBOOK_BIND", "127.0.0.1")
             .env("LOGBOOK_PORT", "0")
             .env("LOGBOOK_DB_PATH", db)
@@ -148,11 +147,30 @@ impl Server {
     }
 }
 
+/// Stops with SIGTERM, so the process exits normally (and, under coverage, writes its
+/// profile); SIGKILL only if it has not exited within 5 s.
 impl Drop for Server {
     fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = Command::new("kill").args(["-s", "TERM", &self.pid().to_string()]).status();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The binary with an empty environment, but for where coverage profiles go.
+pub fn bare_command() -> Command {
+    let mut command = Command::new(BIN);
+    command.env_clear();
+    if let Some(profile) = std::env::var_os("LLVM_PROFILE_FILE") {
+        command.env("LLVM_PROFILE_FILE", profile);
+    }
+    command
 }
 
 #[derive(Debug)]
@@ -225,9 +243,8 @@ fn parse_response(raw: &[u8]) -> std::io::Result<Response> {
 
 /// Runs the binary to completion with only `env`, returning (exit code, stdout, stderr).
 pub fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
-    let mut child = Command::new(BIN)
+    let mut child = bare_command()
         .args(args)
-        .env_clear()
         .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

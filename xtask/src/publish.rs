@@ -1,0 +1,75 @@
+//! `cargo xtask publish`: push this tree's image to a registry under its release tags.
+
+use anyhow::{Context, Result};
+use xshell::Shell;
+
+use crate::flags::Publish;
+use crate::process::{self, Cmd};
+use crate::stack;
+
+impl Publish {
+    pub fn run(self, sh: &Shell) -> Result<()> {
+        crate::docker::connect(sh)?;
+        let local = stack::ensure_image(sh, false)?;
+        let revision =
+            local.rsplit_once(':').map(|(_, tag)| tag.to_owned()).context("the image has no tag")?;
+        let repository = self.repository.trim_end_matches('/');
+        let tags = release_tags(&revision, self.git_ref.as_deref());
+        for tag in &tags {
+            let remote = format!("{repository}:{tag}");
+            process::run(sh, &Cmd::new("docker").args(["tag", &local, &remote]))?;
+            process::run(sh, &Cmd::new("docker").args(["push", &remote]))?;
+        }
+        let image = format!("{repository}:{revision}");
+        if self.github_output {
+            let path = std::env::var("GITHUB_OUTPUT")
+                .context("--github-output needs GITHUB_OUTPUT (set by GitHub Actions)")?;
+            let mut text = std::fs::read_to_string(&path).unwrap_or_default();
+            text.push_str(&format!("image={image}\n"));
+            std::fs::write(&path, text).with_context(|| format!("cannot write {path}"))?;
+        }
+        process::result(&format!("published {image} as {}", tags.join(", ")));
+        Ok(())
+    }
+}
+
+/// The git revision always; for a `vX.Y.Z` tag also `X.Y.Z`, `X.Y` and `X`; for main, `main`.
+pub fn release_tags(revision: &str, git_ref: Option<&str>) -> Vec<String> {
+    let mut tags = vec![revision.to_owned()];
+    match git_ref {
+        Some(r) if r.starts_with("refs/tags/v") => {
+            let version = r.trim_start_matches("refs/tags/v");
+            let parts: Vec<&str> = version.split('.').collect();
+            let numeric = parts.len() == 3
+                && parts.iter().all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()));
+            if numeric {
+                tags.extend([version.to_owned(), format!("{}.{}", parts[0], parts[1]), parts[0].to_owned()]);
+            } else {
+                tags.push(version.to_owned());
+            }
+        }
+        Some("refs/heads/main") => tags.push("main".to_owned()),
+        _ => {}
+    }
+    tags
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_follow_the_ref() {
+        assert_eq!(
+            release_tags("0123456789ab", Some("refs/tags/v1.2.3")),
+            ["0123456789ab", "1.2.3", "1.2", "1"]
+        );
+        assert_eq!(
+            release_tags("0123456789ab", Some("refs/tags/v2.0.0-rc.1")),
+            ["0123456789ab", "2.0.0-rc.1"]
+        );
+        assert_eq!(release_tags("0123456789ab", Some("refs/heads/main")), ["0123456789ab", "main"]);
+        assert_eq!(release_tags("0123456789ab", Some("refs/pull/7/merge")), ["0123456789ab"]);
+        assert_eq!(release_tags("0123456789ab", None), ["0123456789ab"]);
+    }
+}

@@ -1,0 +1,109 @@
+//! The GitHub workflows run only `cargo xtask …` (setup steps aside), and only subcommands
+//! and steps that exist: CI on GitHub is the same pipeline as `cargo xtask ci` here.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::process::Command;
+
+use yaml_rust2::{Yaml, YamlLoader};
+
+fn workflow(name: &str) -> Yaml {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.github/workflows").join(name);
+    let text = std::fs::read_to_string(&path).unwrap();
+    YamlLoader::load_from_str(&text).unwrap().remove(0)
+}
+
+/// Every `run:` script in a workflow, with its job and step name.
+fn run_steps(doc: &Yaml) -> Vec<(String, String, String)> {
+    let mut found = Vec::new();
+    for (job_name, job) in doc["jobs"].as_hash().unwrap() {
+        for step in job["steps"].as_vec().unwrap() {
+            if let Some(script) = step["run"].as_str() {
+                let name = step["name"].as_str().unwrap_or_default().to_owned();
+                found.push((job_name.as_str().unwrap().to_owned(), name, script.to_owned()));
+            }
+        }
+    }
+    found
+}
+
+fn xtask(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_xtask")).args(args).output().unwrap()
+}
+
+#[test]
+fn every_run_step_is_an_existing_xtask_subcommand() {
+    let mut checked = 0;
+    for file in ["ci.yml", "release.yml"] {
+        for (job, name, script) in run_steps(&workflow(file)) {
+            if name.starts_with("setup:") {
+                continue;
+            }
+            for line in script.lines().map(str::trim).filter(|l| !l.is_empty()) {
+                let words: Vec<&str> = line.split_whitespace().collect();
+                assert!(
+                    words.len() >= 3 && words[0] == "cargo" && words[1] == "xtask",
+                    "{file} job {job}: `{line}` is not `cargo xtask …`"
+                );
+                let sub = words[2];
+                let help = xtask(&[sub, "--help"]);
+                assert!(help.status.success(), "{file} job {job}: `cargo xtask {sub}` does not exist");
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 8, "only {checked} steps found");
+}
+
+#[test]
+fn ci_steps_named_in_the_workflow_exist_and_every_step_runs_somewhere() {
+    let mut named = std::collections::BTreeSet::new();
+    for (job, _, script) in run_steps(&workflow("ci.yml")) {
+        let words: Vec<&str> = script.split_whitespace().collect();
+        for flag in ["--only", "--skip", "--require"] {
+            if let Some(i) = words.iter().position(|w| *w == flag) {
+                for step in words[i + 1].split(',') {
+                    let parsed = xtask(&["ci", flag, step, "--help"]);
+                    assert!(parsed.status.success(), "ci.yml job {job}: `{flag} {step}` is not a ci step");
+                    if flag == "--only" {
+                        named.insert(step.to_owned());
+                    }
+                }
+            }
+        }
+    }
+    // The workflow's jobs together run every step of `cargo xtask ci`.
+    // clap lists the valid steps when given an invalid one.
+    let refusal = String::from_utf8(xtask(&["ci", "--only", "no-such-step"]).stderr).unwrap();
+    let possible = refusal.lines().find(|l| l.contains("[possible values:")).unwrap();
+    let all: Vec<&str> = possible
+        .split("[possible values:")
+        .nth(1)
+        .unwrap()
+        .trim_end_matches(']')
+        .split(',')
+        .map(str::trim)
+        .collect();
+    for step in all {
+        assert!(named.contains(step), "the ci workflow never runs the `{step}` step");
+    }
+}
+
+#[test]
+fn permissions_are_least_privilege_and_checkouts_keep_no_credentials() {
+    for file in ["ci.yml", "release.yml"] {
+        let doc = workflow(file);
+        assert_eq!(doc["permissions"]["contents"].as_str(), Some("read"), "{file}: top-level permissions");
+        assert_eq!(doc["permissions"].as_hash().unwrap().len(), 1, "{file}: only contents: read at the top");
+        for (job, spec) in doc["jobs"].as_hash().unwrap() {
+            for step in spec["steps"].as_vec().unwrap() {
+                if step["uses"].as_str().is_some_and(|u| u.starts_with("actions/checkout@")) {
+                    assert_eq!(step["with"]["persist-credentials"].as_bool(), Some(false), "{file} {job:?}");
+                }
+            }
+        }
+    }
+    let ci = workflow("ci.yml");
+    assert!(ci["concurrency"]["group"].as_str().is_some());
+    assert_eq!(ci["jobs"]["image"]["permissions"]["security-events"].as_str(), Some("write"));
+}
