@@ -35,6 +35,7 @@ pub enum Command {
     Lint(Lint),
     Scan(Scan),
     Publish(Publish),
+    Deploy(Deploy),
     Doctor(Doctor),
     Coverage(Coverage),
     Completions(Completions),
@@ -169,6 +170,14 @@ pub struct Rollback {
     /// List the recorded releases, newest first, with their revisions and times; change nothing.
     #[arg(long)]
     pub list: bool,
+
+    /// Where to roll back: the compose stack (default), or Kubernetes (`kubectl rollout undo`).
+    #[arg(long, value_enum, default_value_t = DeployTarget::Compose)]
+    pub target: DeployTarget,
+
+    /// The Kubernetes namespace, for --target k8s (default: the current context's).
+    #[arg(long)]
+    pub namespace: Option<String>,
 
     /// Seconds to wait for /readyz to answer 200.
     #[arg(long, default_value_t = 60)]
@@ -341,6 +350,43 @@ pub struct Publish {
     /// Also write `image=<repository>:<revision>` to $GITHUB_OUTPUT, for later jobs.
     #[arg(long)]
     pub github_output: bool,
+}
+
+/// Deploy to an orchestrator: `compose` (what `up` does) or `k8s` (kustomize overlays,
+/// `kubectl apply -k`, then `kubectl rollout status`).
+#[derive(Debug, Args)]
+pub struct Deploy {
+    /// Where to deploy.
+    #[arg(long, value_enum)]
+    pub target: DeployTarget,
+
+    /// The image tag to deploy (default: this tree's image for compose, the overlay's for k8s).
+    #[arg(long)]
+    pub tag: Option<String>,
+
+    /// The kustomize overlay under deploy/k8s/overlays (k8s only).
+    #[arg(long, default_value = "staging")]
+    pub overlay: String,
+
+    /// The Kubernetes namespace (default: the current context's).
+    #[arg(long)]
+    pub namespace: Option<String>,
+
+    /// Print the rendered manifests instead of applying them (k8s only).
+    #[arg(long)]
+    pub render: bool,
+
+    /// Seconds to wait for the rollout to be ready.
+    #[arg(long, default_value_t = 300)]
+    pub timeout: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DeployTarget {
+    /// the compose stack on this Docker engine
+    Compose,
+    /// Kubernetes, through kubectl's current context
+    K8s,
 }
 
 /// Check this machine for what the runner uses: docker (client and engine), Compose v2,

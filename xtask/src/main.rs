@@ -7,6 +7,7 @@ mod bench;
 mod build;
 mod ci;
 mod coverage;
+mod deploy;
 mod docker;
 mod doctor;
 mod down;
@@ -57,6 +58,7 @@ fn main() -> anyhow::Result<()> {
         flags::Command::Lint(cmd) => cmd.run(&sh),
         flags::Command::Scan(cmd) => cmd.run(&sh),
         flags::Command::Publish(cmd) => cmd.run(&sh),
+        flags::Command::Deploy(cmd) => cmd.run(&sh),
         flags::Command::Doctor(cmd) => cmd.run(&sh),
         flags::Command::Coverage(cmd) => cmd.run(&sh),
         flags::Command::Completions(cmd) => {

@@ -205,11 +205,10 @@ impl Runner {
 pub fn query(sh: &Shell, cmd: &Cmd) -> Result<String> {
     let output = cmd.to_xshell(sh).ignore_status().output().map_err(|e| spawn_error(cmd, &e))?;
     if !output.status.success() {
-        bail!(
-            "`{cmd}` failed ({}): {}",
-            exit_description(output.status),
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
+        // Most tools explain themselves on stderr; some (validators) on stdout.
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let said = if stderr.trim().is_empty() { String::from_utf8_lossy(&output.stdout) } else { stderr };
+        bail!("`{cmd}` failed ({}): {}", exit_description(output.status), said.trim());
     }
     Ok(String::from_utf8(output.stdout)
         .with_context(|| format!("`{cmd}` printed non-UTF-8"))?

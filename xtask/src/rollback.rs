@@ -12,6 +12,16 @@ use crate::release::{self, Gate, History};
 
 impl Rollback {
     pub fn run(self, sh: &Shell) -> Result<()> {
+        if self.target == crate::flags::DeployTarget::K8s {
+            if self.to.is_some() || self.list {
+                bail!(
+                    "--to and --list are for the compose target; Kubernetes keeps its own revisions (`kubectl rollout history statefulset/logbook`)"
+                );
+            }
+            crate::deploy::k8s_rollback(sh, self.namespace.as_deref(), Duration::from_secs(self.timeout))?;
+            process::result("rolled Kubernetes back to the previous revision");
+            return Ok(());
+        }
         let compose = Compose::app(docker::connect(sh)?);
         let history_file = release::history_path(sh, &compose.project);
         if self.list {

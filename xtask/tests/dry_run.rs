@@ -131,3 +131,32 @@ fn volumes_are_never_deleted_without_confirmation() {
     assert!(stderr.contains("without --yes") && stderr.contains("nothing was changed"), "{stderr}");
     assert!(!docker.calls().iter().any(|c| c.contains("down")), "{:?}", docker.calls());
 }
+
+#[test]
+fn k8s_deploy_dry_run_prints_apply_and_rollout_and_runs_neither() {
+    let docker = FakeDocker::new("k8s");
+    let kubectl = docker.dir.join("kubectl");
+    std::fs::write(
+        &kubectl,
+        format!("#!/bin/sh\necho \"kubectl $*\" >> '{}'\n", docker.dir.join("calls.log").display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&kubectl, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (ok, output) = docker.xtask(&[
+        "deploy",
+        "--target",
+        "k8s",
+        "--overlay",
+        "production",
+        "--tag",
+        "1.2.3",
+        "--dry-run",
+    ]);
+    assert!(ok, "{output}");
+    assert!(output.contains("$ kubectl apply -k target/k8s-deploy"), "{output}");
+    assert!(output.contains("$ kubectl rollout status statefulset/logbook --timeout 300s"), "{output}");
+    let calls = docker.calls();
+    assert_eq!(calls, ["kubectl version --client"], "only the read-only probe may run");
+    let (ok, output) = docker.xtask(&["deploy", "--target", "k8s", "--overlay", "nowhere", "--dry-run"]);
+    assert!(!ok && output.contains("no overlay \"nowhere\"") && output.contains("production"), "{output}");
+}

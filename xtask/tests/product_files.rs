@@ -109,3 +109,103 @@ fn every_alert_explains_itself() {
         assert!(runbook.contains(&format!("`{name}`")), "docs/OPERATIONS.md has no entry for {name}");
     }
 }
+
+fn seconds(text: &str) -> u64 {
+    let text = text.trim().trim_matches('"');
+    match text.strip_suffix("ms") {
+        Some(ms) => ms.parse::<u64>().unwrap() / 1000,
+        None => text.trim_end_matches('s').parse().unwrap(),
+    }
+}
+
+fn statefulset() -> Yaml {
+    yaml("deploy/k8s/base/statefulset.yaml")
+}
+
+fn container(set: &Yaml) -> &Yaml {
+    &set["spec"]["template"]["spec"]["containers"][0]
+}
+
+fn env_of(container: &Yaml, name: &str) -> String {
+    container["env"].as_vec().unwrap().iter().find(|e| e["name"].as_str() == Some(name)).unwrap()["value"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn k8s_probes_and_port_match_the_service_and_the_image() {
+    let set = statefulset();
+    let c = container(&set);
+    let http = std::fs::read_to_string(root().join("logbook/src/http.rs")).unwrap();
+    for (probe, path) in
+        [("startupProbe", "/healthz"), ("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")]
+    {
+        assert_eq!(c[probe]["httpGet"]["path"].as_str(), Some(path), "{probe}");
+        assert_eq!(c[probe]["httpGet"]["port"].as_str(), Some("http"), "{probe}");
+        assert!(http.contains(&format!(".route(\"{path}\"")), "the service has no route {path}");
+    }
+    let dockerfile = std::fs::read_to_string(root().join("Dockerfile")).unwrap();
+    let exposed = dockerfile.lines().find_map(|l| l.strip_prefix("EXPOSE ")).unwrap().trim().to_owned();
+    let port = c["ports"][0]["containerPort"].as_i64().unwrap();
+    assert_eq!(c["ports"][0]["name"].as_str(), Some("http"));
+    assert_eq!(port.to_string(), exposed, "containerPort and the image's EXPOSE differ");
+    let user = dockerfile.lines().find_map(|l| l.strip_prefix("USER ")).unwrap().trim().to_owned();
+    let pod = &set["spec"]["template"]["spec"]["securityContext"];
+    assert_eq!(
+        format!("{}:{}", pod["runAsUser"].as_i64().unwrap(), pod["runAsGroup"].as_i64().unwrap()),
+        user
+    );
+}
+
+#[test]
+fn k8s_security_context_is_locked_down() {
+    let set = statefulset();
+    let pod = &set["spec"]["template"]["spec"]["securityContext"];
+    assert_eq!(pod["runAsNonRoot"].as_bool(), Some(true));
+    assert_eq!(pod["fsGroup"].as_i64(), pod["runAsGroup"].as_i64(), "fsGroup makes the volume writable");
+    assert_eq!(pod["seccompProfile"]["type"].as_str(), Some("RuntimeDefault"));
+    let sc = &container(&set)["securityContext"];
+    assert_eq!(sc["readOnlyRootFilesystem"].as_bool(), Some(true));
+    assert_eq!(sc["allowPrivilegeEscalation"].as_bool(), Some(false));
+    assert_eq!(sc["capabilities"]["drop"][0].as_str(), Some("ALL"));
+    let mounts: Vec<&str> = container(&set)["volumeMounts"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["mountPath"].as_str())
+        .collect();
+    assert!(mounts.contains(&"/tmp") && mounts.contains(&"/data"), "{mounts:?}");
+    assert_eq!(set["spec"]["replicas"].as_i64(), Some(1), "one writer: see docs/SCALING.md");
+}
+
+#[test]
+fn grace_periods_exceed_the_drain() {
+    // Kubernetes: the manifest's own drain settings.
+    let set = statefulset();
+    let c = container(&set);
+    let drain = seconds(&env_of(c, "LOGBOOK_DRAIN_DELAY")) + seconds(&env_of(c, "LOGBOOK_SHUTDOWN_TIMEOUT"));
+    let grace = set["spec"]["template"]["spec"]["terminationGracePeriodSeconds"].as_i64().unwrap() as u64;
+    assert!(grace > drain, "terminationGracePeriodSeconds {grace} <= drain {drain}");
+    // Compose: the service's defaults, as .env.example documents them.
+    let example = std::fs::read_to_string(root().join(".env.example")).unwrap();
+    let default =
+        |key: &str| seconds(example.lines().find_map(|l| l.strip_prefix(&format!("{key}="))).unwrap());
+    let drain = default("LOGBOOK_DRAIN_DELAY") + default("LOGBOOK_SHUTDOWN_TIMEOUT");
+    let compose = yaml("docker-compose.yml");
+    let stop = compose["services"]["logbook"]["stop_grace_period"].as_str().unwrap();
+    let stop = seconds(stop.trim_start_matches("${LOGBOOK_STOP_GRACE_PERIOD:-").trim_end_matches('}'));
+    assert!(stop > drain, "compose stop_grace_period {stop} <= drain {drain}");
+}
+
+#[test]
+fn overlays_change_only_the_image_tag_and_resources() {
+    for overlay in ["staging", "production"] {
+        let k = yaml(&format!("deploy/k8s/overlays/{overlay}/kustomization.yaml"));
+        let keys: Vec<&str> = k.as_hash().unwrap().keys().filter_map(Yaml::as_str).collect();
+        assert_eq!(keys, ["apiVersion", "kind", "resources", "images", "patches"], "{overlay}");
+        let patch = k["patches"][0]["patch"].as_str().unwrap();
+        assert!(patch.contains("path: /spec/template/spec/containers/0/resources"), "{overlay}: {patch}");
+        assert_eq!(k["patches"].as_vec().unwrap().len(), 1, "{overlay}");
+    }
+}
