@@ -19,6 +19,7 @@ pub const KNOWN: &[&str] = &[
     "LOGBOOK_LOG_FORMAT",
     "LOGBOOK_SHUTDOWN_TIMEOUT",
     "LOGBOOK_DRAIN_DELAY",
+    "LOGBOOK_LOCK_WAIT",
     "LOGBOOK_API_TOKEN",
     "LOGBOOK_API_TOKEN_FILE",
 ];
@@ -32,6 +33,8 @@ pub struct Config {
     pub log_format: LogFormat,
     pub shutdown_timeout: Duration,
     pub drain_delay: Duration,
+    /// How long to wait at start for another process to release the database.
+    pub lock_wait: Duration,
     pub api_token: Option<Secret>,
 }
 
@@ -145,6 +148,7 @@ impl Config {
             ));
         }
         let drain_delay = duration_var(&get, "LOGBOOK_DRAIN_DELAY", Duration::ZERO)?;
+        let lock_wait = duration_var(&get, "LOGBOOK_LOCK_WAIT", Duration::from_secs(30))?;
         let api_token = match (get("LOGBOOK_API_TOKEN"), get("LOGBOOK_API_TOKEN_FILE")) {
             (Some(_), Some(_)) => {
                 return Err(ConfigError {
@@ -157,7 +161,17 @@ impl Config {
             (None, Some((var, path))) => Some(read_token_file(var, &path)?),
             (None, None) => None,
         };
-        Ok(Config { bind, port, db_path, log_filter, log_format, shutdown_timeout, drain_delay, api_token })
+        Ok(Config {
+            bind,
+            port,
+            db_path,
+            log_filter,
+            log_format,
+            shutdown_timeout,
+            drain_delay,
+            lock_wait,
+            api_token,
+        })
     }
 }
 

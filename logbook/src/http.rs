@@ -29,11 +29,35 @@ pub const MAX_PAGE: u32 = 500;
 
 #[derive(Clone)]
 pub struct AppState {
-    pub storage: Storage,
+    /// None until the database is open: the service listens (and answers /healthz) while
+    /// it waits for the database lock, for instance during a start-first rolling update.
+    pub storage: tokio::sync::watch::Receiver<Option<Storage>>,
     pub draining: Arc<AtomicBool>,
     pub api_token: Option<Secret>,
     pub metrics: PrometheusHandle,
     pub started: Instant,
+}
+
+/// How long a request waits for the database to open before it gets a 503.
+const STORAGE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+impl AppState {
+    /// The open storage; while the service is still waiting for the database, the request
+    /// waits too (so a start-first update answers slowly instead of failing), up to a bound.
+    async fn storage(&self) -> Result<Storage, ApiError> {
+        let mut ready = self.storage.clone();
+        let opened = match tokio::time::timeout(STORAGE_WAIT, ready.wait_for(Option::is_some)).await {
+            Ok(Ok(storage)) => storage.clone(),
+            _ => None,
+        };
+        opened.ok_or_else(|| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "starting",
+                "the service is waiting for its database; retry shortly",
+            )
+        })
+    }
 }
 
 pub fn router(state: AppState) -> Router {
@@ -138,7 +162,7 @@ async fn append_entry(
     authorize(&state, &headers)?;
     let JsonBody(request) = body?;
     let entry = validate(request)?;
-    let stored = state.storage.append(entry).await?;
+    let stored = state.storage().await?.append(entry).await?;
     let location = HeaderValue::from_str(&format!("/api/entries/{}", stored.id))
         .unwrap_or_else(|_| HeaderValue::from_static("/api/entries"));
     Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(stored)).into_response())
@@ -208,7 +232,7 @@ async fn list_entries(
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(ApiError::bad_request("invalid_query", format!("limit must be from 1 to {MAX_PAGE}")));
     }
-    let entries = state.storage.list(after, limit).await?;
+    let entries = state.storage().await?.list(after, limit).await?;
     // A full page may have more behind it; the client continues from the last id.
     let next_after = (entries.len() == limit as usize).then(|| entries.last().map(|e| e.id)).flatten();
     Ok(Json(json!({ "entries": entries, "next_after": next_after })).into_response())
@@ -222,7 +246,7 @@ async fn get_entry(
         Ok(Path(id)) if id > 0 => id,
         _ => return Err(ApiError::bad_request("invalid_id", "the entry id must be a positive integer")),
     };
-    match state.storage.get(id).await? {
+    match state.storage().await?.get(id).await? {
         Some(entry) => Ok(Json(entry).into_response()),
         None => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no entry with id {id}"))),
     }
@@ -236,7 +260,11 @@ async fn readyz(State(state): State<AppState>) -> Response {
     if state.draining.load(Ordering::SeqCst) {
         return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "draining" }))).into_response();
     }
-    if !state.storage.ready().await {
+    let storage = state.storage.borrow().clone();
+    let Some(storage) = storage else {
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "starting" }))).into_response();
+    };
+    if !storage.ready().await {
         return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "storage_unavailable" })))
             .into_response();
     }

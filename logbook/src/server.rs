@@ -7,6 +7,7 @@
 //! nothing acknowledged because every 201 follows a durable commit.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -21,7 +22,7 @@ use tokio::task::JoinSet;
 
 use crate::config::Config;
 use crate::http::{AppState, router};
-use crate::storage;
+use crate::storage::{self, Storage, StorageError, WriterHandle};
 
 /// Exit code for a second signal during shutdown (128 + SIGINT, by shell convention).
 pub const EXIT_FORCED: i32 = 130;
@@ -57,17 +58,8 @@ pub async fn serve(config: Config, started: Instant) -> Result<(), ServeError> {
         .map_err(|e| ServeError::Runtime(format!("cannot install signal handlers: {e}")))?;
     let metrics = crate::telemetry::init_metrics().map_err(ServeError::Runtime)?;
 
-    let db_path = config.db_path.clone();
-    let (storage, writer) = tokio::task::spawn_blocking(move || storage::open(&db_path))
-        .await
-        .map_err(|e| ServeError::Runtime(e.to_string()))?
-        .map_err(|e| {
-            ServeError::Config(format!(
-                "cannot use LOGBOOK_DB_PATH={:?}: {e} (expected a writable file path in an existing directory)",
-                config.db_path.display().to_string()
-            ))
-        })?;
-
+    // Listen first: a taken port fails at once, and /healthz answers while the database
+    // lock is awaited (a start-first rolling update overlaps the old and new process).
     let addr = SocketAddr::new(config.bind, config.port);
     let listener = TcpListener::bind(addr).await.map_err(|e| {
         ServeError::Config(format!(
@@ -78,6 +70,9 @@ pub async fn serve(config: Config, started: Instant) -> Result<(), ServeError> {
     let local = listener.local_addr().map_err(|e| ServeError::Runtime(e.to_string()))?;
 
     let draining = Arc::new(AtomicBool::new(false));
+    let (opened, storage) = tokio::sync::watch::channel(None);
+    let mut opening = tokio::spawn(open_storage(config.db_path.clone(), config.lock_wait));
+    let mut writer = None;
     let state = AppState {
         storage,
         draining: draining.clone(),
@@ -99,10 +94,17 @@ pub async fn serve(config: Config, started: Instant) -> Result<(), ServeError> {
     let signal_name = loop {
         tokio::select! {
             name = signals.next() => break name,
+            result = &mut opening, if writer.is_none() => {
+                let (storage, handle) = result.map_err(|e| ServeError::Runtime(e.to_string()))??;
+                opened.send_replace(Some(storage));
+                writer = Some(handle);
+                tracing::info!(startup_ms = started.elapsed().as_millis() as u64, "ready");
+            }
             accepted = listener.accept() => server.accept(accepted).await,
             Some(_) = server.connections.join_next() => {}
         }
     };
+    opening.abort();
     let shutdown_started = Instant::now();
     draining.store(true, Ordering::SeqCst);
     tracing::info!(
@@ -142,11 +144,44 @@ pub async fn serve(config: Config, started: Instant) -> Result<(), ServeError> {
     while connections.join_next().await.is_some() {}
 
     // Commit what is queued, checkpoint, close. Appends arriving later are refused (503).
-    tokio::task::spawn_blocking(move || writer.close())
-        .await
-        .map_err(|e| ServeError::Runtime(format!("closing storage failed: {e}")))?;
+    if let Some(writer) = writer {
+        tokio::task::spawn_blocking(move || writer.close())
+            .await
+            .map_err(|e| ServeError::Runtime(format!("closing storage failed: {e}")))?;
+    }
     tracing::info!(elapsed_ms = shutdown_started.elapsed().as_millis() as u64, "shutdown complete");
     Ok(())
+}
+
+/// Takes the database lock, waiting up to `lock_wait` for another process (the previous
+/// release, still draining) to let go of it, then opens and migrates the database.
+async fn open_storage(path: PathBuf, lock_wait: Duration) -> Result<(Storage, WriterHandle), ServeError> {
+    let unusable = |e: StorageError| {
+        ServeError::Config(format!(
+            "cannot use LOGBOOK_DB_PATH={:?}: {e} (expected a writable file path in an existing directory)",
+            path.display().to_string()
+        ))
+    };
+    let deadline = Instant::now() + lock_wait;
+    let mut waiting = false;
+    let lock = loop {
+        match storage::lock(&path) {
+            Ok(lock) => break lock,
+            Err(StorageError::Locked(why)) if Instant::now() < deadline => {
+                if !waiting {
+                    tracing::info!(reason = %why, wait_s = lock_wait.as_secs(), "waiting for the database lock");
+                    waiting = true;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(unusable(e)),
+        }
+    };
+    let opening = path.clone();
+    tokio::task::spawn_blocking(move || storage::open_locked(&opening, lock))
+        .await
+        .map_err(|e| ServeError::Runtime(e.to_string()))?
+        .map_err(unusable)
 }
 
 /// Longest a client may take to send a request's head; slower connections are closed.

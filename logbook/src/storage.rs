@@ -58,6 +58,8 @@ pub enum StorageError {
     Closed,
     /// The file is not one this build can serve (foreign, or a newer schema).
     Refused(String),
+    /// Another process holds the database's lock.
+    Locked(String),
     Io(std::io::Error),
     Sqlite(rusqlite::Error),
 }
@@ -66,7 +68,7 @@ impl std::fmt::Display for StorageError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             StorageError::Closed => f.write_str("storage is shut down"),
-            StorageError::Refused(why) => f.write_str(why),
+            StorageError::Refused(why) | StorageError::Locked(why) => f.write_str(why),
             StorageError::Io(e) => write!(f, "{e}"),
             StorageError::Sqlite(e) => write!(f, "{e}"),
         }
@@ -109,7 +111,11 @@ pub struct WriterHandle {
 
 /// Opens (creating if needed) the database, migrates it and starts the writer thread.
 pub fn open(path: &Path) -> Result<(Storage, WriterHandle), StorageError> {
-    let lock = lock(path)?;
+    open_locked(path, lock(path)?)
+}
+
+/// [`open`], with the database's lock (see [`lock`]) already taken.
+pub fn open_locked(path: &Path, lock: std::fs::File) -> Result<(Storage, WriterHandle), StorageError> {
     let mut conn = open_writer(path)?;
     migrate(&mut conn)?;
     let conns = (0..READERS).map(|_| open_reader(path).map(Mutex::new)).collect::<Result<Vec<_>, _>>()?;
@@ -138,7 +144,7 @@ pub fn lock(db: &Path) -> Result<std::fs::File, StorageError> {
         .map_err(StorageError::Io)?;
     match file.try_lock() {
         Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(StorageError::Refused(format!(
+        Err(std::fs::TryLockError::WouldBlock) => Err(StorageError::Locked(format!(
             "another logbook process is using this database (it holds {})",
             path.display()
         ))),

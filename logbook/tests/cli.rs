@@ -279,7 +279,8 @@ fn restore_replaces_the_database_and_keeps_the_old_one() {
 fn one_database_serves_one_process_and_restore_waits_for_it_to_stop() {
     let server = Server::start(&[]);
     let db = server.db.to_str().unwrap().to_owned();
-    let (code, _, stderr) = run(&[], &[("LOGBOOK_DB_PATH", &db), ("LOGBOOK_PORT", "0")]);
+    let (code, _, stderr) =
+        run(&[], &[("LOGBOOK_DB_PATH", &db), ("LOGBOOK_PORT", "0"), ("LOGBOOK_LOCK_WAIT", "0")]);
     assert_eq!(code, EXIT_CONFIG, "{stderr}");
     assert!(stderr.contains("another logbook process is using this database"), "{stderr}");
 

@@ -186,3 +186,32 @@ fn data_survives_a_restart() {
     assert_eq!(second.get("/api/entries/1").json()["text"], "before restart");
     assert_eq!(second.post_json("/api/entries", r#"{"text":"after"}"#).json()["id"], 2);
 }
+
+#[test]
+fn a_new_process_takes_over_when_the_old_one_lets_go() {
+    // A start-first rolling update: the new process starts while the old one still serves.
+    let dir = TempDir::new("handover");
+    let db = dir.path().join("logbook.db");
+    let mut old = Server::start_with_db(&db, &[]);
+    assert_eq!(old.post_json("/api/entries", r#"{"text":"from the old process"}"#).status, 201);
+
+    let mut new = Server::start_listening(&db, &[("LOGBOOK_LOCK_WAIT", "20s")]);
+    new.wait_for_log("waiting for the database lock", Duration::from_secs(5));
+    assert_eq!(new.get("/healthz").status, 200, "alive while it waits");
+    let waiting = new.get("/readyz");
+    assert_eq!((waiting.status, waiting.json()["status"].as_str()), (503, Some("starting")));
+
+    // A request that reaches the new process now waits for the database instead of failing.
+    let addr = new.addr;
+    let reader = std::thread::spawn(move || request(addr, "GET", "/api/entries/1", &[], None).unwrap());
+    std::thread::sleep(Duration::from_millis(200)); // let the request arrive before the handover
+    old.signal("TERM");
+    assert_eq!(old.wait_exit(Duration::from_secs(10)).code(), Some(0));
+
+    let read = reader.join().unwrap();
+    assert_eq!(read.status, 200, "{read:?}");
+    assert_eq!(read.json()["text"], "from the old process");
+    new.wait_for_log("\"ready\"", Duration::from_secs(5));
+    assert_eq!(new.get("/readyz").status, 200);
+    assert_eq!(new.post_json("/api/entries", r#"{"text":"from the new process"}"#).json()["id"], 2);
+}

@@ -54,8 +54,15 @@ impl Server {
         server
     }
 
-    /// Starts a server on `db`, which the caller owns.
+    /// Starts a server on `db`, which the caller owns, and waits until it is ready.
     pub fn start_with_db(db: &Path, env: &[(&str, &str)]) -> Server {
+        let mut server = Server::start_listening(db, env);
+        server.wait_for_log("\"ready\"", Duration::from_secs(20));
+        server
+    }
+
+    /// Starts a server on `db` and returns once it listens, before its database is open.
+    pub fn start_listening(db: &Path, env: &[(&str, &str)]) -> Server {
         let mut child = bare_command()
             .env("LOGBOOK_BIND", "127.0.0.1")
             .env("LOGBOOK_PORT", "0")
