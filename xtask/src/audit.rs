@@ -134,7 +134,7 @@ fn check_running_uid(sh: &Shell, image: &str) -> Result<()> {
         std::time::Duration::from_millis(100),
         || Ok(process::query(sh, &Cmd::new("docker").args(["top", &name, "-o", "pid,uid"])).ok()),
     );
-    let _ = process::query(sh, &Cmd::new("docker").args(["rm", "--force", &name]));
+    let _ = process::query(sh, &Cmd::new("docker").args(["rm", "--force", "--volumes", &name]));
     let uids: Vec<String> =
         top?.lines().skip(1).filter_map(|l| l.split_whitespace().nth(1).map(str::to_owned)).collect();
     ensure!(!uids.is_empty(), "no process was running");
@@ -174,7 +174,7 @@ fn list_files(sh: &Shell, image: &str) -> Result<Vec<String>> {
     let tar = dir.path().join("fs.tar");
     let exported =
         process::query(sh, &Cmd::new("docker").args(["export", "--output", &tar.display().to_string(), &id]));
-    let _ = process::query(sh, &Cmd::new("docker").args(["rm", &id]));
+    let _ = process::query(sh, &Cmd::new("docker").args(["rm", "--volumes", &id]));
     exported?;
     let listing = process::query(sh, &Cmd::new("tar").args(["-tf", &tar.display().to_string()]))?;
     Ok(listing.lines().map(|l| l.trim_start_matches("./").to_owned()).filter(|l| !l.is_empty()).collect())

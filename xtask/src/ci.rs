@@ -8,7 +8,9 @@ use xshell::Shell;
 
 use clap::ValueEnum;
 
-use crate::flags::{AuditImage, Build, Builder, Ci, CiStep, Drill, MonitoringSmoke, Scan, ScanFormat, Smoke};
+use crate::flags::{
+    AuditImage, Build, Builder, Ci, CiStep, Drill, MonitoringSmoke, Scan, ScanFormat, Smoke, SwarmDrill,
+};
 use crate::process::{self, Cmd};
 use crate::scan::Trivy;
 
@@ -35,9 +37,12 @@ impl CiStep {
             | CiStep::BuildClassic
             | CiStep::Build
             | CiStep::Advisories => &[],
-            CiStep::Smoke | CiStep::Drill | CiStep::MonitoringSmoke | CiStep::AuditImage | CiStep::Scan => {
-                &[CiStep::Build]
-            }
+            CiStep::Smoke
+            | CiStep::Drill
+            | CiStep::MonitoringSmoke
+            | CiStep::SwarmDrill
+            | CiStep::AuditImage
+            | CiStep::Scan => &[CiStep::Build],
         }
     }
 
@@ -55,6 +60,7 @@ impl CiStep {
             CiStep::Smoke => done(Smoke { no_build: true, tag: None }.run(sh)),
             CiStep::Drill => done(Drill { no_build: true }.run(sh)),
             CiStep::MonitoringSmoke => done(MonitoringSmoke { no_build: true }.run(sh)),
+            CiStep::SwarmDrill => done(SwarmDrill { no_build: true, timeout: 120 }.run(sh)),
             CiStep::AuditImage => done(AuditImage { tag: None, self_test: true }.run(sh)),
             CiStep::Advisories => crate::advisories::check(sh, true).map(Outcome::Pass),
             CiStep::Scan => {

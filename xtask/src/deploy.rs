@@ -25,6 +25,42 @@ impl Deploy {
                 }
                 Up { no_build: false, tag: self.tag, timeout: self.timeout, no_rollback: false }.run(sh)
             }
+            DeployTarget::Swarm => {
+                let stack = crate::swarm::Stack::new(&self.stack);
+                if self.remove {
+                    if self.volumes && !self.yes {
+                        bail!("refusing to delete the stack's volume without --yes; nothing was changed");
+                    }
+                    process::run(sh, &stack.remove())?;
+                    if self.volumes {
+                        let volume = format!("{}_data", self.stack);
+                        process::wait_for(
+                            "the stack's containers to go",
+                            Duration::from_secs(120),
+                            Duration::from_millis(500),
+                            || {
+                                Ok(process::succeeds(sh, &Cmd::new("docker").args(["volume", "rm", &volume]))
+                                    .then_some(()))
+                            },
+                        )?;
+                    }
+                    process::result(&format!(
+                        "removed swarm stack {}{}",
+                        self.stack,
+                        if self.volumes { " and its volume" } else { "; its volume is kept" }
+                    ));
+                    return Ok(());
+                }
+                let image = match &self.tag {
+                    Some(tag) => crate::release::image_name(tag),
+                    None => crate::stack::ensure_image(sh, false)?,
+                };
+                let history = crate::swarm::history_path(sh, &stack);
+                let addr =
+                    crate::swarm::deploy(sh, &stack, &history, &image, Duration::from_secs(self.timeout))?;
+                process::result(&format!("{image} serves on the swarm at http://{addr}"));
+                Ok(())
+            }
             DeployTarget::K8s => {
                 require_kubectl(sh)?;
                 let dir = kustomization(sh, &self.overlay, self.tag.as_deref())?;

@@ -267,14 +267,15 @@ pub fn build_image(plan: &ImagePlan, builder: Builder) -> Cmd {
     cmd.arg(".").env("DOCKER_BUILDKIT", buildkit)
 }
 
+/// The variable a broken test image sets to a value the service refuses. None of the
+/// compose file, the swarm stack or the manifests sets it, so it cannot be overridden.
+pub const BROKEN_SETTING: &str = "LOGBOOK_LOG_FORMAT";
+
 /// Builds `tag` from `image` with a setting the service rejects, so it never gets ready:
 /// the stand-in for a bad release in smoke tests and drills.
 pub fn build_broken_image(sh: &Shell, image: &str, tag: &str) -> Result<()> {
     let dir = sh.create_temp_dir()?;
-    sh.write_file(
-        dir.path().join("Dockerfile"),
-        format!("FROM {image}\nENV LOGBOOK_SHUTDOWN_TIMEOUT=never\n"),
-    )?;
+    sh.write_file(dir.path().join("Dockerfile"), format!("FROM {image}\nENV {BROKEN_SETTING}=yaml\n"))?;
     let context = dir.path().display().to_string();
     process::run(sh, &Cmd::new("docker").args(["build", "--quiet", "--tag", tag, &context]))
 }

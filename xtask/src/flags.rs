@@ -36,6 +36,7 @@ pub enum Command {
     Scan(Scan),
     Publish(Publish),
     Deploy(Deploy),
+    SwarmDrill(SwarmDrill),
     Doctor(Doctor),
     Coverage(Coverage),
     Completions(Completions),
@@ -352,8 +353,9 @@ pub struct Publish {
     pub github_output: bool,
 }
 
-/// Deploy to an orchestrator: `compose` (what `up` does) or `k8s` (kustomize overlays,
-/// `kubectl apply -k`, then `kubectl rollout status`).
+/// Deploy to an orchestrator: `compose` (what `up` does), `swarm` (deploy/swarm/stack.yml:
+/// a start-first rolling update that Swarm rolls back by itself if the new task is
+/// unhealthy) or `k8s` (kustomize overlays, `kubectl apply -k`, `kubectl rollout status`).
 #[derive(Debug, Args)]
 pub struct Deploy {
     /// Where to deploy.
@@ -379,14 +381,47 @@ pub struct Deploy {
     /// Seconds to wait for the rollout to be ready.
     #[arg(long, default_value_t = 300)]
     pub timeout: u64,
+
+    /// The swarm stack's name (swarm only).
+    #[arg(long, default_value = "logbook")]
+    pub stack: String,
+
+    /// Remove the swarm stack instead of deploying (its volume stays unless --volumes).
+    #[arg(long)]
+    pub remove: bool,
+
+    /// With --remove: also delete the stack's data volume. Needs --yes.
+    #[arg(long, requires = "remove")]
+    pub volumes: bool,
+
+    /// Confirm --volumes.
+    #[arg(long, requires = "volumes")]
+    pub yes: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DeployTarget {
     /// the compose stack on this Docker engine
     Compose,
+    /// a Docker Swarm stack (this engine must be a swarm manager)
+    Swarm,
     /// Kubernetes, through kubectl's current context
     K8s,
+}
+
+/// Prove Swarm deploys live on a one-node swarm (created for the drill if this engine is in
+/// none, and left again): v1 with entries, a rolling update to v2 while a client polls
+/// (no request may fail), an unhealthy image that Swarm rolls back, and the stack's
+/// removal keeping its volume. Cleans up everything it set up.
+#[derive(Debug, Args)]
+pub struct SwarmDrill {
+    /// Use the existing image for this tree as v1; fail if it has not been built.
+    #[arg(long)]
+    pub no_build: bool,
+
+    /// Seconds to wait for each rollout.
+    #[arg(long, default_value_t = 120)]
+    pub timeout: u64,
 }
 
 /// Check this machine for what the runner uses: docker (client and engine), Compose v2,
@@ -462,6 +497,8 @@ pub enum CiStep {
     Drill,
     /// cargo xtask monitoring-smoke: Prometheus scraping the service on the real engine
     MonitoringSmoke,
+    /// cargo xtask swarm-drill: rolling updates and rollback on a live one-node swarm
+    SwarmDrill,
     /// cargo xtask scan: Trivy (skipped when Trivy is not available, unless required)
     Scan,
 }

@@ -27,6 +27,18 @@ fn request(
     body: Option<&str>,
     timeout: Duration,
 ) -> Result<Response> {
+    request_with_headers(host_port, method, path, &[], body, timeout)
+}
+
+/// A request with extra headers (`Authorization`, say).
+pub fn request_with_headers(
+    host_port: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+    timeout: Duration,
+) -> Result<Response> {
     let addr: SocketAddr = host_port
         .to_socket_addrs()
         .with_context(|| format!("bad address {host_port}"))?
@@ -36,6 +48,9 @@ fn request(
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {host_port}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
     if let Some(body) = body {
         head.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()));
     }

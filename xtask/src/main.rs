@@ -27,6 +27,8 @@ mod scan;
 mod smoke;
 mod stack;
 mod status;
+mod swarm;
+mod swarm_drill;
 mod time;
 mod up;
 
@@ -59,6 +61,7 @@ fn main() -> anyhow::Result<()> {
         flags::Command::Scan(cmd) => cmd.run(&sh),
         flags::Command::Publish(cmd) => cmd.run(&sh),
         flags::Command::Deploy(cmd) => cmd.run(&sh),
+        flags::Command::SwarmDrill(cmd) => cmd.run(&sh),
         flags::Command::Doctor(cmd) => cmd.run(&sh),
         flags::Command::Coverage(cmd) => cmd.run(&sh),
         flags::Command::Completions(cmd) => {

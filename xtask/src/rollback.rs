@@ -12,6 +12,22 @@ use crate::release::{self, Gate, History};
 
 impl Rollback {
     pub fn run(self, sh: &Shell) -> Result<()> {
+        if self.target == crate::flags::DeployTarget::Swarm {
+            let stack = crate::swarm::Stack::new("logbook");
+            if self.list {
+                let history = History::load(&crate::swarm::history_path(sh, &stack))?;
+                process::result(&history.table(None));
+                return Ok(());
+            }
+            let started = Instant::now();
+            let image =
+                crate::swarm::rollback(sh, &stack, self.to.as_deref(), Duration::from_secs(self.timeout))?;
+            process::result(&format!(
+                "rolled the swarm back to {image}; ready in {:.1}s",
+                started.elapsed().as_secs_f64()
+            ));
+            return Ok(());
+        }
         if self.target == crate::flags::DeployTarget::K8s {
             if self.to.is_some() || self.list {
                 bail!(

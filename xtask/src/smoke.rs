@@ -220,10 +220,6 @@ pub fn expect_entry(addr: &str, id: i64, text: &str) -> Result<()> {
 fn broken_image_is_refused(sh: &Shell, program: docker::ComposeProgram, image: &str) -> Result<()> {
     let broken = format!("{}-smoke-broken:{}", project::NAME, std::process::id());
     let dir = sh.create_temp_dir()?;
-    sh.write_file(
-        dir.path().join("Dockerfile"),
-        format!("FROM {image}\nENV LOGBOOK_SHUTDOWN_TIMEOUT=never\n"),
-    )?;
     let compose = isolated(program, &format!("{}-smoke-broken-{}", project::NAME, std::process::id()))?;
     let mut guard = StackGuard::new(sh, &compose, OnDrop::RemoveWithVolumes);
     guard.remove_image(&broken);
@@ -241,7 +237,7 @@ fn broken_image_is_refused(sh: &Shell, program: docker::ComposeProgram, image: &
             let message = format!("{e:#}");
             ensure!(took < deadline + Duration::from_secs(5), "failing took {took:?}");
             ensure!(
-                message.contains("LOGBOOK_SHUTDOWN_TIMEOUT"),
+                message.contains(docker::BROKEN_SETTING),
                 "the error does not show the cause:\n{message}"
             );
             process::say(&format!(
