@@ -160,3 +160,17 @@ fn k8s_deploy_dry_run_prints_apply_and_rollout_and_runs_neither() {
     let (ok, output) = docker.xtask(&["deploy", "--target", "k8s", "--overlay", "nowhere", "--dry-run"]);
     assert!(!ok && output.contains("no overlay \"nowhere\"") && output.contains("production"), "{output}");
 }
+
+#[test]
+fn swarm_deploy_dry_run_prints_the_stack_deploy_and_runs_nothing() {
+    let docker = FakeDocker::new("swarm");
+    let (ok, output) = docker.xtask(&["deploy", "--target", "swarm", "--tag", "0123456789ab", "--dry-run"]);
+    assert!(ok, "{output}");
+    assert!(
+        output.contains("$ LOGBOOK_IMAGE=logbook:0123456789ab docker stack deploy --compose-file deploy/swarm/stack.yml --resolve-image never logbook"),
+        "{output}"
+    );
+    let (ok, output) = docker.xtask(&["deploy", "--target", "swarm", "--remove", "--dry-run"]);
+    assert!(ok && output.contains("$ docker stack rm logbook"), "{output}");
+    docker.assert_only_queries();
+}

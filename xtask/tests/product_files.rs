@@ -196,6 +196,34 @@ fn grace_periods_exceed_the_drain() {
     let stop = compose["services"]["logbook"]["stop_grace_period"].as_str().unwrap();
     let stop = seconds(stop.trim_start_matches("${LOGBOOK_STOP_GRACE_PERIOD:-").trim_end_matches('}'));
     assert!(stop > drain, "compose stop_grace_period {stop} <= drain {drain}");
+    // Swarm: the stack's own drain settings.
+    let stack = yaml("deploy/swarm/stack.yml");
+    let service = &stack["services"]["logbook"];
+    let env = &service["environment"];
+    let drain = seconds(env["LOGBOOK_DRAIN_DELAY"].as_str().unwrap())
+        + seconds(env["LOGBOOK_SHUTDOWN_TIMEOUT"].as_str().unwrap());
+    let stop = seconds(service["stop_grace_period"].as_str().unwrap());
+    assert!(stop > drain, "swarm stop_grace_period {stop} <= drain {drain}");
+}
+
+#[test]
+fn the_swarm_stack_is_one_pinned_replica_updated_start_first_with_rollback() {
+    let stack = yaml("deploy/swarm/stack.yml");
+    let service = &stack["services"]["logbook"];
+    let deploy = &service["deploy"];
+    assert_eq!(deploy["replicas"].as_i64(), Some(1));
+    assert_eq!(deploy["placement"]["constraints"][0].as_str(), Some("node.labels.logbook.data == true"));
+    assert_eq!(deploy["update_config"]["order"].as_str(), Some("${LOGBOOK_UPDATE_ORDER:-start-first}"));
+    assert_eq!(deploy["update_config"]["failure_action"].as_str(), Some("rollback"));
+    assert!(deploy["update_config"]["monitor"].as_str().is_some());
+    assert!(deploy["rollback_config"].as_hash().is_some());
+    assert_eq!(service["read_only"].as_bool(), Some(true));
+    assert_eq!(service["cap_drop"][0].as_str(), Some("ALL"));
+    assert_eq!(
+        service["environment"]["LOGBOOK_API_TOKEN_FILE"].as_str(),
+        Some("/run/secrets/logbook_api_token")
+    );
+    assert_eq!(service["healthcheck"]["test"][1].as_str(), Some("/logbook"));
 }
 
 #[test]
