@@ -1,7 +1,7 @@
 //! Whole-file operations for operators: backup, verify and restore.
 //!
 //! Every file this writes appears under its final name only once it is complete, synced
-//! and verified; until then it lives under a `.partial` name that is removed on failure.
+//! and verified; until then it lives under a `.partial-<pid>` name, removed on failure.
 
 use std::fs::File;
 use std::io::Read;

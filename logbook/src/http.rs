@@ -32,21 +32,20 @@ pub struct AppState {
     /// None until the database is open: the service listens (and answers /healthz) while
     /// it waits for the database lock, for instance during a start-first rolling update.
     pub storage: tokio::sync::watch::Receiver<Option<Storage>>,
+    /// How long a request waits for the database before it gets a 503 (LOGBOOK_LOCK_WAIT).
+    pub storage_wait: std::time::Duration,
     pub draining: Arc<AtomicBool>,
     pub api_token: Option<Secret>,
     pub metrics: PrometheusHandle,
     pub started: Instant,
 }
 
-/// How long a request waits for the database to open before it gets a 503.
-const STORAGE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
-
 impl AppState {
     /// The open storage; while the service is still waiting for the database, the request
     /// waits too (so a start-first update answers slowly instead of failing), up to a bound.
     async fn storage(&self) -> Result<Storage, ApiError> {
         let mut ready = self.storage.clone();
-        let opened = match tokio::time::timeout(STORAGE_WAIT, ready.wait_for(Option::is_some)).await {
+        let opened = match tokio::time::timeout(self.storage_wait, ready.wait_for(Option::is_some)).await {
             Ok(Ok(storage)) => storage.clone(),
             _ => None,
         };

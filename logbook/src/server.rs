@@ -77,6 +77,7 @@ pub async fn serve(config: Config, started: Instant) -> Result<(), ServeError> {
         storage,
         draining: draining.clone(),
         api_token: config.api_token.clone(),
+        storage_wait: config.lock_wait,
         metrics,
         started,
     };
@@ -105,6 +106,8 @@ pub async fn serve(config: Config, started: Instant) -> Result<(), ServeError> {
         }
     };
     opening.abort();
+    // Requests still waiting for a database that never opened get their 503 now.
+    drop(opened);
     let shutdown_started = Instant::now();
     draining.store(true, Ordering::SeqCst);
     tracing::info!(
@@ -157,10 +160,16 @@ pub async fn serve(config: Config, started: Instant) -> Result<(), ServeError> {
 /// release, still draining) to let go of it, then opens and migrates the database.
 async fn open_storage(path: PathBuf, lock_wait: Duration) -> Result<(Storage, WriterHandle), ServeError> {
     let unusable = |e: StorageError| {
-        ServeError::Config(format!(
-            "cannot use LOGBOOK_DB_PATH={:?}: {e} (expected a writable file path in an existing directory)",
-            path.display().to_string()
-        ))
+        let shown = path.display().to_string();
+        ServeError::Config(match e {
+            StorageError::Locked(why) => format!(
+                "cannot use LOGBOOK_DB_PATH={shown:?}: {why}, still after LOGBOOK_LOCK_WAIT={}s; stop the other process",
+                lock_wait.as_secs()
+            ),
+            e => format!(
+                "cannot use LOGBOOK_DB_PATH={shown:?}: {e} (expected a writable file path in an existing directory)"
+            ),
+        })
     };
     let deadline = Instant::now() + lock_wait;
     let mut waiting = false;

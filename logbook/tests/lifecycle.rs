@@ -215,3 +215,23 @@ fn a_new_process_takes_over_when_the_old_one_lets_go() {
     assert_eq!(new.get("/readyz").status, 200);
     assert_eq!(new.post_json("/api/entries", r#"{"text":"from the new process"}"#).json()["id"], 2);
 }
+
+#[test]
+fn stopping_while_waiting_for_the_database_answers_waiting_requests_at_once() {
+    let dir = TempDir::new("stop-waiting");
+    let db = dir.path().join("logbook.db");
+    let _holder = Server::start_with_db(&db, &[]);
+    let mut waiting =
+        Server::start_listening(&db, &[("LOGBOOK_LOCK_WAIT", "60s"), ("LOGBOOK_SHUTDOWN_TIMEOUT", "20s")]);
+    waiting.wait_for_log("waiting for the database lock", Duration::from_secs(5));
+    let addr = waiting.addr;
+    let reader = std::thread::spawn(move || request(addr, "GET", "/api/entries", &[], None).unwrap());
+    std::thread::sleep(Duration::from_millis(200)); // let the request arrive first
+    let sent = Instant::now();
+    waiting.signal("TERM");
+    let answer = reader.join().unwrap();
+    assert_eq!(answer.status, 503, "{answer:?}");
+    assert_eq!(answer.json()["error"], "starting");
+    assert_eq!(waiting.wait_exit(Duration::from_secs(10)).code(), Some(0));
+    assert!(sent.elapsed() < Duration::from_secs(5), "took {:?}", sent.elapsed());
+}

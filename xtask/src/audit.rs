@@ -214,8 +214,10 @@ pub fn check_secrets(config: &Value, history: &str) -> Result<()> {
         .collect();
     let everything = format!("{config} {history}");
     for word in everything.split(|c: char| c.is_whitespace() || "\"'=,[]{}".contains(c)) {
-        if SECRET_PREFIXES.iter().any(|p| word.starts_with(p) && word.len() >= p.len() + 12) {
-            found.push(format!("{}…", &word[..word.len().min(8)]));
+        if let Some(prefix) =
+            SECRET_PREFIXES.iter().find(|p| word.starts_with(**p) && word.len() >= p.len() + 12)
+        {
+            found.push(format!("{prefix}…"));
         }
     }
     found.sort();

@@ -1,4 +1,4 @@
-//! `cargo xtask deploy --target <compose|k8s>`: one verb for every orchestrator.
+//! `cargo xtask deploy --target <compose|swarm|k8s>`: one verb for every orchestrator.
 
 use std::path::Path;
 use std::time::Duration;
@@ -34,15 +34,21 @@ impl Deploy {
                     process::run(sh, &stack.remove())?;
                     if self.volumes {
                         let volume = format!("{}_data", self.stack);
-                        process::wait_for(
-                            "the stack's containers to go",
-                            Duration::from_secs(120),
-                            Duration::from_millis(500),
-                            || {
-                                Ok(process::succeeds(sh, &Cmd::new("docker").args(["volume", "rm", &volume]))
-                                    .then_some(()))
-                            },
-                        )?;
+                        let remove = Cmd::new("docker").args(["volume", "rm", &volume]);
+                        if process::runner().dry_run {
+                            process::echo(&remove);
+                        } else if process::succeeds(
+                            sh,
+                            &Cmd::new("docker").args(["volume", "inspect", &volume]),
+                        ) {
+                            // The volume is released once the stack's containers are gone.
+                            process::wait_for(
+                                "the stack's containers to go",
+                                Duration::from_secs(120),
+                                Duration::from_millis(500),
+                                || Ok(process::query(sh, &remove).is_ok().then_some(())),
+                            )?;
+                        }
                     }
                     process::result(&format!(
                         "removed swarm stack {}{}",
@@ -141,11 +147,35 @@ pub fn rollout_undo(namespace: Option<&str>) -> Cmd {
     with_namespace(Cmd::new("kubectl").args(["rollout", "undo", "statefulset/logbook"]), namespace)
 }
 
-/// `rollback --target k8s`: Kubernetes keeps the revisions; undo goes back one.
+/// `rollback --target k8s`: Kubernetes keeps the revisions; undo goes back one. A
+/// StatefulSet whose pod never became ready does not replace that pod by itself (its
+/// rolling update waits for it), so a pod that is not ready is deleted to let it restart
+/// on the restored template.
 pub fn k8s_rollback(sh: &Shell, namespace: Option<&str>, timeout: Duration) -> Result<()> {
     require_kubectl(sh)?;
     process::run(sh, &rollout_undo(namespace))?;
+    let ready = process::query(sh, &pod_ready(namespace)).unwrap_or_default();
+    if ready.trim() != "True" {
+        process::run(sh, &delete_pod(namespace))?;
+    }
     process::run(sh, &rollout_status(namespace, timeout.as_secs()))
+}
+
+pub fn pod_ready(namespace: Option<&str>) -> Cmd {
+    with_namespace(
+        Cmd::new("kubectl").args([
+            "get",
+            "pod",
+            "logbook-0",
+            "--output",
+            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+        ]),
+        namespace,
+    )
+}
+
+pub fn delete_pod(namespace: Option<&str>) -> Cmd {
+    with_namespace(Cmd::new("kubectl").args(["delete", "pod", "logbook-0", "--wait=false"]), namespace)
 }
 
 #[cfg(test)]

@@ -180,6 +180,10 @@ pub struct Rollback {
     #[arg(long)]
     pub namespace: Option<String>,
 
+    /// The swarm stack, for --target swarm.
+    #[arg(long, default_value = "logbook")]
+    pub stack: String,
+
     /// Seconds to wait for /readyz to answer 200.
     #[arg(long, default_value_t = 60)]
     pub timeout: u64,
@@ -344,7 +348,7 @@ pub struct Publish {
     #[arg(long)]
     pub repository: String,
 
-    /// The git ref being released (for example refs/tags/v1.2.3, as in GITHUB_REF).
+    /// The git ref being released: refs/tags/v1.2.3, or a tag or branch name (v1.2.3, main).
     #[arg(long)]
     pub git_ref: Option<String>,
 
@@ -410,9 +414,10 @@ pub enum DeployTarget {
 }
 
 /// Prove Swarm deploys live on a one-node swarm (created for the drill if this engine is in
-/// none, and left again): v1 with entries, a rolling update to v2 while a client polls
-/// (no request may fail), an unhealthy image that Swarm rolls back, and the stack's
-/// removal keeping its volume. Cleans up everything it set up.
+/// none, and left again): v1 with entries, a rolling update to v2 while a client reads
+/// entries (with the routing mesh, no read may fail; without it, host mode and stop-first,
+/// failures are counted), an unhealthy image that Swarm rolls back, and the stack's removal
+/// keeping its volume. Cleans up everything it set up.
 #[derive(Debug, Args)]
 pub struct SwarmDrill {
     /// Use the existing image for this tree as v1; fail if it has not been built.

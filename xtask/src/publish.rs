@@ -33,12 +33,14 @@ impl Publish {
     }
 }
 
-/// The git revision always; for a `vX.Y.Z` tag also `X.Y.Z`, `X.Y` and `X`; for main, `main`.
+/// The git revision always; for a `vX.Y.Z` tag also `X.Y.Z`, `X.Y` and `X`; for main,
+/// `main`. `git_ref` is a full ref (`refs/tags/v1.2.3`) or a branch or tag name (`v1.2.3`).
 pub fn release_tags(revision: &str, git_ref: Option<&str>) -> Vec<String> {
     let mut tags = vec![revision.to_owned()];
-    match git_ref {
-        Some(r) if r.starts_with("refs/tags/v") => {
-            let version = r.trim_start_matches("refs/tags/v");
+    let name = git_ref.map(|r| r.trim_start_matches("refs/tags/").trim_start_matches("refs/heads/"));
+    match name {
+        Some(n) if n.starts_with('v') && n[1..].starts_with(|c: char| c.is_ascii_digit()) => {
+            let version = &n[1..];
             let parts: Vec<&str> = version.split('.').collect();
             let numeric = parts.len() == 3
                 && parts.iter().all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()));
@@ -48,7 +50,7 @@ pub fn release_tags(revision: &str, git_ref: Option<&str>) -> Vec<String> {
                 tags.push(version.to_owned());
             }
         }
-        Some("refs/heads/main") => tags.push("main".to_owned()),
+        Some("main") => tags.push("main".to_owned()),
         _ => {}
     }
     tags
@@ -71,5 +73,8 @@ mod tests {
         assert_eq!(release_tags("0123456789ab", Some("refs/heads/main")), ["0123456789ab", "main"]);
         assert_eq!(release_tags("0123456789ab", Some("refs/pull/7/merge")), ["0123456789ab"]);
         assert_eq!(release_tags("0123456789ab", None), ["0123456789ab"]);
+        assert_eq!(release_tags("0123456789ab", Some("v1.2.3")), ["0123456789ab", "1.2.3", "1.2", "1"]);
+        assert_eq!(release_tags("0123456789ab", Some("main")), ["0123456789ab", "main"]);
+        assert_eq!(release_tags("0123456789ab", Some("very-feature")), ["0123456789ab"]);
     }
 }

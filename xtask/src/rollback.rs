@@ -13,7 +13,7 @@ use crate::release::{self, Gate, History};
 impl Rollback {
     pub fn run(self, sh: &Shell) -> Result<()> {
         if self.target == crate::flags::DeployTarget::Swarm {
-            let stack = crate::swarm::Stack::new("logbook");
+            let stack = crate::swarm::Stack::new(&self.stack);
             if self.list {
                 let history = History::load(&crate::swarm::history_path(sh, &stack))?;
                 process::result(&history.table(None));

@@ -259,7 +259,8 @@ impl Trivy {
         }
         let image = std::env::var("TRIVY_IMAGE").unwrap_or_else(|_| DEFAULT_TRIVY_IMAGE.to_owned());
         let available = docker::image_exists(sh, &image)
-            || process::succeeds(sh, &Cmd::new("docker").args(["pull", "--quiet", &image]));
+            || (!process::runner().dry_run
+                && process::run(sh, &Cmd::new("docker").args(["pull", "--quiet", &image])).is_ok());
         available.then(|| Trivy::Image { image, root: sh.current_dir().display().to_string() })
     }
 

@@ -184,7 +184,10 @@ pub fn deploy(
             let current = started_at.is_some_and(|t| t >= deployed_at - 2);
             let unchanged = previous.as_deref() == Some(image);
             match update_outcome(status) {
-                _ if status.is_null() || unchanged => Ok(ready().then_some(())),
+                // A new service, or a deploy that changed nothing: no update will run.
+                _ if previous.is_none() || unchanged => Ok(ready().then_some(())),
+                // Swarm clears the status until its updater starts; the old task still serves.
+                _ if status.is_null() => Ok(None),
                 _ if !current => Ok(None),
                 UpdateOutcome::RolledBack => Err(anyhow::anyhow!("rolled back")),
                 UpdateOutcome::Paused(why) => Err(anyhow::anyhow!("the update paused ({why})")),

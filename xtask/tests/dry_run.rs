@@ -170,7 +170,9 @@ fn swarm_deploy_dry_run_prints_the_stack_deploy_and_runs_nothing() {
         output.contains("$ LOGBOOK_IMAGE=logbook:0123456789ab docker stack deploy --compose-file deploy/swarm/stack.yml --resolve-image never logbook"),
         "{output}"
     );
-    let (ok, output) = docker.xtask(&["deploy", "--target", "swarm", "--remove", "--dry-run"]);
+    let (ok, output) =
+        docker.xtask(&["deploy", "--target", "swarm", "--remove", "--volumes", "--yes", "--dry-run"]);
     assert!(ok && output.contains("$ docker stack rm logbook"), "{output}");
+    assert!(output.contains("$ docker volume rm logbook_data"), "{output}");
     docker.assert_only_queries();
 }

@@ -227,6 +227,24 @@ fn the_swarm_stack_is_one_pinned_replica_updated_start_first_with_rollback() {
 }
 
 #[test]
+fn the_disruption_budget_selects_the_pods() {
+    let pdb = yaml("deploy/k8s/base/poddisruptionbudget.yaml");
+    let selector = &pdb["spec"]["selector"]["matchLabels"];
+    assert_eq!(
+        selector["app.kubernetes.io/name"].as_str(),
+        Some("logbook"),
+        "a PDB without a selector protects nothing"
+    );
+    // kustomize adds the common labels to the pod template, so the selector matches it.
+    let kustomization = yaml("deploy/k8s/base/kustomization.yaml");
+    let common = &kustomization["labels"][0]["pairs"];
+    assert_eq!(common["app.kubernetes.io/name"].as_str(), Some("logbook"));
+    assert!(
+        template.is_badvalue() || template["app.kubernetes.io/name"].as_str().is_none_or(|v| v == "logbook")
+    );
+}
+
+#[test]
 fn overlays_change_only_the_image_tag_and_resources() {
     for overlay in ["staging", "production"] {
         let k = yaml(&format!("deploy/k8s/overlays/{overlay}/kustomization.yaml"));
