@@ -79,19 +79,8 @@ pub fn exec_backup(container: &str) -> Cmd {
 /// `logbook verify` in a throwaway container of `image`, with the file's directory
 /// mounted read-only and no network: no SQLite is needed on the host.
 pub fn verify_in_container(image: &str, file: &Path) -> Result<Cmd> {
-    let file = std::path::absolute(file).with_context(|| format!("bad path {}", file.display()))?;
-    let (dir, name) = (file.parent().context("no directory")?, file.file_name().context("no file name")?);
-    Ok(Cmd::new("docker").args([
-        "run".to_owned(),
-        "--rm".to_owned(),
-        "--network".to_owned(),
-        "none".to_owned(),
-        "--volume".to_owned(),
-        format!("{}:/check:ro", dir.display()),
-        image.to_owned(),
-        "verify".to_owned(),
-        format!("/check/{}", name.to_string_lossy()),
-    ]))
+    let (mount, path) = docker::mount_file_dir(file, "/check")?;
+    Ok(docker::one_off(image, &[mount], &["verify".to_owned(), path]))
 }
 
 /// Verifies `file` with `image`'s own `logbook verify`; the error says why it was refused.

@@ -280,6 +280,24 @@ pub fn build_broken_image(sh: &Shell, image: &str, tag: &str) -> Result<()> {
     process::run(sh, &Cmd::new("docker").args(["build", "--quiet", "--tag", tag, &context]))
 }
 
+/// `docker run --rm --network none` of `image` with `volumes`, running `args`: the
+/// service's own binary as a tool, with no SQLite needed on the host.
+pub fn one_off(image: &str, volumes: &[String], args: &[String]) -> Cmd {
+    let mut cmd = Cmd::new("docker").args(["run", "--rm", "--network", "none"]);
+    for volume in volumes {
+        cmd = cmd.args(["--volume", volume]);
+    }
+    cmd.arg(image).args(args.iter().cloned())
+}
+
+/// A read-only bind mount of `file`'s directory at `at`, and the file's path in there.
+pub fn mount_file_dir(file: &std::path::Path, at: &str) -> Result<(String, String)> {
+    let file = std::path::absolute(file).with_context(|| format!("bad path {}", file.display()))?;
+    let dir = file.parent().context("no directory")?;
+    let name = file.file_name().context("no file name")?;
+    Ok((format!("{}:{at}:ro", dir.display()), format!("{at}/{}", name.to_string_lossy())))
+}
+
 pub fn image_exists(sh: &Shell, image: &str) -> bool {
     process::succeeds(sh, &Cmd::new("docker").args(["image", "inspect", image]))
 }

@@ -56,14 +56,14 @@ impl Drill {
         })?;
         checks.run("switching to v2 serves v2's revision", || {
             release::deploy(sh, &compose, &history, &v2.tag, gate)?;
-            expect_revision(&addr, &v2.revision)
+            smoke::expect_revision(&addr, &v2.revision)
         })?;
         let rollback_took = checks.run_value("rollback brings v1 back, every entry intact", || {
             let started = Instant::now();
             let image = rollback::rollback(sh, &compose, &history, None, gate.timeout)?;
             let took = started.elapsed();
             ensure!(image == v1, "rolled back to {image}, expected {v1}");
-            expect_revision(&addr, &plan.revision)?;
+            smoke::expect_revision(&addr, &plan.revision)?;
             expect_entries(&addr, FIRST_ENTRIES)?;
             Ok(took)
         })?;
@@ -81,7 +81,7 @@ impl Drill {
                 release::running_image(sh, &compose)?.as_deref() == Some(v1.as_str()),
                 "v1 is not running"
             );
-            expect_revision(&addr, &plan.revision)?;
+            smoke::expect_revision(&addr, &plan.revision)?;
             expect_entries(&addr, FIRST_ENTRIES)?;
             let current = History::load(&history)?.current().map(|r| r.image.clone());
             ensure!(current.as_deref() == Some(v1.as_str()), "the history records {current:?} as current");
@@ -112,12 +112,6 @@ impl Drill {
         ));
         Ok(())
     }
-}
-
-fn expect_revision(addr: &str, revision: &str) -> Result<()> {
-    let version: serde_json::Value = serde_json::from_str(&http::get(addr, "/version", TIMEOUT)?.body)?;
-    ensure!(version["revision"] == revision, "/version reports {}, expected {revision}", version["revision"]);
-    Ok(())
 }
 
 /// Exactly entries 1..=count, each with the text the drill wrote.

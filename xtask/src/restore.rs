@@ -73,22 +73,12 @@ pub fn restore(
 }
 
 pub fn restore_in_container(image: &str, volume: &str, file: &Path) -> Result<Cmd> {
-    let file = std::path::absolute(file).with_context(|| format!("bad path {}", file.display()))?;
-    let (dir, name) = (file.parent().context("no directory")?, file.file_name().context("no file name")?);
-    Ok(Cmd::new("docker").args([
-        "run".to_owned(),
-        "--rm".to_owned(),
-        "--network".to_owned(),
-        "none".to_owned(),
-        "--volume".to_owned(),
-        format!("{volume}:/data"),
-        "--volume".to_owned(),
-        format!("{}:/restore:ro", dir.display()),
-        image.to_owned(),
-        "restore".to_owned(),
-        "--from".to_owned(),
-        format!("/restore/{}", name.to_string_lossy()),
-    ]))
+    let (mount, path) = docker::mount_file_dir(file, "/restore")?;
+    Ok(docker::one_off(
+        image,
+        &[format!("{volume}:/data"), mount],
+        &["restore".to_owned(), "--from".to_owned(), path],
+    ))
 }
 
 #[cfg(test)]

@@ -208,6 +208,13 @@ fn expect_status(addr: &str, path: &str, status: u16) -> Result<()> {
     Ok(())
 }
 
+/// `/version` reports `revision`.
+pub fn expect_revision(addr: &str, revision: &str) -> Result<()> {
+    let version: serde_json::Value = serde_json::from_str(&http::get(addr, "/version", TIMEOUT)?.body)?;
+    ensure!(version["revision"] == revision, "/version reports {}, expected {revision}", version["revision"]);
+    Ok(())
+}
+
 pub fn expect_entry(addr: &str, id: i64, text: &str) -> Result<()> {
     let response = http::get(addr, &format!("/api/entries/{id}"), TIMEOUT)?;
     ensure!(response.status == 200, "entry {id}: {} {}", response.status, response.body);

@@ -10,7 +10,7 @@ use xshell::Shell;
 use crate::docker::{self, ImagePlan};
 use crate::flags::{Builder, SwarmDrill};
 use crate::process::{self, Cmd};
-use crate::smoke::Checks;
+use crate::smoke::{self, Checks};
 use crate::swarm::{self, DATA_LABEL, Stack};
 use crate::{http, stack};
 
@@ -179,7 +179,7 @@ impl SwarmDrill {
             polling.store(false, Ordering::Relaxed);
             poller.join().map_err(|_| anyhow::anyhow!("the poller panicked"))?;
             deployed?;
-            expect_revision(&addr, &v2.revision)?;
+            smoke::expect_revision(&addr, &v2.revision)?;
             let (failed, total) = (failed.load(Ordering::Relaxed), total.load(Ordering::Relaxed));
             process::say(&format!(
                 "  {failed} of {total} requests failed during the update, which took {:.1}s",
@@ -201,7 +201,7 @@ impl SwarmDrill {
                 }
                 let restored =
                     process::wait_for("v2 to serve again", timeout, Duration::from_millis(100), || {
-                        Ok(expect_revision(&addr, &v2.revision).is_ok().then_some(()))
+                        Ok(smoke::expect_revision(&addr, &v2.revision).is_ok().then_some(()))
                     });
                 let restored_in = started.elapsed();
                 restored?;
@@ -248,12 +248,6 @@ fn post(addr: &str, auth: &str, text: &str) -> Result<http::Response> {
         Some(&format!(r#"{{"text":"{text}"}}"#)),
         TIMEOUT,
     )
-}
-
-fn expect_revision(addr: &str, revision: &str) -> Result<()> {
-    let version: serde_json::Value = serde_json::from_str(&http::get(addr, "/version", TIMEOUT)?.body)?;
-    ensure!(version["revision"] == revision, "/version reports {}, expected {revision}", version["revision"]);
-    Ok(())
 }
 
 /// 32 hex characters from the kernel's random source.
