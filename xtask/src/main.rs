@@ -6,6 +6,7 @@ mod backup;
 mod bench;
 mod build;
 mod ci;
+mod completions;
 mod coverage;
 mod deploy;
 mod docker;
@@ -35,7 +36,7 @@ mod up;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use clap::{CommandFactory, Parser};
+use clap::Parser;
 
 fn main() -> anyhow::Result<()> {
     let flags = flags::Xtask::parse();
@@ -64,15 +65,7 @@ fn main() -> anyhow::Result<()> {
         flags::Command::SwarmDrill(cmd) => cmd.run(&sh),
         flags::Command::Doctor(cmd) => cmd.run(&sh),
         flags::Command::Coverage(cmd) => cmd.run(&sh),
-        flags::Command::Completions(cmd) => {
-            clap_complete::generate(
-                cmd.shell,
-                &mut flags::Xtask::command(),
-                "cargo-xtask",
-                &mut std::io::stdout(),
-            );
-            Ok(())
-        }
+        flags::Command::Completions(cmd) => cmd.run(&sh),
         flags::Command::AuditImage(cmd) => cmd.run(&sh),
         flags::Command::Advisories(cmd) => cmd.run(&sh),
         flags::Command::Ci(cmd) => cmd.run(&sh),

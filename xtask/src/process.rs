@@ -260,10 +260,11 @@ pub fn echo(cmd: &Cmd) {
     say(&format!("$ {cmd}"));
 }
 
-/// One plain line on stdout: a result the user asked for.
-#[allow(clippy::print_stdout)]
+/// One plain line on stdout: a result the user asked for. A closed pipe (`| head`) is
+/// the reader's choice, so write errors are ignored rather than panicking as `println!` would.
 pub fn result(line: &str) {
-    println!("{line}");
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
 }
 
 /// Set by SIGINT or SIGTERM, so long waits stop and RAII guards get to clean up.
