@@ -113,20 +113,23 @@ impl Bench {
             .with_context(|| format!("unexpected baseline output {raw:?}"))?;
 
         let c = self.connections;
-        print_results(&[
-            format!(
-                "GET  /api/entries/{{id}}, {c} connections:  {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms",
-                get_result.requests_per_sec, get_result.p50_ms, get_result.p99_ms
-            ),
-            format!(
-                "POST /api/entries (durable), {c} connections:  {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms",
-                post_result.requests_per_sec, post_result.p50_ms, post_result.p99_ms
-            ),
-            format!("raw SQLite, one insert per durable transaction:  {raw_rows:.0} rows/s"),
-            format!("ratio, durable POST / raw SQLite:  {:.2}", post_result.requests_per_sec / raw_rows),
-            format!("process start to /readyz 200:  {:.1} ms", startup.as_secs_f64() * 1e3),
-            format!("SIGTERM to exit, idle:  {:.1} ms", stop.as_secs_f64() * 1e3),
-        ]);
+        process::result(
+            &[
+                format!(
+                    "GET  /api/entries/{{id}}, {c} connections:  {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms",
+                    get_result.requests_per_sec, get_result.p50_ms, get_result.p99_ms
+                ),
+                format!(
+                    "POST /api/entries (durable), {c} connections:  {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms",
+                    post_result.requests_per_sec, post_result.p50_ms, post_result.p99_ms
+                ),
+                format!("raw SQLite, one insert per durable transaction:  {raw_rows:.0} rows/s"),
+                format!("ratio, durable POST / raw SQLite:  {:.2}", post_result.requests_per_sec / raw_rows),
+                format!("process start to /readyz 200:  {:.1} ms", startup.as_secs_f64() * 1e3),
+                format!("SIGTERM to exit, idle:  {:.1} ms", stop.as_secs_f64() * 1e3),
+            ]
+            .join("\n"),
+        );
         Ok(())
     }
 }
@@ -209,13 +212,6 @@ fn parse_latency(text: &str) -> Option<f64> {
 fn free_port() -> Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").context("cannot find a free port")?;
     Ok(listener.local_addr()?.port())
-}
-
-#[allow(clippy::print_stdout)]
-fn print_results(lines: &[String]) {
-    for line in lines {
-        println!("{line}");
-    }
 }
 
 #[cfg(test)]

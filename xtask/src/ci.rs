@@ -141,7 +141,7 @@ impl Ci {
             reports.push(report);
         }
 
-        print_results(&summary_table(&reports, started.elapsed()));
+        process::result(summary_table(&reports, started.elapsed()).trim_end());
         if let Ok(path) = std::env::var("GITHUB_STEP_SUMMARY") {
             let markdown = summary_markdown(&reports);
             let existing = std::fs::read_to_string(&path).unwrap_or_default();
@@ -216,11 +216,6 @@ fn summary_markdown(reports: &[StepReport]) -> String {
         );
     }
     out
-}
-
-#[allow(clippy::print_stdout)]
-fn print_results(text: &str) {
-    print!("{text}");
 }
 
 #[cfg(test)]
