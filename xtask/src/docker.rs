@@ -228,6 +228,17 @@ impl ImagePlan {
         })
     }
 
+    /// A throwaway image of the same sources: its own tag, and a revision compiled in that
+    /// `/version` tells apart from this one. Never tagged `latest`.
+    pub fn variant(&self, suffix: &str) -> ImagePlan {
+        ImagePlan {
+            tag: format!("{}-{suffix}", self.tag),
+            revision: format!("{}-{suffix}", self.revision),
+            tag_latest: false,
+            ..self.clone()
+        }
+    }
+
     pub fn latest(&self) -> String {
         format!("{}:latest", project::NAME)
     }
@@ -348,6 +359,14 @@ mod tests {
         assert!(!classic.to_string().contains("latest"));
         assert!(!classic.to_string().contains("RUST_IMAGE"));
         assert_eq!(classic.env, [("DOCKER_BUILDKIT".to_owned(), "0".to_owned())]);
+    }
+
+    #[test]
+    fn a_variant_has_its_own_tag_and_revision_and_never_latest() {
+        let v2 = plan(None).variant("drill-v2");
+        assert_eq!(v2.tag, "logbook:0123456789ab-drill-v2");
+        assert_eq!(v2.revision, "0123456789abcdef0123456789abcdef01234567-drill-v2");
+        assert!(!build_image(&v2, Builder::Buildkit).to_string().contains("logbook:latest"));
     }
 
     #[test]

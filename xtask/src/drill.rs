@@ -27,12 +27,7 @@ impl Drill {
         }
         // v2: the same sources with another revision compiled in, so /version tells them apart.
         let plan = ImagePlan::from_repo(sh)?;
-        let v2 = ImagePlan {
-            tag: format!("{v1}-drill-v2"),
-            revision: format!("{}-drill-v2", plan.revision),
-            tag_latest: false,
-            ..plan.clone()
-        };
+        let v2 = plan.variant("drill-v2");
         let broken = format!("{v1}-drill-broken");
         let state = sh.create_temp_dir()?;
         let history = state.path().join("releases.json");

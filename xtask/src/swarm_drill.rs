@@ -121,12 +121,7 @@ impl SwarmDrill {
         process::query_with_input(sh, &Cmd::new("docker").args(["secret", "create", &secret, "-"]), &token)?;
 
         let plan = ImagePlan::from_repo(sh)?;
-        let v2 = ImagePlan {
-            tag: format!("{v1}-swarm-v2"),
-            revision: format!("{}-swarm-v2", plan.revision),
-            tag_latest: false,
-            ..plan.clone()
-        };
+        let v2 = plan.variant("swarm-v2");
         let broken = format!("{v1}-swarm-broken");
         cleanup.images.extend([v2.tag.clone(), broken.clone()]);
         crate::build::build(sh, &v2, Builder::Buildkit)?;
