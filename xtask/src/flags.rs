@@ -159,10 +159,32 @@ pub struct Bench {
 
 /// Bring back an earlier release: the one before the running image, or --to TAG.
 ///
-/// Health-gated like `up`: if the release does not become ready, the image that was running
-/// is restored. The data volume is never touched. --list shows what you can go back to.
+/// Health-gated: if the release does not become ready, the image that was running is
+/// restored. The data volume is never touched. The target is the compose stack unless a
+/// subcommand names another; `--list` shows what you can go back to.
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct Rollback {
+    /// Roll back on another target than this host's compose stack.
+    #[command(subcommand)]
+    pub target: Option<RollbackTarget>,
+
+    #[command(flatten)]
+    pub compose: RollbackCompose,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RollbackTarget {
+    /// The compose stack on this Docker engine (the default).
+    Compose(RollbackCompose),
+    /// A Docker Swarm stack: redeploys an earlier release from the swarm's history.
+    Swarm(RollbackSwarm),
+    /// Kubernetes: `kubectl rollout undo`, which keeps its own revisions.
+    K8s(RollbackK8s),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RollbackCompose {
     /// Roll back to this release (e.g. 0123456789ab or logbook:0123456789ab) instead of the
     /// previous one. It must be in the release history.
     #[arg(long, conflicts_with = "list")]
@@ -172,20 +194,39 @@ pub struct Rollback {
     #[arg(long)]
     pub list: bool,
 
-    /// Where to roll back: the compose stack (default), or Kubernetes (`kubectl rollout undo`).
-    #[arg(long, value_enum, default_value_t = DeployTarget::Compose)]
-    pub target: DeployTarget,
+    /// Seconds to wait for /readyz to answer 200.
+    #[arg(long, default_value_t = 60)]
+    pub timeout: u64,
+}
 
-    /// The Kubernetes namespace, for --target k8s (default: the current context's).
+#[derive(Debug, Args)]
+pub struct RollbackSwarm {
+    /// Roll back to this release instead of the previous one; it must be in the swarm's
+    /// release history.
+    #[arg(long, conflicts_with = "list")]
+    pub to: Option<String>,
+
+    /// List the stack's recorded releases, newest first; change nothing.
     #[arg(long)]
-    pub namespace: Option<String>,
+    pub list: bool,
 
-    /// The swarm stack, for --target swarm.
+    /// The swarm stack's name.
     #[arg(long, default_value = "logbook")]
     pub stack: String,
 
-    /// Seconds to wait for /readyz to answer 200.
-    #[arg(long, default_value_t = 60)]
+    /// Seconds to wait for the rollout to be ready.
+    #[arg(long, default_value_t = 120)]
+    pub timeout: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackK8s {
+    /// The Kubernetes namespace (default: the current context's).
+    #[arg(long)]
+    pub namespace: Option<String>,
+
+    /// Seconds to wait for the rollout to be ready.
+    #[arg(long, default_value_t = 300)]
     pub timeout: u64,
 }
 
@@ -357,40 +398,57 @@ pub struct Publish {
     pub github_output: bool,
 }
 
-/// Deploy to an orchestrator: `compose` (what `up` does), `swarm` (deploy/swarm/stack.yml:
-/// a start-first rolling update that Swarm rolls back by itself if the new task is
-/// unhealthy) or `k8s` (kustomize overlays, `kubectl apply -k`, `kubectl rollout status`).
+/// Deploy a release to an orchestrator, health-gated, and record it.
 #[derive(Debug, Args)]
 pub struct Deploy {
-    /// Where to deploy.
-    #[arg(long, value_enum)]
+    #[command(subcommand)]
     pub target: DeployTarget,
+}
 
-    /// The image tag to deploy (default: this tree's image for compose, the overlay's for k8s).
+#[derive(Debug, Subcommand)]
+pub enum DeployTarget {
+    /// The compose stack on this Docker engine: what `up` does.
+    Compose(DeployCompose),
+    /// A Docker Swarm stack (deploy/swarm/stack.yml): a start-first rolling update that
+    /// Swarm rolls back by itself if the new task is unhealthy. This engine must be a
+    /// swarm manager.
+    Swarm(DeploySwarm),
+    /// Kubernetes, through kubectl's current context: a kustomize overlay applied with
+    /// `kubectl apply -k`, then `kubectl rollout status`.
+    K8s(DeployK8s),
+}
+
+#[derive(Debug, Args)]
+pub struct DeployCompose {
+    /// The image tag to deploy (default: this tree's image, built if needed).
     #[arg(long)]
     pub tag: Option<String>,
 
-    /// The kustomize overlay under deploy/k8s/overlays (k8s only).
-    #[arg(long, default_value = "staging")]
-    pub overlay: String,
-
-    /// The Kubernetes namespace (default: the current context's).
-    #[arg(long)]
-    pub namespace: Option<String>,
-
-    /// Print the rendered manifests instead of applying them (k8s only).
-    #[arg(long)]
-    pub render: bool,
-
-    /// Seconds to wait for the rollout to be ready.
-    #[arg(long, default_value_t = 300)]
+    /// Seconds to wait for /readyz to answer 200.
+    #[arg(long, default_value_t = 60)]
     pub timeout: u64,
 
-    /// The swarm stack's name (swarm only).
+    /// If the new image does not become ready, leave it in place instead of restoring the
+    /// previous one.
+    #[arg(long)]
+    pub no_rollback: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DeploySwarm {
+    /// The image tag to deploy (default: this tree's image, built if needed).
+    #[arg(long, conflicts_with = "remove")]
+    pub tag: Option<String>,
+
+    /// The swarm stack's name.
     #[arg(long, default_value = "logbook")]
     pub stack: String,
 
-    /// Remove the swarm stack instead of deploying (its volume stays unless --volumes).
+    /// Seconds to wait for the rollout to be ready.
+    #[arg(long, default_value_t = 120)]
+    pub timeout: u64,
+
+    /// Remove the stack instead of deploying (its volume stays unless --volumes).
     #[arg(long)]
     pub remove: bool,
 
@@ -403,14 +461,27 @@ pub struct Deploy {
     pub yes: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum DeployTarget {
-    /// the compose stack on this Docker engine
-    Compose,
-    /// a Docker Swarm stack (this engine must be a swarm manager)
-    Swarm,
-    /// Kubernetes, through kubectl's current context
-    K8s,
+#[derive(Debug, Args)]
+pub struct DeployK8s {
+    /// The image tag to deploy (default: the overlay's own).
+    #[arg(long)]
+    pub tag: Option<String>,
+
+    /// The kustomize overlay under deploy/k8s/overlays.
+    #[arg(long, default_value = "staging")]
+    pub overlay: String,
+
+    /// The Kubernetes namespace (default: the current context's).
+    #[arg(long)]
+    pub namespace: Option<String>,
+
+    /// Print the rendered manifests instead of applying them.
+    #[arg(long)]
+    pub render: bool,
+
+    /// Seconds to wait for the rollout to be ready.
+    #[arg(long, default_value_t = 300)]
+    pub timeout: u64,
 }
 
 /// Prove Swarm deploys live on a one-node swarm (created for the drill if this engine is in
@@ -443,9 +514,12 @@ pub struct Doctor {}
 #[derive(Debug, Args)]
 pub struct Coverage {
     /// Fail when the service's line coverage is below this percentage.
-    #[arg(long, default_value_t = crate::coverage::DEFAULT_FAIL_UNDER)]
+    #[arg(long, default_value_t = DEFAULT_FAIL_UNDER)]
     pub fail_under: f64,
 }
+
+/// The line coverage `coverage` and `ci` require of the service unless told otherwise, in percent.
+pub const DEFAULT_FAIL_UNDER: f64 = 80.0;
 
 /// Print a shell completion script for `cargo xtask` to stdout.
 #[derive(Debug, Args)]
@@ -513,15 +587,77 @@ mod tests {
     use super::*;
     use clap::CommandFactory;
 
+    /// Every subcommand, nested ones included, has help, and so has every flag.
     #[test]
     fn cli_is_well_formed_and_every_flag_has_help() {
-        Xtask::command().debug_assert();
-        for sub in Xtask::command().get_subcommands() {
-            assert!(sub.get_about().is_some(), "{} has no help", sub.get_name());
-            for arg in sub.get_arguments() {
-                assert!(arg.get_help().is_some(), "{} --{} has no help", sub.get_name(), arg.get_id());
+        fn visit(cmd: &clap::Command, path: &str, seen: &mut usize) {
+            for sub in cmd.get_subcommands() {
+                let path = format!("{path} {}", sub.get_name());
+                assert!(sub.get_about().is_some(), "{path} has no help");
+                for arg in sub.get_arguments() {
+                    assert!(arg.get_help().is_some(), "{path} --{} has no help", arg.get_id());
+                }
+                *seen += 1;
+                visit(sub, &path, seen);
             }
         }
+        Xtask::command().debug_assert();
+        let mut seen = 0;
+        visit(&Xtask::command(), "xtask", &mut seen);
+        assert!(seen > 30, "only {seen} subcommands");
+    }
+
+    fn parse(args: &str) -> Result<Xtask, clap::Error> {
+        Xtask::try_parse_from(std::iter::once("xtask").chain(args.split_whitespace()))
+    }
+
+    #[test]
+    fn flags_of_another_target_do_not_parse() {
+        for (args, flag) in [
+            ("deploy compose --render", "--render"),
+            ("deploy compose --remove", "--remove"),
+            ("deploy compose --overlay production", "--overlay"),
+            ("deploy swarm --render", "--render"),
+            ("deploy swarm --namespace x", "--namespace"),
+            ("deploy k8s --stack s", "--stack"),
+            ("deploy k8s --remove", "--remove"),
+            ("deploy swarm --tag abc --remove", "--remove"),
+            ("deploy swarm --volumes", "--volumes"),
+            ("rollback k8s --to abc", "--to"),
+            ("rollback compose --stack s", "--stack"),
+            ("rollback --to abc swarm", "swarm"),
+        ] {
+            let err = parse(args).expect_err(args).to_string();
+            assert!(err.contains(flag), "`{args}`: the error does not name {flag}: {err}");
+        }
+        assert!(parse("deploy").is_err(), "deploy needs a target");
+    }
+
+    #[test]
+    fn each_target_parses_its_own_flags() {
+        let Command::Deploy(Deploy { target: DeployTarget::K8s(k8s) }) =
+            parse("deploy k8s --overlay production --tag 1.2.3 --render").unwrap().command
+        else {
+            panic!("expected deploy k8s")
+        };
+        assert_eq!(
+            (k8s.overlay.as_str(), k8s.tag.as_deref(), k8s.render),
+            ("production", Some("1.2.3"), true)
+        );
+        let Command::Deploy(Deploy { target: DeployTarget::Swarm(swarm) }) =
+            parse("deploy swarm --remove --volumes --yes").unwrap().command
+        else {
+            panic!("expected deploy swarm")
+        };
+        assert!(swarm.remove && swarm.volumes && swarm.yes);
+        // Compose is rollback's default target, as `up` has no target either.
+        let Command::Rollback(rollback) = parse("rollback --to abc").unwrap().command else { panic!() };
+        assert!(rollback.target.is_none());
+        assert_eq!(rollback.compose.to.as_deref(), Some("abc"));
+        let Command::Rollback(rollback) = parse("rollback swarm --stack s --list").unwrap().command else {
+            panic!()
+        };
+        assert!(matches!(rollback.target, Some(RollbackTarget::Swarm(RollbackSwarm { list: true, .. }))));
     }
 
     #[test]

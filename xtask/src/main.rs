@@ -1,75 +1,63 @@
 //! `cargo xtask`: the logbook project's operations runner. This file only dispatches.
+//!
+//! `outside/` talks to processes, Docker and HTTP; `release/` is the release policy;
+//! `targets/` applies it to compose, Swarm and Kubernetes; `checks/` proves the product;
+//! `commands/` holds the other subcommands. docs/ARCHITECTURE.md draws the layers.
 
-mod advisories;
-mod audit;
-mod backup;
-mod bench;
-mod build;
-mod ci;
-mod completions;
-mod coverage;
-mod deploy;
-mod docker;
-mod doctor;
-mod down;
-mod drill;
+mod checks;
+mod commands;
 mod flags;
-mod http;
-mod lint;
-mod logs;
-mod monitoring;
-mod process;
+mod outside;
 mod project;
-mod publish;
 mod release;
-mod restore;
-mod rollback;
-mod scan;
-mod smoke;
-mod stack;
-mod status;
-mod swarm;
-mod swarm_drill;
+mod targets;
 mod time;
-mod up;
 
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
 
-fn main() -> anyhow::Result<()> {
+use crate::flags::Command;
+use crate::outside::process;
+
+fn main() -> ExitCode {
     let flags = flags::Xtask::parse();
     process::init(flags.dry_run);
     process::install_interrupt_handler();
+    process::finish(run(flags.command))
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
     let sh = xshell::Shell::new().context("cannot set up a shell")?;
     sh.change_dir(project_root());
-    match flags.command {
-        flags::Command::Build(cmd) => cmd.run(&sh),
-        flags::Command::Up(cmd) => cmd.run(&sh),
-        flags::Command::Down(cmd) => cmd.run(&sh),
-        flags::Command::Status(cmd) => cmd.run(&sh),
-        flags::Command::Logs(cmd) => cmd.run(&sh),
-        flags::Command::Smoke(cmd) => cmd.run(&sh),
-        flags::Command::Rollback(cmd) => cmd.run(&sh),
-        flags::Command::Backup(cmd) => cmd.run(&sh),
-        flags::Command::Restore(cmd) => cmd.run(&sh),
-        flags::Command::Drill(cmd) => cmd.run(&sh),
-        flags::Command::MonitoringUp(cmd) => cmd.run(&sh),
-        flags::Command::MonitoringDown(cmd) => cmd.run(&sh),
-        flags::Command::MonitoringSmoke(cmd) => cmd.run(&sh),
-        flags::Command::Lint(cmd) => cmd.run(&sh),
-        flags::Command::Scan(cmd) => cmd.run(&sh),
-        flags::Command::Publish(cmd) => cmd.run(&sh),
-        flags::Command::Deploy(cmd) => cmd.run(&sh),
-        flags::Command::SwarmDrill(cmd) => cmd.run(&sh),
-        flags::Command::Doctor(cmd) => cmd.run(&sh),
-        flags::Command::Coverage(cmd) => cmd.run(&sh),
-        flags::Command::Completions(cmd) => cmd.run(&sh),
-        flags::Command::AuditImage(cmd) => cmd.run(&sh),
-        flags::Command::Advisories(cmd) => cmd.run(&sh),
-        flags::Command::Ci(cmd) => cmd.run(&sh),
-        flags::Command::Bench(cmd) => cmd.run(&sh),
+    match command {
+        Command::Build(cmd) => cmd.run(&sh),
+        Command::Up(cmd) => cmd.run(&sh),
+        Command::Down(cmd) => cmd.run(&sh),
+        Command::Status(cmd) => cmd.run(&sh),
+        Command::Logs(cmd) => cmd.run(&sh),
+        Command::Smoke(cmd) => cmd.run(&sh),
+        Command::Rollback(cmd) => cmd.run(&sh),
+        Command::Backup(cmd) => cmd.run(&sh),
+        Command::Restore(cmd) => cmd.run(&sh),
+        Command::Drill(cmd) => cmd.run(&sh),
+        Command::MonitoringUp(cmd) => cmd.run(&sh),
+        Command::MonitoringDown(cmd) => cmd.run(&sh),
+        Command::MonitoringSmoke(cmd) => cmd.run(&sh),
+        Command::Lint(cmd) => cmd.run(&sh),
+        Command::Scan(cmd) => cmd.run(&sh),
+        Command::Publish(cmd) => cmd.run(&sh),
+        Command::Deploy(cmd) => cmd.run(&sh),
+        Command::SwarmDrill(cmd) => cmd.run(&sh),
+        Command::Doctor(cmd) => cmd.run(&sh),
+        Command::Coverage(cmd) => cmd.run(&sh),
+        Command::Completions(cmd) => cmd.run(&sh),
+        Command::AuditImage(cmd) => cmd.run(&sh),
+        Command::Advisories(cmd) => cmd.run(&sh),
+        Command::Ci(cmd) => cmd.run(&sh),
+        Command::Bench(cmd) => cmd.run(&sh),
     }
 }
 

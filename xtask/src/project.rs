@@ -13,3 +13,17 @@ pub const COMPOSE_PROJECT: &str = NAME;
 pub const MONITORING_COMPOSE_FILE: &str = "docker-compose.monitoring.yml";
 /// The most the runtime image may weigh, in MB (checked by `cargo xtask audit-image`).
 pub const IMAGE_SIZE_BUDGET_MB: u64 = 16;
+
+/// An image reference from a tag: `abc` is `logbook:abc`; a full reference stays as it is.
+pub fn image_name(tag: &str) -> String {
+    if tag.contains(':') { tag.to_owned() } else { format!("{NAME}:{tag}") }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn bare_tags_get_the_repository() {
+        assert_eq!(super::image_name("abc"), "logbook:abc");
+        assert_eq!(super::image_name("registry.example/logbook:abc"), "registry.example/logbook:abc");
+    }
+}

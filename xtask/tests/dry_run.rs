@@ -1,178 +1,230 @@
-//! `--dry-run` prints the exact commands and changes nothing: every call reaching `docker`
-//! is recorded by a stand-in on PATH, and only read-only queries may appear.
+//! `--dry-run` prints the exact commands and changes nothing: every subcommand runs against
+//! recording stand-ins for docker, git, kubectl and the other tools, and only read-only
+//! queries may reach them; nothing in the checkout or the state directory changes.
 #![allow(clippy::unwrap_used)]
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod support;
 
-struct FakeDocker {
-    dir: PathBuf,
+use std::path::Path;
+
+use support::FakePrograms;
+
+const TREE_IMAGE: &str = "logbook:0123456789ab";
+
+fn fakes(name: &str, state: &Path) -> FakePrograms {
+    let mut fakes = FakePrograms::new(name);
+    fakes
+        .program("docker", support::DOCKER)
+        .program("git", support::GIT)
+        .program("kubectl", support::KUBECTL);
+    for (program, answer) in
+        [("promtool", "promtool 2.42.0"), ("trivy", "Version: 0.76.0"), ("wrk", "wrk 4.2.0")]
+    {
+        fakes.program(program, &format!("echo '{answer}'"));
+    }
+    fakes.program("kubernetes-validate", "echo 1.37.0").program("actionlint", "echo 1.17.0");
+    // Cargo finds its subcommands on PATH: these answer `cargo <tool> --version`.
+    for tool in ["llvm-cov", "tarpaulin", "deny"] {
+        fakes.program(&format!("cargo-{tool}"), &format!("echo 'cargo-{tool} 1.0.0'"));
+    }
+    fakes.env = vec![
+        ("RUST_IMAGE".into(), "mirror.example/rust:1.95-slim-bookworm".into()),
+        ("LOGBOOK_STATE_DIR".into(), state.display().to_string()),
+    ];
+    fakes
 }
 
-impl FakeDocker {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("xtask-dry-run-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let script = dir.join("docker");
-        // Answers the discovery queries like Compose v2; says no image exists.
-        std::fs::write(
-            &script,
-            format!(
-                "#!/bin/sh\necho \"$*\" >> '{}'\ncase \"$*\" in\n  'compose version --short') echo 2.30.0 ;;\n  'image inspect'*) exit 1 ;;\nesac\n",
-                dir.join("calls.log").display()
-            ),
-        )
-        .unwrap();
-        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-        FakeDocker { dir }
-    }
-
-    fn calls(&self) -> Vec<String> {
-        std::fs::read_to_string(self.dir.join("calls.log"))
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_owned)
-            .collect()
-    }
-
-    fn xtask(&self, args: &[&str]) -> (bool, String) {
-        let path = format!("{}:{}", self.dir.display(), std::env::var("PATH").unwrap());
-        let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
-            .args(args)
-            .env("PATH", path)
-            .env("RUST_IMAGE", "mirror.example/rust:1.95-slim-bookworm")
-            .env_remove("GITHUB_ACTIONS")
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-        (out.status.success(), text)
-    }
-
-    fn assert_only_queries(&self) {
-        for call in self.calls() {
-            let read_only = call == "compose version --short" || call.starts_with("image inspect");
-            assert!(read_only, "--dry-run ran `docker {call}`");
+/// Whether a recorded call only reads: Docker and Compose queries, validators, probes.
+fn read_only(call: &str) -> bool {
+    let words: Vec<&str> = call.split_whitespace().collect();
+    match words.as_slice() {
+        ["docker", "compose", rest @ ..] => {
+            let mut rest = rest.iter();
+            while let Some(word) = rest.next() {
+                match *word {
+                    "--project-name" | "--file" | "--env-file" => {
+                        rest.next();
+                    }
+                    sub => return matches!(sub, "version" | "ps" | "config" | "port" | "logs"),
+                }
+            }
+            false
         }
+        ["docker", "run", "--rm", "--network", "none", .., "verify", _] => true,
+        ["docker", first, ..] => {
+            matches!(*first, "version" | "--version" | "inspect" | "info" | "history")
+                || call.starts_with("docker image inspect")
+                || ["node ls", "secret inspect", "service inspect", "volume inspect"]
+                    .iter()
+                    .any(|q| call.starts_with(&format!("docker {q}")))
+        }
+        ["kubectl", "version", "--client"] | ["kubectl", "kustomize", _] => true,
+        ["git", ..] | ["promtool", ..] | ["kubernetes-validate", ..] | ["actionlint", ..] => true,
+        [.., "--version"] => true,
+        _ => false,
     }
-}
-
-impl Drop for FakeDocker {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn in_git_checkout() -> bool {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../.git").exists()
 }
 
 #[test]
-fn up_dry_run_prints_the_exact_commands_and_runs_nothing() {
-    if !in_git_checkout() {
-        return; // the image tag comes from git; a source tarball has none
+fn every_subcommand_dry_runs_without_changing_anything() {
+    let state = tempdir("state");
+    let swarm_history = r#"{"format": 1, "releases": [
+        {"image": "logbook:aaaaaaaaaaaa", "revision": "a", "deployed_at": "2026-11-23T10:00:00Z", "previous": null},
+        {"image": "logbook:bbbbbbbbbbbb", "revision": "b", "deployed_at": "2026-11-23T11:00:00Z", "previous": "logbook:aaaaaaaaaaaa"}]}"#;
+    std::fs::write(state.join("releases-logbook.json"), swarm_history).unwrap();
+    std::fs::write(state.join("releases-swarm-logbook.json"), swarm_history).unwrap();
+    let backup_file = state.join("../backup-to-restore.db");
+    std::fs::write(&backup_file, "SQLite format 3\0").unwrap();
+    let fakes = fakes("all", &state);
+    let checkout = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+    let before = (support::snapshot(&checkout), support::snapshot(&state));
+
+    let images = format!("{TREE_IMAGE} logbook:aaaaaaaaaaaa logbook:bbbbbbbbbbbb");
+    let present: &[(&str, &str)] = &[("FAKE_IMAGES", &images), ("FAKE_RUNNING", "1")];
+    let restore = format!("restore {}", backup_file.display());
+    let runs: Vec<(&str, &[(&str, &str)])> = vec![
+        ("build", &[]),
+        ("build --builder classic", &[]),
+        ("up", &[]),
+        ("up --tag aaaaaaaaaaaa --no-rollback", present),
+        ("down --volumes --yes", &[]),
+        ("status", present),
+        ("logs -f logbook", &[]),
+        ("smoke --no-build", present),
+        ("rollback", present),
+        ("rollback --list", &[]),
+        ("rollback compose --to aaaaaaaaaaaa", present),
+        ("rollback swarm", present),
+        ("rollback swarm --list", &[]),
+        ("rollback k8s", &[]),
+        ("backup", present),
+        (&restore, present),
+        ("drill --no-build", present),
+        ("monitoring-up --services prometheus --no-build", present),
+        ("monitoring-down", &[]),
+        ("monitoring-smoke --no-build", present),
+        ("lint", &[]),
+        ("scan", present),
+        ("publish --repository registry.example/logbook --git-ref v1.2.3", present),
+        ("deploy compose --tag aaaaaaaaaaaa", present),
+        ("deploy swarm --tag aaaaaaaaaaaa", present),
+        ("deploy swarm --remove --volumes --yes", &[]),
+        ("deploy k8s --overlay production --tag 1.2.3", &[]),
+        ("deploy k8s --render", &[]),
+        ("swarm-drill --no-build", present),
+        ("doctor", &[]),
+        ("coverage", &[]),
+        ("completions bash", &[]),
+        ("audit-image", present),
+        ("advisories", &[]),
+        ("ci", present),
+        ("bench", &[]),
+    ];
+    let mut failures = Vec::new();
+    for (args, env) in &runs {
+        let mut argv: Vec<&str> = args.split_whitespace().collect();
+        argv.push("--dry-run");
+        let (ok, output) = fakes.xtask_with(&argv, env);
+        if !ok {
+            failures.push(format!("`{args} --dry-run` failed:\n{output}"));
+        }
     }
-    let docker = FakeDocker::new("up");
-    let (ok, output) = docker.xtask(&["up", "--dry-run"]);
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    let changed: Vec<String> = fakes.calls().into_iter().filter(|c| !read_only(c)).collect();
+    assert!(changed.is_empty(), "--dry-run ran commands that change things: {changed:#?}");
+    assert!(
+        fakes.calls().iter().any(|c| c.starts_with("docker compose")),
+        "the stand-ins were never consulted"
+    );
+    assert_eq!(support::snapshot(&checkout), before.0, "a dry run changed files in the checkout");
+    assert_eq!(support::snapshot(&state), before.1, "a dry run changed the state directory");
+    std::fs::remove_dir_all(state.parent().unwrap()).unwrap();
+}
+
+#[test]
+fn up_prints_the_exact_commands_and_stops_before_waiting() {
+    let state = tempdir("up");
+    let fakes = fakes("up", &state);
+    let (ok, output) = fakes.xtask(&["up", "--dry-run"]);
     assert!(ok, "{output}");
     let build = output
         .lines()
         .find(|l| l.starts_with("$ DOCKER_BUILDKIT=1 docker build "))
-        .expect("no build command printed");
-    assert!(build.contains(" --file Dockerfile --tag logbook:"), "{build}");
-    assert!(build.contains(" --tag logbook:latest "), "{build}");
-    assert!(build.contains(" --build-arg RUST_IMAGE=mirror.example/rust:1.95-slim-bookworm "), "{build}");
-    assert!(build.contains(" --build-arg REVISION="), "{build}");
-    assert!(build.ends_with(" ."), "{build}");
-    let up = output.lines().find(|l| l.contains(" up --detach")).expect("no compose up printed");
-    assert!(up.starts_with("$ LOGBOOK_IMAGE=logbook:"), "{up}");
-    assert!(
-        up.ends_with("docker compose --project-name logbook --file docker-compose.yml up --detach"),
-        "{up}"
+        .expect("no build printed");
+    assert_eq!(
+        build,
+        "$ DOCKER_BUILDKIT=1 docker build --file Dockerfile --tag logbook:0123456789ab --tag logbook:latest \
+         --build-arg RUST_IMAGE=mirror.example/rust:1.95-slim-bookworm --build-arg VERSION=0.1.0 \
+         --build-arg REVISION=0123456789abcdef0123456789abcdef01234567 --build-arg CREATED=2026-11-23T10:47:34Z \
+         --build-arg SOURCE=https://github.com/logbook-dev/logbook ."
     );
-    docker.assert_only_queries();
-    assert!(!docker.calls().is_empty(), "the stand-in docker was never consulted");
-}
-
-#[test]
-fn down_and_smoke_dry_runs_change_nothing() {
-    let docker = FakeDocker::new("down");
-    let (ok, output) = docker.xtask(&["down", "--volumes", "--yes", "--dry-run"]);
-    assert!(ok, "{output}");
+    // The build is only printed, so reading the new image's size is where the dry run ends.
     assert!(
-        output.contains(
-            "docker compose --project-name logbook --file docker-compose.yml --file docker-compose.monitoring.yml down --remove-orphans --volumes"
-        ),
+        output.contains("dry run ends here: next the runner would read `docker image inspect"),
         "{output}"
     );
-    let (ok, output) = docker.xtask(&["logs", "-f", "logbook", "--dry-run"]);
+    assert!(output.contains("dry run: 1 change(s) printed above, none made"), "{output}");
+    assert!(!output.contains("is ready at"), "a dry run reported a result it did not get:\n{output}");
+
+    let (ok, output) = fakes.xtask_with(&["up", "--dry-run"], &[("FAKE_IMAGES", TREE_IMAGE)]);
     assert!(ok, "{output}");
-    assert!(output.contains("logs --no-color --tail 100 --follow logbook"), "{output}");
-    if in_git_checkout() {
-        let (ok, output) = docker.xtask(&["smoke", "--no-build", "--dry-run"]);
-        assert!(ok, "{output}");
-        assert!(output.contains("--project-name logbook-smoke-"), "{output}");
-    }
-    docker.assert_only_queries();
+    assert!(output.contains("image logbook:0123456789ab is up to date"), "{output}");
+    let up = output.lines().find(|l| l.contains(" up --detach")).expect("no compose up printed");
+    assert_eq!(
+        up,
+        "$ LOGBOOK_IMAGE=logbook:0123456789ab docker compose --project-name logbook --file docker-compose.yml up --detach"
+    );
+    assert!(
+        output.contains("dry run ends here: next the runner would wait for the service to be ready"),
+        "{output}"
+    );
+    std::fs::remove_dir_all(state.parent().unwrap()).unwrap();
 }
 
 #[test]
-fn volumes_are_never_deleted_without_confirmation() {
-    let docker = FakeDocker::new("refuse");
-    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(["down", "--volumes"])
-        .env("PATH", format!("{}:{}", docker.dir.display(), std::env::var("PATH").unwrap()))
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("without --yes") && stderr.contains("nothing was changed"), "{stderr}");
-    assert!(!docker.calls().iter().any(|c| c.contains("down")), "{:?}", docker.calls());
-}
-
-#[test]
-fn k8s_deploy_dry_run_prints_apply_and_rollout_and_runs_neither() {
-    let docker = FakeDocker::new("k8s");
-    let kubectl = docker.dir.join("kubectl");
-    std::fs::write(
-        &kubectl,
-        format!("#!/bin/sh\necho \"kubectl $*\" >> '{}'\n", docker.dir.join("calls.log").display()),
-    )
-    .unwrap();
-    std::fs::set_permissions(&kubectl, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let (ok, output) = docker.xtask(&[
-        "deploy",
-        "--target",
-        "k8s",
-        "--overlay",
-        "production",
-        "--tag",
-        "1.2.3",
-        "--dry-run",
-    ]);
+fn deploys_print_each_target_s_commands() {
+    let state = tempdir("targets");
+    let fakes = fakes("targets", &state);
+    let (ok, output) =
+        fakes.xtask(&["deploy", "k8s", "--overlay", "production", "--tag", "1.2.3", "--dry-run"]);
     assert!(ok, "{output}");
-    assert!(output.contains("$ kubectl apply -k target/k8s-deploy"), "{output}");
+    assert!(output.contains("$ kubectl apply -f - < (input)"), "{output}");
     assert!(output.contains("$ kubectl rollout status statefulset/logbook --timeout 300s"), "{output}");
-    let calls = docker.calls();
-    assert_eq!(calls, ["kubectl version --client"], "only the read-only probe may run");
-    let (ok, output) = docker.xtask(&["deploy", "--target", "k8s", "--overlay", "nowhere", "--dry-run"]);
-    assert!(!ok && output.contains("no overlay \"nowhere\"") && output.contains("production"), "{output}");
-}
+    let (ok, output) = fakes.xtask(&["deploy", "k8s", "--tag", "1.2.3", "--render", "--dry-run"]);
+    assert!(ok && output.contains("- image: ghcr.io/logbook-dev/logbook:1.2.3"), "{output}");
+    let (ok, output) = fakes.xtask(&["deploy", "k8s", "--overlay", "nowhere", "--dry-run"]);
+    assert!(
+        !ok && output.contains("no overlay \"nowhere\"") && output.contains("production, staging"),
+        "{output}"
+    );
 
-#[test]
-fn swarm_deploy_dry_run_prints_the_stack_deploy_and_runs_nothing() {
-    let docker = FakeDocker::new("swarm");
-    let (ok, output) = docker.xtask(&["deploy", "--target", "swarm", "--tag", "0123456789ab", "--dry-run"]);
+    let images = [("FAKE_IMAGES", "logbook:0123456789ab")];
+    let (ok, output) = fakes.xtask_with(&["deploy", "swarm", "--tag", "0123456789ab", "--dry-run"], &images);
     assert!(ok, "{output}");
     assert!(
         output.contains("$ LOGBOOK_IMAGE=logbook:0123456789ab docker stack deploy --compose-file deploy/swarm/stack.yml --resolve-image never logbook"),
         "{output}"
     );
-    let (ok, output) =
-        docker.xtask(&["deploy", "--target", "swarm", "--remove", "--volumes", "--yes", "--dry-run"]);
+    let (ok, output) = fakes.xtask(&["deploy", "swarm", "--remove", "--volumes", "--yes", "--dry-run"]);
     assert!(ok && output.contains("$ docker stack rm logbook"), "{output}");
-    assert!(output.contains("$ docker volume rm logbook_data"), "{output}");
-    docker.assert_only_queries();
+    assert!(!output.contains("removed swarm stack"), "{output}");
+    std::fs::remove_dir_all(state.parent().unwrap()).unwrap();
+}
+
+#[test]
+fn volumes_are_never_deleted_without_confirmation() {
+    let state = tempdir("refuse");
+    let fakes = fakes("refuse", &state);
+    let (ok, output) = fakes.xtask(&["down", "--volumes"]);
+    assert!(!ok);
+    assert!(output.contains("without --yes") && output.contains("nothing was changed"), "{output}");
+    assert!(!fakes.calls().iter().any(|c| c.contains(" down")), "{:?}", fakes.calls());
+    std::fs::remove_dir_all(state.parent().unwrap()).unwrap();
+}
+
+fn tempdir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("xtask-dry-run-{}-{name}/state", std::process::id()));
+    let _ = std::fs::remove_dir_all(dir.parent().unwrap());
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }

@@ -2,12 +2,14 @@
 //! put first on PATH: it records its argv and writes the fixture report it is pointed at.
 #![allow(clippy::unwrap_used)]
 
-use std::os::unix::fs::PermissionsExt;
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const STANDIN_TRIVY: &str = r#"#!/bin/sh
-echo "$*" >> "$STANDIN_LOG"
+use support::FakePrograms;
+
+const STANDIN_TRIVY: &str = r#"
 case "$1" in
   --version) echo "Version: 0.67.2"; exit 0 ;;
   image) report="$STANDIN_IMAGE_REPORT" ;;
@@ -21,7 +23,7 @@ cp "$report" "$out"
 "#;
 
 /// Knows the stand-in image and answers the engine check.
-const STANDIN_DOCKER: &str = r#"#!/bin/sh
+const STANDIN_DOCKER: &str = r#"
 case "$1 $2" in
   "image inspect") [ "$3" = "logbook:standin" ] ;;
   "version --format") echo 20.10.24 ;;
@@ -33,53 +35,42 @@ struct Run {
     ok: bool,
     stdout: String,
     stderr: String,
+    /// Trivy's calls, without the program name.
     calls: Vec<String>,
 }
 
-struct Standins {
-    dir: PathBuf,
-}
+struct Standins(FakePrograms);
 
 impl Standins {
     fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("xtask-scan-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        for (program, body) in [("trivy", STANDIN_TRIVY), ("docker", STANDIN_DOCKER)] {
-            let path = dir.join(program);
-            std::fs::write(&path, body).unwrap();
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-        }
-        Standins { dir }
+        let fakes = FakePrograms::new(&format!("scan-{name}"));
+        fakes.program("trivy", STANDIN_TRIVY).program("docker", STANDIN_DOCKER);
+        Standins(fakes)
     }
 
     fn scan(&self, image_report: &str, args: &[&str]) -> Run {
-        let log = self.dir.join("calls.log");
-        let _ = std::fs::remove_file(&log);
+        let _ = std::fs::remove_file(self.0.dir.join("calls.log"));
         let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
             .arg("scan")
             .args(["--tag", "logbook:standin"])
             .args(args)
-            .env("PATH", format!("{}:{}", self.dir.display(), std::env::var("PATH").unwrap()))
-            .env("STANDIN_LOG", &log)
+            .env("PATH", format!("{}:{}", self.0.dir.display(), std::env::var("PATH").unwrap()))
             .env("STANDIN_IMAGE_REPORT", fixture(image_report))
             .env("STANDIN_CONFIG_REPORT", fixture("config.json"))
             .env("STANDIN_SARIF", fixture("image.sarif"))
-            .env("RUST_BACKTRACE", "0")
             .output()
             .unwrap();
         Run {
             ok: out.status.success(),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-            calls: std::fs::read_to_string(&log).unwrap_or_default().lines().map(str::to_owned).collect(),
+            calls: self
+                .0
+                .calls()
+                .iter()
+                .filter_map(|c| c.strip_prefix("trivy ").map(str::to_owned))
+                .collect(),
         }
-    }
-}
-
-impl Drop for Standins {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -167,7 +158,7 @@ fn a_malformed_report_is_an_error_not_a_pass() {
 #[test]
 fn an_ignore_entry_suppresses_its_finding_and_bad_lines_are_named() {
     let standins = Standins::new("ignore");
-    let ignorefile = standins.dir.join("trivyignore");
+    let ignorefile = standins.0.dir.join("trivyignore");
     std::fs::write(
         &ignorefile,
         "# hyper: fixed upstream, the service does not parse trailers\nCVE-2026-31337 exp:2999-01-01\nthis is not an id\n",
@@ -187,7 +178,7 @@ fn an_ignore_entry_suppresses_its_finding_and_bad_lines_are_named() {
 #[test]
 fn sarif_output_is_checked_and_written() {
     let standins = Standins::new("sarif");
-    let out = standins.dir.join("out.sarif");
+    let out = standins.0.dir.join("out.sarif");
     let run = standins.scan("low.json", &["--format", "sarif", "--output", out.to_str().unwrap()]);
     assert!(run.ok, "{}{}", run.stdout, run.stderr);
     let convert = run.calls.iter().find(|c| c.starts_with("convert ")).unwrap();
@@ -207,7 +198,7 @@ fn a_missing_image_says_to_build_it() {
     let standins = Standins::new("missing");
     let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
         .args(["scan", "--tag", "logbook:nope"])
-        .env("PATH", format!("{}:{}", standins.dir.display(), std::env::var("PATH").unwrap()))
+        .env("PATH", format!("{}:{}", standins.0.dir.display(), std::env::var("PATH").unwrap()))
         .output()
         .unwrap();
     assert!(!out.status.success());

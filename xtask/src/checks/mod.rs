@@ -1,0 +1,13 @@
+//! Checks and drills: each proves something about the product on real tools or a real
+//! engine, reporting PASS/FAIL through the one [`harness`].
+
+pub mod advisories;
+pub mod audit;
+pub mod coverage;
+pub mod drill;
+pub mod harness;
+pub mod lint;
+pub mod monitoring_smoke;
+pub mod scan;
+pub mod smoke;
+pub mod swarm_drill;

@@ -1,0 +1,188 @@
+//! `cargo xtask smoke`: the image, proven on a real engine in a fresh, isolated stack.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use xshell::Shell;
+
+use super::harness::{self, Checks, REQUEST_TIMEOUT};
+use crate::flags::Smoke;
+use crate::outside::docker::{self, Compose};
+use crate::outside::process::{self, Cmd};
+use crate::outside::{http, image};
+use crate::project;
+use crate::targets::compose::{self, OnDrop, StackGuard, switch};
+
+impl Smoke {
+    pub fn run(self, sh: &Shell) -> Result<()> {
+        let program = docker::connect(sh)?;
+        let image = match &self.tag {
+            Some(tag) => image::resolve(sh, tag)?,
+            None => image::ensure(sh, self.no_build)?,
+        };
+        let compose = harness::throwaway_project(program.clone(), "smoke")?.var("LOGBOOK_IMAGE", &image);
+        let started = Instant::now();
+        let guard = StackGuard::new(sh, &compose, OnDrop::RemoveWithVolumes);
+        let mut checks = Checks::stop_at_first();
+        process::run(sh, &compose.up())?;
+        let container = container(sh, &compose)?;
+        service_checks(sh, &compose, &image, &mut checks)?;
+        hardening_checks(sh, &container, &mut checks)?;
+        lifecycle_checks(sh, &container, &mut checks)?;
+        checks.run("a broken image fails to come up within the deadline, with its logs shown", || {
+            broken_image_is_refused(sh, program, &image)
+        })?;
+        guard.succeeded();
+        process::result(&format!(
+            "smoke: all {} checks passed in {:.1}s",
+            checks.passed(),
+            started.elapsed().as_secs_f64()
+        ));
+        Ok(())
+    }
+}
+
+fn container(sh: &Shell, compose: &Compose) -> Result<String> {
+    process::needs_effects("look for the service container")?;
+    compose::container_id(sh, compose)?.context("the service container was not created")
+}
+
+/// Health, version, a round trip, metrics and persistence across a restart.
+fn service_checks(sh: &Shell, compose: &Compose, image: &str, checks: &mut Checks) -> Result<()> {
+    let addr = checks.step("/healthz and /readyz answer 200", || {
+        let addr = compose::wait_ready(sh, compose, Duration::from_secs(30))?;
+        harness::expect_status(&addr, "/healthz", 200)?;
+        Ok(addr)
+    })?;
+    checks.run("/version reports the image's git revision", || {
+        let label = image::revision(sh, image);
+        ensure!(label != "unknown", "the image carries no revision");
+        harness::expect_revision(&addr, &label)
+    })?;
+    let text = format!("smoke entry {}", std::process::id());
+    let id = checks.step("a write then a read round-trips", || {
+        let id = harness::append(&addr, &text, None)?;
+        harness::expect_entry(&addr, id, &text)?;
+        Ok(id)
+    })?;
+    checks.run("/metrics counts the requests", || {
+        let metrics = http::get(&addr, "/metrics", REQUEST_TIMEOUT)?.body;
+        let needle = r#"logbook_http_requests_total{method="POST",route="/api/entries",status="201"} 1"#;
+        ensure!(metrics.contains(needle), "no `{needle}` in /metrics");
+        ensure!(metrics.contains("logbook_entries_appended_total 1"), "appends not counted");
+        Ok(())
+    })?;
+    checks.run("the entry survives `docker compose restart`", || {
+        process::run(sh, &compose.restart(project::NAME))?;
+        let addr = compose::wait_ready(sh, compose, Duration::from_secs(30))?;
+        harness::expect_entry(&addr, id, &text)
+    })
+}
+
+/// Non-root, read-only, no capabilities: from Docker's configuration and the kernel's view.
+fn hardening_checks(sh: &Shell, container: &str, checks: &mut Checks) -> Result<()> {
+    checks.run("the service runs as a non-root user", || {
+        let user = process::query(sh, &docker::inspect_format(container, "{{.Config.User}}"))?;
+        ensure!(
+            !user.is_empty() && !user.starts_with('0') && !user.starts_with("root"),
+            "configured user is {user:?}"
+        );
+        // The host's view of the running processes: proof beyond the image's configuration.
+        let top = process::query(sh, &Cmd::new("docker").args(["top", container, "-o", "pid,uid"]))?;
+        let uids: Vec<&str> = top.lines().skip(1).filter_map(|l| l.split_whitespace().nth(1)).collect();
+        ensure!(!uids.is_empty() && uids.iter().all(|u| *u != "0"), "process UIDs {uids:?}");
+        Ok(())
+    })?;
+    checks.run("read-only root, all capabilities dropped, no-new-privileges", || {
+        let format = "{{.HostConfig.ReadonlyRootfs}} {{json .HostConfig.CapDrop}} {{json .HostConfig.SecurityOpt}} {{.State.Pid}}";
+        let host = process::query(sh, &docker::inspect_format(container, format))?;
+        let words: Vec<&str> = host.split_whitespace().collect();
+        ensure!(words.first() == Some(&"true"), "the root filesystem is writable: {host}");
+        ensure!(host.contains("\"ALL\""), "capabilities are not all dropped: {host}");
+        ensure!(host.contains("no-new-privileges"), "no-new-privileges is not set: {host}");
+        // The kernel's own view of the process, where the host can see it (not through a VM).
+        let status = words.last().and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok());
+        if let Some(status) = status {
+            let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name)).map_or("?", str::trim).to_owned();
+            ensure!(field("CapEff:") == "0000000000000000", "effective capabilities {}", field("CapEff:"));
+            ensure!(field("NoNewPrivs:") == "1", "NoNewPrivs is {}", field("NoNewPrivs:"));
+        }
+        Ok(())
+    })?;
+    checks.run("writes outside /data and /tmp fail", || {
+        let backup_to =
+            |path: &str| Cmd::new("docker").args(["exec", container, "/logbook", "backup", "--to", path]);
+        for denied in ["/etc/probe.db", "/probe.db"] {
+            match process::query(sh, &backup_to(denied)) {
+                Ok(_) => bail!("wrote {denied}"),
+                Err(e) => ensure!(format!("{e:#}").contains("Read-only file system"), "{denied}: {e:#}"),
+            }
+        }
+        for allowed in ["/tmp/probe.db", "/data/probe.db"] {
+            process::query(sh, &backup_to(allowed)).with_context(|| format!("cannot write {allowed}"))?;
+        }
+        Ok(())
+    })
+}
+
+/// Docker's health status, then a graceful stop.
+fn lifecycle_checks(sh: &Shell, container: &str, checks: &mut Checks) -> Result<()> {
+    checks.run("Docker's health status reaches healthy", || {
+        process::wait_for(
+            "Docker's health status",
+            Duration::from_secs(45),
+            Duration::from_millis(250),
+            || {
+                let status =
+                    process::query(sh, &docker::inspect_format(container, "{{.State.Health.Status}}"))?;
+                Ok((status == "healthy").then_some(()))
+            },
+        )
+    })?;
+    checks.run("`docker stop` drains gracefully and exits 0 within the grace period", || {
+        let started = Instant::now();
+        process::run(sh, &Cmd::new("docker").args(["stop", container]))?;
+        let took = started.elapsed();
+        let exit = process::query(sh, &docker::inspect_format(container, "{{.State.ExitCode}}"))?;
+        ensure!(exit == "0", "exit code {exit} after {took:?}");
+        let logs = process::query(sh, &Cmd::new("docker").args(["logs", "--tail", "5", container]))?;
+        ensure!(logs.contains("shutdown complete"), "no graceful drain in the log:\n{logs}");
+        process::say(&format!("  stopped in {} ms", took.as_millis()));
+        Ok(())
+    })
+}
+
+/// An image whose configuration is invalid must make `up` fail fast, naming the cause.
+fn broken_image_is_refused(sh: &Shell, program: docker::ComposeProgram, image: &str) -> Result<()> {
+    let broken = format!("{}-smoke-broken:{}", project::NAME, std::process::id());
+    let dir = sh.create_temp_dir()?;
+    let compose = harness::throwaway_project(program, "smoke-broken")?;
+    let mut guard = StackGuard::new(sh, &compose, OnDrop::RemoveWithVolumes);
+    guard.remove_image(&broken);
+    image::build_broken_image(sh, image, &broken)?;
+    let started = Instant::now();
+    let deadline = Duration::from_secs(30);
+    let history = dir.path().join("releases.json");
+    let result = switch::switch(
+        sh,
+        &compose,
+        &history,
+        &broken,
+        switch::Gate { timeout: deadline, restore_previous: false },
+    );
+    let took = started.elapsed();
+    guard.succeeded();
+    let message = match result {
+        Ok(_) => bail!("the broken image came up"),
+        Err(e) => format!("{e:#}"),
+    };
+    // Generous: failing fast means well before the deadline plus teardown, not a tight bound.
+    ensure!(took < deadline + Duration::from_secs(15), "failing took {took:?}");
+    ensure!(message.contains(image::BROKEN_SETTING), "the error does not show the cause:\n{message}");
+    process::say(&format!(
+        "  refused in {:.1}s: {}",
+        took.as_secs_f64(),
+        message.lines().next().unwrap_or_default()
+    ));
+    Ok(())
+}

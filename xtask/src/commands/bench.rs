@@ -1,0 +1,221 @@
+//! `cargo xtask bench`: the service's throughput, latency, start-up and stop times, and the
+//! same disk's raw SQLite rate, all measured in one run so the ratio is honest.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use xshell::Shell;
+
+use crate::checks::harness::{self, LocalService, Profile};
+use crate::flags::Bench;
+use crate::outside::process::{self, Cmd};
+use crate::outside::tools::{self, cargo};
+
+const POST_SCRIPT: &str = r#"wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = '{"text":"a benchmark entry of ordinary length","tags":["bench"]}'
+"#;
+
+/// One wrk run, parsed.
+#[derive(Debug, PartialEq)]
+pub struct WrkResult {
+    pub requests_per_sec: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+impl Bench {
+    pub fn run(self, sh: &Shell) -> Result<()> {
+        tools::WRK.require(sh, false)?;
+        process::run(sh, &build_release())?;
+        let dir = sh.create_temp_dir().context("cannot create a temp dir")?;
+        let dir = dir.path();
+        let post_script = dir.join("post.lua");
+        process::needs_effects("run the release build")?;
+        std::fs::write(&post_script, POST_SCRIPT)?;
+
+        let server = LocalService::start(sh, Profile::Release, dir)?;
+        let startup = server.started.elapsed();
+        harness::append(&server.addr, "seed", None)?;
+        let url = format!("http://{}", server.addr);
+        let (c, seconds) = (self.connections, self.duration);
+        let get = parse_wrk(&process::capture(sh, &wrk(&format!("{url}/api/entries/1"), c, seconds, None))?)?;
+        let post = parse_wrk(&process::capture(
+            sh,
+            &wrk(&format!("{url}/api/entries"), c, seconds, Some(&post_script)),
+        )?)?;
+
+        let term_sent = Instant::now();
+        let exit = server.terminate(sh, Duration::from_secs(15))?;
+        let stop = term_sent.elapsed();
+        if !exit.success() {
+            bail!("the service exited with {exit} after SIGTERM; see its log in {}", dir.display());
+        }
+        let raw = process::capture(
+            sh,
+            &sqlite_baseline(&tools::target_dir(sh), &dir.join("baseline.db"), seconds),
+        )?;
+        let raw_rows = raw
+            .strip_prefix("rows_per_sec=")
+            .and_then(|v| v.parse::<f64>().ok())
+            .with_context(|| format!("unexpected baseline output {raw:?}"))?;
+        process::result(&report(c, &get, &post, raw_rows, startup, stop));
+        Ok(())
+    }
+}
+
+fn report(
+    connections: u32,
+    get: &WrkResult,
+    post: &WrkResult,
+    raw_rows: f64,
+    startup: Duration,
+    stop: Duration,
+) -> String {
+    let c = connections;
+    [
+        format!(
+            "GET  /api/entries/{{id}}, {c} connections:  {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms",
+            get.requests_per_sec, get.p50_ms, get.p99_ms
+        ),
+        format!(
+            "POST /api/entries (durable), {c} connections:  {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms",
+            post.requests_per_sec, post.p50_ms, post.p99_ms
+        ),
+        format!("raw SQLite, one insert per durable transaction:  {raw_rows:.0} rows/s"),
+        format!("ratio, durable POST / raw SQLite:  {:.2}", post.requests_per_sec / raw_rows),
+        format!("process start to /readyz 200:  {:.1} ms", startup.as_secs_f64() * 1e3),
+        format!("SIGTERM to exit, idle:  {:.1} ms", stop.as_secs_f64() * 1e3),
+    ]
+    .join("\n")
+}
+
+pub fn build_release() -> Cmd {
+    cargo().args([
+        "build",
+        "--release",
+        "--locked",
+        "-p",
+        "logbook",
+        "--bin",
+        "logbook",
+        "--example",
+        "sqlite_baseline",
+    ])
+}
+
+pub fn wrk(url: &str, connections: u32, seconds: u32, script: Option<&Path>) -> Cmd {
+    let mut cmd = Cmd::new("wrk").args([
+        "--threads".to_owned(),
+        "2".to_owned(),
+        "--connections".to_owned(),
+        connections.to_string(),
+        "--duration".to_owned(),
+        format!("{seconds}s"),
+        "--latency".to_owned(),
+    ]);
+    if let Some(script) = script {
+        cmd = cmd.arg("--script").arg(script.display().to_string());
+    }
+    cmd.arg(url)
+}
+
+pub fn sqlite_baseline(target_dir: &Path, db: &Path, seconds: u32) -> Cmd {
+    Cmd::new(target_dir.join("release/examples/sqlite_baseline").display().to_string())
+        .arg(db.display().to_string())
+        .arg(seconds.to_string())
+}
+
+/// Reads requests/s and the 50th and 99th latency percentiles from `wrk --latency` output.
+/// Refuses a run with non-2xx answers or socket errors other than the final close.
+pub fn parse_wrk(output: &str) -> Result<WrkResult> {
+    if let Some(line) = output.lines().find(|l| l.contains("Non-2xx or 3xx responses")) {
+        bail!("wrk saw error answers ({}); the figures would be meaningless", line.trim());
+    }
+    let value_after = |label: &str| -> Option<&str> {
+        output.lines().map(str::trim).find_map(|l| l.strip_prefix(label)).map(str::trim)
+    };
+    let requests_per_sec = value_after("Requests/sec:")
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("no Requests/sec in wrk output:\n{output}"))?;
+    let percentile = |p: &str| {
+        value_after(p)
+            .and_then(parse_latency)
+            .with_context(|| format!("no {p} latency in wrk output:\n{output}"))
+    };
+    Ok(WrkResult { requests_per_sec, p50_ms: percentile("50%")?, p99_ms: percentile("99%")? })
+}
+
+/// wrk prints latencies as `612.00us`, `3.21ms` or `1.02s`; returns milliseconds.
+fn parse_latency(text: &str) -> Option<f64> {
+    let (number, scale) = if let Some(n) = text.strip_suffix("us") {
+        (n, 1e-3)
+    } else if let Some(n) = text.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = text.strip_suffix('s') {
+        (n, 1e3)
+    } else {
+        return None;
+    };
+    number.parse::<f64>().ok().map(|n| n * scale)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = "Running 10s test @ http://127.0.0.1:8080/api/entries
+  2 threads and 32 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     2.31ms  512.00us  21.20ms   90.12%
+    Req/Sec     7.01k   301.44     7.60k    70.00%
+  Latency Distribution
+     50%    2.25ms
+     75%    2.50ms
+     90%    2.80ms
+     99%    4.10ms
+  139520 requests in 10.00s, 31.27MB read
+Requests/sec:  13950.12
+Transfer/sec:      3.13MB
+";
+
+    #[test]
+    fn wrk_output_is_parsed() {
+        let r = parse_wrk(SAMPLE).unwrap();
+        assert_eq!(r, WrkResult { requests_per_sec: 13950.12, p50_ms: 2.25, p99_ms: 4.10 });
+        let errors = SAMPLE.replace("Requests/sec", "  Non-2xx or 3xx responses: 12\nRequests/sec");
+        assert!(parse_wrk(&errors).is_err());
+        assert!(parse_wrk("nothing").is_err());
+    }
+
+    #[test]
+    fn latencies_convert_to_milliseconds() {
+        assert_eq!(parse_latency("612.00us"), Some(0.612));
+        assert_eq!(parse_latency("1.50s"), Some(1500.0));
+        assert_eq!(parse_latency("3ms"), Some(3.0));
+        assert_eq!(parse_latency("3"), None);
+    }
+
+    #[test]
+    fn commands_are_exact() {
+        assert_eq!(
+            wrk("http://h/api", 32, 10, Some(Path::new("/t/post.lua"))).to_string(),
+            "wrk --threads 2 --connections 32 --duration 10s --latency --script /t/post.lua http://h/api"
+        );
+        assert_eq!(
+            build_release().args,
+            [
+                "build",
+                "--release",
+                "--locked",
+                "-p",
+                "logbook",
+                "--bin",
+                "logbook",
+                "--example",
+                "sqlite_baseline"
+            ]
+        );
+    }
+}

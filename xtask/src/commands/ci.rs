@@ -1,0 +1,300 @@
+//! `cargo xtask ci`: the pipeline GitHub Actions runs, step by step, with a summary.
+
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use xshell::Shell;
+
+use clap::ValueEnum;
+
+use crate::checks::{advisories, coverage, lint, scan::Trivy};
+use crate::flags::{
+    AuditImage, Build, Builder, Ci, CiStep, DEFAULT_FAIL_UNDER, Drill, MonitoringSmoke, Scan, ScanFormat,
+    Smoke, SwarmDrill,
+};
+use crate::outside::process::{self, Cmd};
+use crate::outside::tools::{self, cargo};
+
+impl CiStep {
+    /// Every step, in the order they run: the order of the enum.
+    pub fn all() -> &'static [CiStep] {
+        CiStep::value_variants()
+    }
+
+    /// The name `--skip` and `--only` take, which is also the subcommand it runs.
+    pub fn name(self) -> String {
+        self.to_possible_value().map(|v| v.get_name().to_owned()).unwrap_or_default()
+    }
+
+    /// Steps whose failure makes this one pointless (a skipped one does not: the image may
+    /// exist already).
+    fn needs(self) -> &'static [CiStep] {
+        match self {
+            CiStep::Fmt
+            | CiStep::Clippy
+            | CiStep::Lint
+            | CiStep::Test
+            | CiStep::Coverage
+            | CiStep::BuildClassic
+            | CiStep::Build
+            | CiStep::Advisories => &[],
+            CiStep::Smoke
+            | CiStep::Drill
+            | CiStep::MonitoringSmoke
+            | CiStep::SwarmDrill
+            | CiStep::AuditImage
+            | CiStep::Scan => &[CiStep::Build],
+        }
+    }
+
+    /// Runs the step. `required`: a missing tool fails the step instead of skipping it.
+    fn run(self, sh: &Shell, required: bool) -> Result<Outcome> {
+        let done = |result: Result<()>| result.map(|()| Outcome::Pass(String::new()));
+        match self {
+            CiStep::Fmt => done(process::run(sh, &fmt_check())),
+            CiStep::Clippy => done(process::run(sh, &clippy())),
+            CiStep::Lint => done(lint::lint(sh, true)),
+            CiStep::Test => done(process::run(sh, &tests(tools::NEXTEST.installed(sh)))),
+            CiStep::Coverage => done(coverage::run(sh, DEFAULT_FAIL_UNDER, true)),
+            CiStep::BuildClassic => done(Build { builder: Builder::Classic }.run(sh)),
+            CiStep::Build => done(Build { builder: Builder::Buildkit }.run(sh)),
+            CiStep::Smoke => done(Smoke { no_build: true, tag: None }.run(sh)),
+            CiStep::Drill => done(Drill { no_build: true }.run(sh)),
+            CiStep::MonitoringSmoke => done(MonitoringSmoke { no_build: true }.run(sh)),
+            CiStep::SwarmDrill => done(SwarmDrill { no_build: true, timeout: 120 }.run(sh)),
+            CiStep::AuditImage => done(AuditImage { tag: None, self_test: true }.run(sh)),
+            CiStep::Advisories => advisories::check(sh, true).map(Outcome::Pass),
+            CiStep::Scan => {
+                if Trivy::find(sh).is_none() {
+                    if required {
+                        bail!(
+                            "trivy not found, and --require scan was given: install trivy or set TRIVY_IMAGE"
+                        );
+                    }
+                    return Ok(Outcome::Skipped("trivy not found".into()));
+                }
+                done(
+                    Scan {
+                        tag: None,
+                        severity: "HIGH,CRITICAL".into(),
+                        ignore_unfixed: false,
+                        format: ScanFormat::Table,
+                        output: None,
+                        ignorefile: ".trivyignore".into(),
+                    }
+                    .run(sh),
+                )
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Outcome {
+    /// Passed, with an optional note (what it could not check, say).
+    Pass(String),
+    Fail(String),
+    Skipped(String),
+    /// A dry run ended inside the step: its commands were printed, not run.
+    DryRun,
+}
+
+struct StepReport {
+    step: CiStep,
+    outcome: Outcome,
+    took: Option<Duration>,
+}
+
+impl Ci {
+    pub fn run(self, sh: &Shell) -> Result<()> {
+        let started = Instant::now();
+        let mut reports: Vec<StepReport> = Vec::new();
+        for &step in CiStep::all() {
+            let outcome_before_run = if process::interrupted() {
+                Some(Outcome::Skipped("not run: interrupted".into()))
+            } else if !self.only.is_empty() && !self.only.contains(&step) {
+                Some(Outcome::Skipped("not in --only".into()))
+            } else if self.skip.contains(&step) {
+                Some(Outcome::Skipped("--skip".into()))
+            } else {
+                step.needs()
+                    .iter()
+                    .find(|need| {
+                        reports.iter().any(|r| {
+                            r.step == **need && matches!(r.outcome, Outcome::Fail(_) | Outcome::DryRun)
+                        })
+                    })
+                    .map(|need| Outcome::Skipped(format!("not run: needs {}", need.name())))
+            };
+            let report = match outcome_before_run {
+                Some(outcome) => StepReport { step, outcome, took: None },
+                None => {
+                    let step_started = Instant::now();
+                    let required = self.require.contains(&step);
+                    let result = process::group(&format!("ci: {}", step.name()), || step.run(sh, required));
+                    let took = step_started.elapsed();
+                    let outcome = match result {
+                        Ok(outcome) => outcome,
+                        Err(e) if process::is_dry_run_end(&e) => {
+                            process::say(&format!("ci: {}: {e:#}", step.name()));
+                            Outcome::DryRun
+                        }
+                        Err(e) => {
+                            process::say(&format!("ci: {} failed: {e:#}", step.name()));
+                            Outcome::Fail(format!("{e:#}"))
+                        }
+                    };
+                    StepReport { step, outcome, took: Some(took) }
+                }
+            };
+            reports.push(report);
+        }
+
+        process::result(summary_table(&reports, started.elapsed()).trim_end());
+        if let Ok(path) = std::env::var("GITHUB_STEP_SUMMARY") {
+            let markdown = summary_markdown(&reports);
+            let existing = std::fs::read_to_string(&path).unwrap_or_default();
+            if let Err(e) = std::fs::write(&path, existing + &markdown) {
+                process::say(&format!("ci: cannot write GITHUB_STEP_SUMMARY ({path}): {e}"));
+            }
+        }
+        let failed: Vec<String> =
+            reports.iter().filter(|r| matches!(r.outcome, Outcome::Fail(_))).map(|r| r.step.name()).collect();
+        if !failed.is_empty() {
+            bail!("ci failed: {}", failed.join(", "));
+        }
+        Ok(())
+    }
+}
+
+pub fn fmt_check() -> Cmd {
+    cargo().args(["fmt", "--all", "--", "--check"])
+}
+
+pub fn clippy() -> Cmd {
+    cargo().args(["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"])
+}
+
+pub fn tests(nextest: bool) -> Cmd {
+    if nextest {
+        cargo().args(["nextest", "run", "--workspace", "--locked", "--no-fail-fast"])
+    } else {
+        cargo().args(["test", "--workspace", "--locked", "--no-fail-fast"])
+    }
+}
+
+fn outcome_words(outcome: &Outcome) -> (&'static str, &str) {
+    match outcome {
+        Outcome::Pass(note) => ("pass", note),
+        Outcome::Fail(why) => ("FAIL", why.lines().next().unwrap_or_default()),
+        Outcome::Skipped(why) => ("skipped", why),
+        Outcome::DryRun => ("dry run", "commands printed, not run"),
+    }
+}
+
+fn seconds(took: Option<Duration>) -> String {
+    took.map_or_else(|| "-".to_owned(), |t| format!("{:.1}s", t.as_secs_f64()))
+}
+
+fn summary_table(reports: &[StepReport], total: Duration) -> String {
+    let width = CiStep::all().iter().map(|s| s.name().len()).max().unwrap_or(0);
+    let mut out = format!("\n{:<width$}  result   time     note\n", "step");
+    for r in reports {
+        let (result, note) = outcome_words(&r.outcome);
+        let line = format!("{:<width$}  {:<8} {:<8} {}", r.step.name(), result, seconds(r.took), note);
+        let _ = writeln!(out, "{}", line.trim_end());
+    }
+    let _ = writeln!(out, "{:<width$}  {:<8} {}", "total", "", seconds(Some(total)));
+    out
+}
+
+fn summary_markdown(reports: &[StepReport]) -> String {
+    let mut out = String::from("### cargo xtask ci\n\n| step | result | time | note |\n|---|---|---|---|\n");
+    for r in reports {
+        let (result, note) = outcome_words(&r.outcome);
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} |",
+            r.step.name(),
+            result,
+            seconds(r.took),
+            note.replace('|', "\\|")
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_are_exact() {
+        assert_eq!(fmt_check().args, ["fmt", "--all", "--", "--check"]);
+        assert_eq!(
+            clippy().args,
+            ["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"]
+        );
+        assert_eq!(tests(true).args[..2], ["nextest", "run"]);
+        assert_eq!(tests(false).args[..1], ["test"]);
+    }
+
+    #[test]
+    fn summary_lists_every_step_with_its_result_and_time() {
+        let reports = vec![
+            StepReport {
+                step: CiStep::Fmt,
+                outcome: Outcome::Pass(String::new()),
+                took: Some(Duration::from_millis(1500)),
+            },
+            StepReport {
+                step: CiStep::Clippy,
+                outcome: Outcome::Fail("`cargo clippy` failed\nmore".into()),
+                took: Some(Duration::from_secs(3)),
+            },
+            StepReport { step: CiStep::Test, outcome: Outcome::Skipped("--skip".into()), took: None },
+        ];
+        let table = summary_table(&reports, Duration::from_secs(5));
+        let row = |step: &str| -> Vec<&str> {
+            table.lines().find(|l| l.starts_with(&format!("{step} "))).unwrap().split_whitespace().collect()
+        };
+        assert_eq!(row("fmt"), ["fmt", "pass", "1.5s"], "{table}");
+        assert_eq!(row("clippy"), ["clippy", "FAIL", "3.0s", "`cargo", "clippy`", "failed"], "{table}");
+        assert_eq!(row("test"), ["test", "skipped", "-", "--skip"], "{table}");
+        assert_eq!(row("total"), ["total", "5.0s"], "{table}");
+        // The result column lines up.
+        let at =
+            |step: &str, word: &str| table.lines().find(|l| l.starts_with(step)).unwrap().find(word).unwrap();
+        assert_eq!(at("fmt", "pass"), at("clippy", "FAIL"));
+        assert_eq!(at("fmt", "pass"), at("test", "skipped"));
+        let md = summary_markdown(&reports);
+        assert!(md.contains("| clippy | FAIL | 3.0s | `cargo clippy` failed |"), "{md}");
+    }
+
+    /// Every `--only` list in the GitHub workflow names real steps, and together they run
+    /// every step of `cargo xtask ci`: the list comes from the enum itself.
+    #[test]
+    fn the_ci_workflow_runs_every_step() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.github/workflows/ci.yml");
+        let workflow = std::fs::read_to_string(path).unwrap();
+        let mut named = std::collections::BTreeSet::new();
+        for line in workflow.lines().filter(|l| l.contains("cargo xtask ci")) {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            for flag in ["--only", "--skip", "--require"] {
+                if let Some(i) = words.iter().position(|w| *w == flag) {
+                    for step in words[i + 1].split(',') {
+                        let known = CiStep::all().iter().any(|s| s.name() == step);
+                        assert!(known, "ci.yml: `{flag} {step}` is not a ci step");
+                        if flag == "--only" {
+                            named.insert(step.to_owned());
+                        }
+                    }
+                }
+            }
+        }
+        for step in CiStep::all() {
+            assert!(named.contains(&step.name()), "the ci workflow never runs the `{}` step", step.name());
+        }
+    }
+}

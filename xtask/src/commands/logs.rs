@@ -1,0 +1,20 @@
+//! `cargo xtask logs`: the stack's logs, optionally followed.
+
+use anyhow::Result;
+use xshell::Shell;
+
+use crate::flags::Logs;
+use crate::outside::docker::{self, Compose};
+use crate::outside::process;
+
+impl Logs {
+    pub fn run(self, sh: &Shell) -> Result<()> {
+        let compose = Compose::app(docker::connect(sh)?);
+        // Runs with the terminal's stdin, so Ctrl-C and paging behave as in a shell; Ctrl-C
+        // is how following ends, not a failure.
+        match process::run(sh, &compose.logs(self.service.as_deref(), self.follow, Some(self.tail))) {
+            Err(_) if process::interrupted() => Ok(()),
+            other => other,
+        }
+    }
+}

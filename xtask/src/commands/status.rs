@@ -1,0 +1,163 @@
+//! `cargo xtask status`: what runs, from which image, how healthy, for how long.
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use anyhow::{Context, Result};
+use serde::Deserialize;
+use xshell::Shell;
+
+use crate::flags::Status;
+use crate::outside::docker::{self, Compose};
+use crate::outside::process::{self, Cmd};
+use crate::targets::compose;
+use crate::time;
+
+/// One container, as `docker inspect` describes it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Row {
+    pub service: String,
+    pub name: String,
+    pub image: String,
+    pub state: String,
+    pub health: String,
+    pub uptime: String,
+}
+
+impl Status {
+    pub fn run(self, sh: &Shell) -> Result<()> {
+        let stack = Compose::app(docker::connect(sh)?);
+        let ids: Vec<String> = compose::containers(sh, &stack)?.into_iter().map(|c| c.id).collect();
+        if ids.is_empty() {
+            process::result(&format!(
+                "no containers in project {} (start it with `cargo xtask up`)",
+                stack.project
+            ));
+            return Ok(());
+        }
+        let inspected = process::query(sh, &Cmd::new("docker").arg("inspect").args(ids))?;
+        let rows = rows_from_inspect(&inspected, SystemTime::now())?;
+        process::result(&table(&rows));
+        Ok(())
+    }
+}
+
+/// A container as `docker inspect` describes it, as far as the table needs.
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Inspected {
+    name: String,
+    config: InspectedConfig,
+    state: InspectedState,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct InspectedConfig {
+    image: String,
+    #[serde(default)]
+    labels: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct InspectedState {
+    status: String,
+    started_at: String,
+    health: Option<Health>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Health {
+    status: String,
+}
+
+pub fn rows_from_inspect(json: &str, now: SystemTime) -> Result<Vec<Row>> {
+    let containers: Vec<Inspected> = serde_json::from_str(json).context("docker inspect printed bad JSON")?;
+    Ok(containers
+        .into_iter()
+        .map(|c| {
+            let running = c.state.status == "running";
+            let uptime = match time::parse_rfc3339(&c.state.started_at) {
+                Some(started) if running => time::age(started, now),
+                _ => "-".to_owned(),
+            };
+            let labels = c.config.labels.unwrap_or_default();
+            Row {
+                service: labels.get("com.docker.compose.service").cloned().unwrap_or_else(|| "-".into()),
+                name: c.name.trim_start_matches('/').to_owned(),
+                image: c.config.image,
+                state: c.state.status,
+                health: c.state.health.map_or_else(|| "none".to_owned(), |h| h.status),
+                uptime,
+            }
+        })
+        .collect())
+}
+
+pub fn table(rows: &[Row]) -> String {
+    let header = Row {
+        service: "SERVICE".into(),
+        name: "CONTAINER".into(),
+        image: "IMAGE".into(),
+        state: "STATE".into(),
+        health: "HEALTH".into(),
+        uptime: "UPTIME".into(),
+    };
+    let all: Vec<&Row> = std::iter::once(&header).chain(rows).collect();
+    let width = |f: fn(&Row) -> &str| all.iter().map(|r| f(r).len()).max().unwrap_or(0);
+    let (ws, wn, wi, wst, wh) = (
+        width(|r| &r.service),
+        width(|r| &r.name),
+        width(|r| &r.image),
+        width(|r| &r.state),
+        width(|r| &r.health),
+    );
+    all.iter()
+        .map(|r| {
+            format!(
+                "{:ws$}  {:wn$}  {:wi$}  {:wst$}  {:wh$}  {}",
+                r.service, r.name, r.image, r.state, r.health, r.uptime
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inspect_output_becomes_rows() {
+        let json = r#"[{
+            "Name": "/logbook-logbook-1",
+            "Config": {"Image": "logbook:0123456789ab", "Labels": {"com.docker.compose.service": "logbook"}},
+            "State": {"Status": "running", "StartedAt": "2026-11-23T10:00:00.123456789Z", "Health": {"Status": "healthy"}}
+        }, {
+            "Name": "/other", "Config": {"Image": "x", "Labels": {}},
+            "State": {"Status": "exited", "StartedAt": "2026-11-23T09:00:00Z"}
+        }]"#;
+        let now = time::parse_rfc3339("2026-11-23T10:04:12Z").unwrap();
+        let rows = rows_from_inspect(json, now).unwrap();
+        assert_eq!(
+            rows[0],
+            Row {
+                service: "logbook".into(),
+                name: "logbook-logbook-1".into(),
+                image: "logbook:0123456789ab".into(),
+                state: "running".into(),
+                health: "healthy".into(),
+                uptime: "4m 11s".into(),
+            }
+        );
+        assert_eq!((rows[1].health.as_str(), rows[1].uptime.as_str()), ("none", "-"));
+        let table = table(&rows);
+        assert!(table.starts_with("SERVICE  CONTAINER"), "{table}");
+        assert!(
+            table.contains("logbook  logbook-logbook-1  logbook:0123456789ab  running  healthy  4m 11s"),
+            "{table}"
+        );
+    }
+}

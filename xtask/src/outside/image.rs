@@ -1,0 +1,239 @@
+//! Images: what goes into this tree's image, building it (or reusing it), and finding the
+//! one a `--tag` names.
+
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use xshell::Shell;
+
+use super::docker;
+use super::process::{self, Cmd};
+use crate::flags::Builder;
+use crate::project;
+
+/// The OCI label holding the git revision an image was built from.
+pub const REVISION_LABEL: &str = "org.opencontainers.image.revision";
+
+/// What goes into an image: its tags and the facts its labels and `/version` carry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImagePlan {
+    /// `logbook:<short sha>[-dirty]`
+    pub tag: String,
+    pub revision: String,
+    pub version: String,
+    /// The commit's time: reproducible, so an unchanged tree reuses every cached layer.
+    pub created: String,
+    pub source: String,
+    pub rust_image: Option<String>,
+    /// Also tag `logbook:latest` (not for throwaway test images).
+    pub tag_latest: bool,
+}
+
+impl ImagePlan {
+    /// Reads the facts from git and the manifests. Read-only, so it runs under `--dry-run`.
+    pub fn from_repo(sh: &Shell) -> Result<Self> {
+        let git = |args: &[&str]| process::query(sh, &Cmd::new("git").args(args.iter().copied()));
+        let short = git(&["rev-parse", "--short=12", "HEAD"])
+            .context("cannot read the git revision (is this a git checkout with a commit?)")?;
+        let full = git(&["rev-parse", "HEAD"])?;
+        let dirty = !git(&["status", "--porcelain"])?.is_empty();
+        let created = git(&["show", "-s", "--format=%ct", "HEAD"])?
+            .parse::<u64>()
+            .map(crate::time::unix_to_rfc3339)
+            .context("cannot read the commit time")?;
+        let suffix = if dirty { "-dirty" } else { "" };
+        let manifest = sh
+            .read_file(format!("{}/Cargo.toml", project::NAME))
+            .context("cannot read the service manifest")?;
+        let workspace = sh.read_file("Cargo.toml").context("cannot read Cargo.toml")?;
+        Ok(ImagePlan {
+            tag: format!("{}:{short}{suffix}", project::NAME),
+            revision: format!("{full}{suffix}"),
+            version: toml_string(&manifest, "version").unwrap_or_else(|| "unknown".into()),
+            created,
+            source: toml_string(&workspace, "repository").unwrap_or_default(),
+            rust_image: std::env::var("RUST_IMAGE").ok().filter(|v| !v.is_empty()),
+            tag_latest: true,
+        })
+    }
+
+    /// A throwaway image of the same sources: its own tag, and a revision compiled in that
+    /// `/version` tells apart from this one. Never tagged `latest`.
+    pub fn variant(&self, suffix: &str) -> ImagePlan {
+        ImagePlan {
+            tag: format!("{}-{suffix}", self.tag),
+            revision: format!("{}-{suffix}", self.revision),
+            tag_latest: false,
+            ..self.clone()
+        }
+    }
+
+    pub fn latest(&self) -> String {
+        format!("{}:latest", project::NAME)
+    }
+
+    pub fn is_dirty(&self) -> bool {
+        self.tag.ends_with("-dirty")
+    }
+}
+
+/// The first `key = "value"` in a manifest: enough for `version` and `repository`.
+fn toml_string(manifest: &str, key: &str) -> Option<String> {
+    manifest.lines().find_map(|line| {
+        let (k, v) = line.split_once('=')?;
+        (k.trim() == key).then(|| v.trim().trim_matches('"').to_owned()).filter(|v| !v.is_empty())
+    })
+}
+
+pub fn build_image(plan: &ImagePlan, builder: Builder) -> Cmd {
+    let build_args = plan
+        .rust_image
+        .as_deref()
+        .map(|image| ("RUST_IMAGE", image))
+        .into_iter()
+        .chain([("VERSION", plan.version.as_str()), ("REVISION", &plan.revision), ("CREATED", &plan.created)])
+        .chain((!plan.source.is_empty()).then_some(("SOURCE", plan.source.as_str())));
+    let mut cmd = Cmd::new("docker").args(["build", "--file", "Dockerfile", "--tag", &plan.tag]);
+    if plan.tag_latest {
+        cmd = cmd.args(["--tag", &plan.latest()]);
+    }
+    for (key, value) in build_args {
+        cmd = cmd.args(["--build-arg".to_owned(), format!("{key}={value}")]);
+    }
+    let buildkit = match builder {
+        Builder::Buildkit => "1",
+        Builder::Classic => "0",
+    };
+    cmd.arg(".").env("DOCKER_BUILDKIT", buildkit)
+}
+
+/// The variable a broken test image sets to a value the service refuses. None of the
+/// compose file, the swarm stack or the manifests sets it, so it cannot be overridden.
+pub const BROKEN_SETTING: &str = "LOGBOOK_LOG_FORMAT";
+
+/// Builds `tag` from `image` with a setting the service rejects, so it never gets ready:
+/// the stand-in for a bad release in smoke tests and drills.
+pub fn build_broken_image(sh: &Shell, image: &str, tag: &str) -> Result<()> {
+    let dir = sh.create_temp_dir()?;
+    sh.write_file(dir.path().join("Dockerfile"), format!("FROM {image}\nENV {BROKEN_SETTING}=yaml\n"))?;
+    let context = dir.path().display().to_string();
+    process::run(sh, &Cmd::new("docker").args(["build", "--quiet", "--tag", tag, &context]))
+}
+
+/// The git revision `image` was built from, by its label; "unknown" when it has none.
+pub fn revision(sh: &Shell, image: &str) -> String {
+    let format = format!("{{{{index .Config.Labels \"{REVISION_LABEL}\"}}}}");
+    process::query(sh, &docker::inspect_format(image, &format))
+        .ok()
+        .filter(|r| !r.is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Builds `plan`'s image and prints its tags, size and build time.
+pub fn build(sh: &Shell, plan: &ImagePlan, builder: Builder) -> Result<()> {
+    let started = Instant::now();
+    process::run(sh, &build_image(plan, builder))?;
+    let size: f64 = process::observe(
+        sh,
+        &Cmd::new("docker").args(["image", "inspect", "--format", "{{.Size}}", &plan.tag]),
+    )?
+    .parse()
+    .unwrap_or(0.0);
+    let also = if plan.tag_latest { format!(" (also {})", plan.latest()) } else { String::new() };
+    process::result(&format!(
+        "built {}{also}: {:.1} MB in {:.1}s",
+        plan.tag,
+        size / 1e6,
+        started.elapsed().as_secs_f64()
+    ));
+    Ok(())
+}
+
+/// The image for the current tree: reused when a clean tree's tag exists, else built.
+pub fn ensure(sh: &Shell, no_build: bool) -> Result<String> {
+    let plan = ImagePlan::from_repo(sh)?;
+    if no_build {
+        if !docker::image_exists(sh, &plan.tag) {
+            bail!(
+                "image {} does not exist and --no-build was given: run `cargo xtask build` first",
+                plan.tag
+            );
+        }
+        return Ok(plan.tag);
+    }
+    if !plan.is_dirty() && docker::image_exists(sh, &plan.tag) {
+        process::say(&format!("image {} is up to date", plan.tag));
+        return Ok(plan.tag);
+    }
+    build(sh, &plan, Builder::Buildkit)?;
+    Ok(plan.tag)
+}
+
+/// The image a `--tag` names: `abc` is `logbook:abc`; one from a registry is pulled when
+/// it is not here yet.
+pub fn resolve(sh: &Shell, tag: &str) -> Result<String> {
+    let image = project::image_name(tag);
+    if docker::image_exists(sh, &image) {
+        return Ok(image);
+    }
+    if image.contains('/') {
+        process::run(sh, &Cmd::new("docker").args(["pull", &image]))?;
+        return Ok(image);
+    }
+    bail!("image {image} does not exist: `docker image ls {}` lists what there is", project::NAME)
+}
+
+/// The image a `--tag` names, or this tree's (built if needed) without one.
+pub fn tag_or_tree(sh: &Shell, tag: Option<&str>) -> Result<String> {
+    match tag {
+        Some(tag) => resolve(sh, tag),
+        None => ensure(sh, false),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(rust_image: Option<&str>) -> ImagePlan {
+        ImagePlan {
+            tag: "logbook:0123456789ab".into(),
+            revision: "0123456789abcdef0123456789abcdef01234567".into(),
+            version: "0.1.0".into(),
+            created: "2026-11-23T10:00:00Z".into(),
+            source: "https://example.org/logbook".into(),
+            rust_image: rust_image.map(Into::into),
+            tag_latest: true,
+        }
+    }
+
+    #[test]
+    fn build_tags_labels_and_passes_the_base_image_override() {
+        assert_eq!(
+            build_image(&plan(Some("mirror.local/rust:1.95-slim-bookworm")), Builder::Buildkit).to_string(),
+            "DOCKER_BUILDKIT=1 docker build --file Dockerfile --tag logbook:0123456789ab --tag logbook:latest \
+             --build-arg RUST_IMAGE=mirror.local/rust:1.95-slim-bookworm --build-arg VERSION=0.1.0 \
+             --build-arg REVISION=0123456789abcdef0123456789abcdef01234567 \
+             --build-arg CREATED=2026-11-23T10:00:00Z --build-arg SOURCE=https://example.org/logbook ."
+        );
+        let classic = build_image(&ImagePlan { tag_latest: false, ..plan(None) }, Builder::Classic);
+        assert!(!classic.to_string().contains("latest"));
+        assert!(!classic.to_string().contains("RUST_IMAGE"));
+        assert_eq!(classic.env, [("DOCKER_BUILDKIT".to_owned(), "0".to_owned())]);
+    }
+
+    #[test]
+    fn a_variant_has_its_own_tag_and_revision_and_never_latest() {
+        let v2 = plan(None).variant("drill-v2");
+        assert_eq!(v2.tag, "logbook:0123456789ab-drill-v2");
+        assert_eq!(v2.revision, "0123456789abcdef0123456789abcdef01234567-drill-v2");
+        assert!(!build_image(&v2, Builder::Buildkit).to_string().contains("logbook:latest"));
+    }
+
+    #[test]
+    fn manifest_values_are_read() {
+        let manifest = "[package]\nname = \"logbook\"\nversion = \"0.3.1\"\n";
+        assert_eq!(toml_string(manifest, "version").as_deref(), Some("0.3.1"));
+        assert_eq!(toml_string(manifest, "repository"), None);
+    }
+}

@@ -1,0 +1,9 @@
+//! Everything that talks to the world outside the runner: processes (and the dry-run
+//! policy that decides whether they run), Docker and Compose, images, HTTP, and the
+//! other tools it uses. Nothing here knows about releases, targets or checks.
+
+pub mod docker;
+pub mod http;
+pub mod image;
+pub mod process;
+pub mod tools;

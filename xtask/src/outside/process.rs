@@ -1,0 +1,592 @@
+//! The policy layer between tasks and process spawning.
+//!
+//! Tasks describe external commands as [`Cmd`] values, built by plain functions that tests
+//! can inspect. [`Runner`] decides what happens to them: echo, run, or (with `--dry-run`)
+//! only print. It also owns GitHub Actions log groups and progress on long waits.
+
+use std::fmt;
+use std::io::IsTerminal;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use xshell::Shell;
+
+/// An external command: program, arguments and extra environment. Nothing runs until a
+/// [`Runner`] is given it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cmd {
+    pub program: String,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+}
+
+impl Cmd {
+    pub fn new(program: impl Into<String>) -> Self {
+        Cmd { program: program.into(), args: Vec::new(), env: Vec::new() }
+    }
+
+    pub fn arg(mut self, arg: impl Into<String>) -> Self {
+        self.args.push(arg.into());
+        self
+    }
+
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// The argv as one vector, for assertions.
+    #[cfg(test)]
+    pub fn argv(&self) -> Vec<&str> {
+        std::iter::once(self.program.as_str()).chain(self.args.iter().map(String::as_str)).collect()
+    }
+
+    fn to_xshell<'a>(&self, sh: &'a Shell) -> xshell::Cmd<'a> {
+        let mut cmd = sh.cmd(&self.program).args(&self.args).quiet();
+        for (k, v) in &self.env {
+            cmd = cmd.env(k, v);
+        }
+        cmd
+    }
+}
+
+/// Shell-style rendering, so a printed command can be pasted into a terminal.
+impl fmt::Display for Cmd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let words = self
+            .env
+            .iter()
+            .map(|(k, v)| format!("{k}={}", quote(v)))
+            .chain(std::iter::once(quote(&self.program)))
+            .chain(self.args.iter().map(|a| quote(a)));
+        let words: Vec<String> = words.collect();
+        f.write_str(&words.join(" "))
+    }
+}
+
+fn quote(word: &str) -> String {
+    let plain =
+        !word.is_empty() && word.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=@,+%^".contains(c));
+    if plain { word.to_owned() } else { format!("'{}'", word.replace('\'', r"'\''")) }
+}
+
+static RUNNER: std::sync::OnceLock<Runner> = std::sync::OnceLock::new();
+
+/// Sets the process-wide policy from the global flags; called once by `main`.
+pub fn init(dry_run: bool) {
+    let _ = RUNNER.set(Runner::new(dry_run));
+}
+
+/// The process-wide policy (see [`init`]).
+fn runner() -> &'static Runner {
+    RUNNER.get_or_init(|| Runner::new(false))
+}
+
+/// [`Runner::run`] under the process-wide policy.
+pub fn run(sh: &Shell, cmd: &Cmd) -> Result<()> {
+    runner().run(sh, cmd)
+}
+
+/// [`Runner::run_cleanup`] under the process-wide policy.
+pub fn run_cleanup(sh: &Shell, cmd: &Cmd) -> Result<()> {
+    runner().run_cleanup(sh, cmd)
+}
+
+/// [`Runner::capture`] under the process-wide policy.
+pub fn capture(sh: &Shell, cmd: &Cmd) -> Result<String> {
+    runner().capture(sh, cmd)
+}
+
+/// [`Runner::run_with_input`] under the process-wide policy.
+pub fn run_with_input(sh: &Shell, cmd: &Cmd, input: &str) -> Result<()> {
+    runner().run_with_input(sh, cmd, input)
+}
+
+/// [`Runner::run_to_file`] under the process-wide policy.
+pub fn run_to_file(cmd: &Cmd, file: &Path) -> Result<()> {
+    runner().run_to_file(cmd, file)
+}
+
+/// [`Runner::group`] under the process-wide policy.
+pub fn group<T>(title: &str, body: impl FnOnce() -> T) -> T {
+    runner().group(title, body)
+}
+
+/// Why a dry run stops: the next step needs the effect of a command that was only printed
+/// (a container to wait for, the output of a build). `main` reports it as the normal end
+/// of a dry run.
+#[derive(Debug)]
+pub struct DryRunEnd {
+    /// What the runner would have done next, for the closing line.
+    pub next: String,
+}
+
+impl fmt::Display for DryRunEnd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "dry run ends here: next the runner would {}, which needs the commands above to have run",
+            self.next
+        )
+    }
+}
+
+impl std::error::Error for DryRunEnd {}
+
+/// Runs, echoes or only prints commands, according to the global flags. Commands that
+/// change something go through it; read-only queries ([`query`]) always run.
+pub struct Runner {
+    dry_run: bool,
+    /// True under GitHub Actions: steps become collapsible log groups.
+    github_actions: bool,
+    /// Changes printed but not made (dry run): what follows them cannot be observed.
+    skipped: AtomicUsize,
+    /// Changes made for real: whether a guard has anything to clean up.
+    made: AtomicUsize,
+}
+
+impl Runner {
+    pub fn new(dry_run: bool) -> Self {
+        Runner {
+            dry_run,
+            github_actions: std::env::var("GITHUB_ACTIONS").is_ok_and(|v| v == "true"),
+            skipped: AtomicUsize::new(0),
+            made: AtomicUsize::new(0),
+        }
+    }
+
+    /// Echoes a change; true when it must really be made (false: a dry run, counted).
+    fn change(&self, shown: &str) -> bool {
+        say(&format!("$ {shown}"));
+        if self.dry_run {
+            self.skipped.fetch_add(1, Ordering::SeqCst);
+            return false;
+        }
+        self.made.fetch_add(1, Ordering::SeqCst);
+        true
+    }
+
+    /// Ends a dry run before a step that would observe skipped changes.
+    fn observable(&self, next: impl FnOnce() -> String) -> Result<()> {
+        if self.skipped.load(Ordering::SeqCst) > 0 {
+            return Err(DryRunEnd { next: next() }.into());
+        }
+        Ok(())
+    }
+
+    /// Echoes `cmd`, then runs it with inherited stdio (unless dry-run).
+    /// After Ctrl-C, refuses to start anything new.
+    pub fn run(&self, sh: &Shell, cmd: &Cmd) -> Result<()> {
+        if interrupted() {
+            bail!("interrupted; not running `{cmd}`");
+        }
+        let result = self.run_cleanup(sh, cmd);
+        if result.is_err() && interrupted() {
+            bail!("interrupted during `{cmd}`");
+        }
+        result
+    }
+
+    /// [`Runner::run`], even after Ctrl-C: for teardown and diagnostics.
+    pub fn run_cleanup(&self, sh: &Shell, cmd: &Cmd) -> Result<()> {
+        if !self.change(&cmd.to_string()) {
+            return Ok(());
+        }
+        // Through std, so the child inherits stdin too (xshell would give it a null one).
+        let mut command: std::process::Command = cmd.to_xshell(sh).into();
+        let status = command.status().map_err(|e| spawn_error(cmd, &e))?;
+        check_status(cmd, status)
+    }
+
+    /// Echoes `cmd`, runs it and returns its trimmed stdout. A dry run ends here, since
+    /// the output cannot be had without running it. For commands that change things; see
+    /// [`query`] otherwise.
+    pub fn capture(&self, sh: &Shell, cmd: &Cmd) -> Result<String> {
+        if !self.change(&cmd.to_string()) {
+            return Err(DryRunEnd { next: format!("use what `{}` prints", cmd.program) }.into());
+        }
+        query(sh, cmd)
+    }
+
+    /// Echoes `cmd < (input)` and runs it with `input` on its stdin (unless dry-run). The
+    /// input is never echoed: it may be a secret.
+    pub fn run_with_input(&self, sh: &Shell, cmd: &Cmd, input: &str) -> Result<()> {
+        if !self.change(&format!("{cmd} < (input)")) {
+            return Ok(());
+        }
+        query_with_input(sh, cmd, input).map(drop)
+    }
+
+    /// Echoes `cmd > file`, then runs it with stdout written to `file` (unless dry-run).
+    pub fn run_to_file(&self, cmd: &Cmd, file: &Path) -> Result<()> {
+        if !self.change(&format!("{cmd} > {}", quote(&file.display().to_string()))) {
+            return Ok(());
+        }
+        let mut expression =
+            duct::cmd(&cmd.program, &cmd.args).stdout_path(file).stderr_capture().unchecked();
+        for (k, v) in &cmd.env {
+            expression = expression.env(k, v);
+        }
+        let output = expression.run().map_err(|e| spawn_error(cmd, &e))?;
+        if !output.status.success() {
+            bail!(
+                "`{cmd}` failed ({}): {}",
+                exit_description(output.status),
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+
+    /// Wraps `body` in a GitHub Actions log group, or a plain header line elsewhere.
+    pub fn group<T>(&self, title: &str, body: impl FnOnce() -> T) -> T {
+        if self.github_actions {
+            say(&format!("::group::{title}"));
+        } else {
+            say(&format!("==> {title}"));
+        }
+        let result = body();
+        if self.github_actions {
+            say("::endgroup::");
+        }
+        result
+    }
+}
+
+/// A read-only command that reads what earlier commands of this run changed (the size of
+/// the image just built, say): [`query`], except that a dry run ends here.
+pub fn observe(sh: &Shell, cmd: &Cmd) -> Result<String> {
+    runner().observable(|| format!("read `{cmd}`"))?;
+    query(sh, cmd)
+}
+
+/// Ends a dry run before a step that depends on what the commands above changed;
+/// does nothing in a real run. `next` says what that step is.
+pub fn needs_effects(next: &str) -> Result<()> {
+    runner().observable(|| next.to_owned())
+}
+
+/// Whether `error` is, or wraps, the end of a dry run: not a failure to handle (no restore,
+/// no diagnosis), but the end of what can be shown.
+pub fn is_dry_run_end(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| cause.is::<DryRunEnd>())
+}
+
+/// Whether this run has changed anything for real: a guard with nothing started has
+/// nothing to undo.
+pub fn changed_anything() -> bool {
+    runner().made.load(Ordering::SeqCst) > 0
+}
+
+/// Creates `dir` and its parents (echoed as `mkdir -p`; not under --dry-run).
+pub fn create_dir_all(dir: &Path) -> Result<()> {
+    if runner().change(&format!("mkdir -p {}", quote(&dir.display().to_string()))) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Writes `contents` to `path` whole (echoed; not under --dry-run): beside it first, synced,
+/// then renamed into place, so a crash or Ctrl-C leaves the old file or the new one.
+pub fn write_file(path: &Path, contents: &str) -> Result<()> {
+    if !runner().change(&format!("write {}", quote(&path.display().to_string()))) {
+        return Ok(());
+    }
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let write = || -> std::io::Result<()> {
+        use std::io::Write;
+        std::fs::create_dir_all(dir)?;
+        let partial = path.with_extension("partial");
+        let mut file = std::fs::File::create(&partial)?;
+        file.write_all(contents.as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&partial, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    };
+    write().with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// What `main` makes of a subcommand's result: its exit code, and the error printed as a
+/// command line tool prints it (the message and its causes on one line). A backtrace is
+/// shown only when asked for with XTASK_BACKTRACE=1, whatever RUST_BACKTRACE says.
+pub fn finish(result: Result<()>) -> std::process::ExitCode {
+    let dry_run_note = || {
+        let skipped = runner().skipped.load(Ordering::SeqCst);
+        if runner().dry_run {
+            say(&format!("dry run: {skipped} change(s) printed above, none made"));
+        }
+    };
+    match result {
+        Ok(()) => {
+            dry_run_note();
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) if is_dry_run_end(&e) => {
+            if let Some(end) = e.chain().find_map(|c| c.downcast_ref::<DryRunEnd>()) {
+                say(&end.to_string());
+            }
+            dry_run_note();
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            if std::env::var("XTASK_BACKTRACE").is_ok_and(|v| v == "1") {
+                say(&format!("error: {e:?}"));
+            } else {
+                say(&format!("error: {e:#}"));
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs a read-only command silently and returns its trimmed stdout. Runs even under
+/// `--dry-run`, since it changes nothing; a failure includes the command's stderr.
+pub fn query(sh: &Shell, cmd: &Cmd) -> Result<String> {
+    let output = cmd.to_xshell(sh).ignore_status().output().map_err(|e| spawn_error(cmd, &e))?;
+    if !output.status.success() {
+        // Most tools explain themselves on stderr; some (validators) on stdout.
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let said = if stderr.trim().is_empty() { String::from_utf8_lossy(&output.stdout) } else { stderr };
+        bail!("`{cmd}` failed ({}): {}", exit_description(output.status), said.trim());
+    }
+    Ok(String::from_utf8(output.stdout)
+        .with_context(|| format!("`{cmd}` printed non-UTF-8"))?
+        .trim()
+        .to_owned())
+}
+
+/// A read-only check (a linter, a validator): echoed, and run even under --dry-run, since
+/// it changes nothing. A failure carries the tool's own explanation.
+pub fn check(sh: &Shell, cmd: &Cmd) -> Result<()> {
+    echo(cmd);
+    query(sh, cmd).map(drop)
+}
+
+/// [`query`], with `input` on the command's stdin.
+pub fn query_with_input(sh: &Shell, cmd: &Cmd, input: &str) -> Result<String> {
+    let output = cmd.to_xshell(sh).stdin(input).ignore_status().output().map_err(|e| spawn_error(cmd, &e))?;
+    if !output.status.success() {
+        bail!(
+            "`{cmd}` failed ({}): {}{}",
+            exit_description(output.status),
+            String::from_utf8_lossy(&output.stdout).trim(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
+/// Whether `cmd` runs and exits 0, quietly. For probing tools.
+pub fn succeeds(sh: &Shell, cmd: &Cmd) -> bool {
+    cmd.to_xshell(sh)
+        .ignore_status()
+        .ignore_stdout()
+        .ignore_stderr()
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn check_status(cmd: &Cmd, status: std::process::ExitStatus) -> Result<()> {
+    if status.success() { Ok(()) } else { bail!("`{cmd}` failed ({})", exit_description(status)) }
+}
+
+fn exit_description(status: std::process::ExitStatus) -> String {
+    match status.code() {
+        Some(code) => format!("exit code {code}"),
+        None => "killed by a signal".to_owned(),
+    }
+}
+
+fn spawn_error(cmd: &Cmd, e: &dyn fmt::Display) -> anyhow::Error {
+    anyhow::anyhow!("cannot run `{}`: {e}. Is {} installed and on PATH?", cmd, cmd.program)
+}
+
+/// Prints the command about to run, shell-style, on stderr.
+pub fn echo(cmd: &Cmd) {
+    say(&format!("$ {cmd}"));
+}
+
+/// One plain line on stdout: a result the user asked for. A closed pipe (`| head`) is
+/// the reader's choice, so write errors are ignored rather than panicking as `println!` would.
+/// After a change that a dry run only printed, there is no real result to report, so
+/// nothing is printed.
+pub fn result(line: &str) {
+    use std::io::Write;
+    if runner().skipped.load(Ordering::SeqCst) > 0 {
+        return;
+    }
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
+}
+
+/// Set by SIGINT or SIGTERM, so long waits stop and RAII guards get to clean up.
+static INTERRUPTED: std::sync::LazyLock<std::sync::Arc<std::sync::atomic::AtomicBool>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// Turns the first Ctrl-C (or SIGTERM) into an error at the next wait, so cleanup runs;
+/// a second one exits at once.
+pub fn install_interrupt_handler() {
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        let _ = signal_hook::flag::register_conditional_shutdown(signal, 130, INTERRUPTED.clone());
+        let _ = signal_hook::flag::register(signal, INTERRUPTED.clone());
+    }
+}
+
+/// Forgets an interrupt that has been handled (say, by starting a restore), so the
+/// restore's own waits can run; a further Ctrl-C interrupts those.
+pub fn clear_interrupt() {
+    INTERRUPTED.store(false, std::sync::atomic::Ordering::SeqCst);
+}
+
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// One plain line on stderr: progress and diagnostics, never results.
+#[allow(clippy::print_stderr)]
+pub fn say(line: &str) {
+    eprintln!("{line}");
+}
+
+/// Polls `check` until it yields a value or `timeout` passes. Shows a spinner on a
+/// terminal, and a plain line every few seconds elsewhere (CI logs). A dry run that has
+/// skipped a change ends here: there is nothing to wait for.
+pub fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    interval: Duration,
+    mut check: impl FnMut() -> Result<Option<T>>,
+) -> Result<T> {
+    runner().observable(|| format!("wait for {what}"))?;
+    let started = Instant::now();
+    let spinner = std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.enable_steady_tick(Duration::from_millis(100));
+        bar
+    });
+    let mut last_line = Instant::now();
+    let result = loop {
+        if interrupted() {
+            break Err(anyhow::anyhow!("interrupted while waiting for {what}"));
+        }
+        match check() {
+            Ok(Some(value)) => break Ok(value),
+            Ok(None) => {}
+            Err(e) => break Err(e),
+        }
+        let elapsed = started.elapsed();
+        if elapsed >= timeout {
+            break Err(anyhow::anyhow!("timed out after {}s waiting for {what}", timeout.as_secs()));
+        }
+        match &spinner {
+            Some(bar) => bar.set_message(format!("waiting for {what} ({}s)", elapsed.as_secs())),
+            None if last_line.elapsed() >= Duration::from_secs(5) => {
+                say(&format!(
+                    "  still waiting for {what} ({}s of {}s)",
+                    elapsed.as_secs(),
+                    timeout.as_secs()
+                ));
+                last_line = Instant::now();
+            }
+            None => {}
+        }
+        std::thread::sleep(interval);
+    };
+    if let Some(bar) = spinner {
+        bar.finish_and_clear();
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_quotes_only_what_needs_it() {
+        let cmd = Cmd::new("docker")
+            .args(["build", "--label", "org.opencontainers.image.title=logbook", "."])
+            .arg("it's here")
+            .arg("")
+            .env("DOCKER_BUILDKIT", "1");
+        assert_eq!(
+            cmd.to_string(),
+            r"DOCKER_BUILDKIT=1 docker build --label org.opencontainers.image.title=logbook . 'it'\''s here' ''"
+        );
+    }
+
+    #[test]
+    fn dry_run_runs_nothing_and_ends_where_an_effect_is_needed() {
+        let sh = Shell::new().unwrap();
+        let dir = sh.create_temp_dir().unwrap();
+        let runner = Runner::new(true);
+        runner.observable(|| "nothing".into()).unwrap();
+        runner.run(&sh, &Cmd::new("false")).unwrap();
+        runner.run_to_file(&Cmd::new("false"), &dir.path().join("out")).unwrap();
+        assert!(!dir.path().join("out").exists());
+        let end = runner.capture(&sh, &Cmd::new("no-such-program")).unwrap_err();
+        assert!(end.downcast_ref::<DryRunEnd>().is_some(), "{end}");
+        let end = runner.observable(|| "wait for the service".into()).unwrap_err();
+        assert_eq!(
+            end.to_string(),
+            "dry run ends here: next the runner would wait for the service, which needs the commands above to have run"
+        );
+        assert_eq!((runner.skipped.load(Ordering::SeqCst), runner.made.load(Ordering::SeqCst)), (3, 0));
+    }
+
+    #[test]
+    fn a_real_run_counts_what_it_changed() {
+        let sh = Shell::new().unwrap();
+        let runner = Runner::new(false);
+        runner.run(&sh, &Cmd::new("true")).unwrap();
+        assert_eq!(runner.capture(&sh, &Cmd::new("echo").arg("out")).unwrap(), "out");
+        runner.observable(|| unreachable!()).unwrap();
+        assert_eq!((runner.skipped.load(Ordering::SeqCst), runner.made.load(Ordering::SeqCst)), (0, 2));
+    }
+
+    #[test]
+    fn files_are_written_whole() {
+        let sh = Shell::new().unwrap();
+        let dir = sh.create_temp_dir().unwrap();
+        let path = dir.path().join("state/releases.json");
+        write_file(&path, "one").unwrap();
+        write_file(&path, "two").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "two");
+        assert_eq!(std::fs::read_dir(path.parent().unwrap()).unwrap().count(), 1, "no partial file left");
+    }
+
+    #[test]
+    fn failures_name_the_command_and_its_exit_code() {
+        let sh = Shell::new().unwrap();
+        let runner = Runner::new(false);
+        let err = runner.run(&sh, &Cmd::new("sh").args(["-c", "exit 3"])).unwrap_err().to_string();
+        assert_eq!(err, "`sh -c 'exit 3'` failed (exit code 3)");
+        let err = runner.run(&sh, &Cmd::new("no-such-program-xyz")).unwrap_err().to_string();
+        assert!(err.contains("Is no-such-program-xyz installed"), "{err}");
+        let err = query(&sh, &Cmd::new("sh").args(["-c", "echo oops >&2; exit 1"])).unwrap_err().to_string();
+        assert!(err.contains("exit code 1") && err.contains("oops"), "{err}");
+    }
+
+    #[test]
+    fn wait_for_polls_until_ready_or_deadline() {
+        let mut calls = 0;
+        let value = wait_for("three calls", Duration::from_secs(5), Duration::from_millis(1), || {
+            calls += 1;
+            Ok((calls == 3).then_some(calls))
+        })
+        .unwrap();
+        assert_eq!(value, 3);
+        let err = wait_for("never", Duration::from_millis(30), Duration::from_millis(5), || Ok(None::<()>));
+        assert!(err.unwrap_err().to_string().contains("timed out"));
+    }
+}

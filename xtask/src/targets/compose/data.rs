@@ -1,0 +1,155 @@
+//! The compose stack's data: a consistent copy of the live database out of the running
+//! service, and a verified backup put back in, both through the image's own binary so
+//! the host needs no SQLite.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+use xshell::Shell;
+
+use crate::outside::docker::{self, Compose};
+use crate::outside::process::{self, Cmd};
+use crate::project;
+use crate::release::History;
+
+/// What a verified database file holds, as `logbook verify` reports it.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct FileReport {
+    pub entries: i64,
+    pub bytes: u64,
+}
+
+/// Streams `logbook backup --to -` out of the running service into `out` (through a
+/// `.partial` file), verifies the copy with the same image, then renames it into place.
+pub fn backup(sh: &Shell, compose: &Compose, out: &Path) -> Result<FileReport> {
+    if out.exists() {
+        bail!("{} already exists; choose another --out", out.display());
+    }
+    let container = super::container_id(sh, compose)?.with_context(|| {
+        format!("project {} is not running: start it with `cargo xtask up`", compose.project)
+    })?;
+    let image = super::running_image(sh, compose)?.unwrap_or_default();
+    let dir = out.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    process::create_dir_all(dir)?;
+    let partial = PathBuf::from(format!("{}.partial", out.display()));
+    let result = process::run_to_file(&exec_backup(&container), &partial)
+        .and_then(|()| verify(sh, &image, &partial))
+        .and_then(|report| {
+            std::fs::rename(&partial, out).with_context(|| format!("cannot rename to {}", out.display()))?;
+            Ok(report)
+        });
+    if result.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    result
+}
+
+pub fn exec_backup(container: &str) -> Cmd {
+    Cmd::new("docker").args(["exec", container, "/logbook", "backup", "--to", "-"])
+}
+
+/// `logbook verify` in a throwaway container of `image`, with the file's directory
+/// mounted read-only and no network: no SQLite is needed on the host.
+pub fn verify_in_container(image: &str, file: &Path) -> Result<Cmd> {
+    let (mount, path) = docker::mount_file_dir(file, "/check")?;
+    Ok(docker::one_off(image, &[mount], &["verify".to_owned(), path]))
+}
+
+/// Verifies `file` with `image`'s own `logbook verify`; the error says why it was refused.
+pub fn verify(sh: &Shell, image: &str, file: &Path) -> Result<FileReport> {
+    let cmd = verify_in_container(image, file)?;
+    process::needs_effects(&format!("verify {}", file.display()))?;
+    process::echo(&cmd);
+    let output = process::query(sh, &cmd).map_err(|e| {
+        let reason = format!("{e:#}");
+        let reason =
+            reason.lines().rev().find(|l| l.contains("logbook:")).unwrap_or(&reason).trim().to_owned();
+        anyhow::anyhow!("{} is not a usable logbook database: {reason}", file.display())
+    })?;
+    serde_json::from_str(&output).context("logbook verify printed bad JSON")
+}
+
+/// What `logbook restore` reports.
+#[derive(Debug, Deserialize)]
+struct RestoreReport {
+    entries: i64,
+    previous: Option<String>,
+}
+
+/// Verifies `file` first (nothing is stopped for a bad file), stops the service, replaces
+/// the database through a one-off container of the same image (which keeps the old one
+/// as a `.bak` in the volume), starts the service and waits until it is ready.
+pub fn restore(
+    sh: &Shell,
+    compose: &Compose,
+    history_file: &Path,
+    file: &Path,
+    timeout: Duration,
+) -> Result<String> {
+    let size = std::fs::metadata(file)
+        .map(|m| m.len())
+        .with_context(|| format!("cannot read {}", file.display()))?;
+    if size == 0 {
+        bail!("{} is empty; nothing was changed", file.display());
+    }
+    let image = match super::running_image(sh, compose) {
+        Ok(Some(image)) => image,
+        _ => History::load(history_file)?.current().map(|r| r.image.clone()).with_context(|| {
+            format!(
+                "project {} has no running service and no release history: `cargo xtask up` first",
+                compose.project
+            )
+        })?,
+    };
+    verify(sh, &image, file).map_err(|e| e.context("refused; nothing was changed"))?;
+    let volume = format!("{}_data", compose.project);
+
+    process::run(sh, &compose.cmd(&["stop", project::NAME]))?;
+    let restored = process::capture(sh, &restore_in_container(&image, &volume, file)?);
+    // Whatever happened, the service comes back: on the restored data, or on the old data
+    // (a failed restore changes nothing).
+    let compose = compose.clone().var("LOGBOOK_IMAGE", &image);
+    process::run(sh, &compose.up())?;
+    super::wait_ready(sh, &compose, timeout)?;
+    let report: RestoreReport =
+        serde_json::from_str(&restored?).context("logbook restore printed bad JSON")?;
+    Ok(format!(
+        "restored {} entries from {} into volume {volume}; the replaced database is kept there as {}",
+        report.entries,
+        file.display(),
+        report.previous.as_deref().unwrap_or("(there was none)")
+    ))
+}
+
+pub fn restore_in_container(image: &str, volume: &str, file: &Path) -> Result<Cmd> {
+    let (mount, path) = docker::mount_file_dir(file, "/restore")?;
+    Ok(docker::one_off(
+        image,
+        &[format!("{volume}:/data"), mount],
+        &["restore".to_owned(), "--from".to_owned(), path],
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_are_exact() {
+        assert_eq!(exec_backup("abc123").to_string(), "docker exec abc123 /logbook backup --to -");
+        assert_eq!(
+            verify_in_container("logbook:1", Path::new("/srv/backups/x.db")).unwrap().to_string(),
+            "docker run --rm --network none --volume /srv/backups:/check:ro logbook:1 verify /check/x.db"
+        );
+    }
+
+    #[test]
+    fn command_is_exact() {
+        assert_eq!(
+            restore_in_container("logbook:1", "logbook_data", Path::new("/srv/b/x.db")).unwrap().to_string(),
+            "docker run --rm --network none --volume logbook_data:/data --volume /srv/b:/restore:ro logbook:1 restore --from /restore/x.db"
+        );
+    }
+}

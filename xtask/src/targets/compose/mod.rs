@@ -1,0 +1,232 @@
+//! The compose target: the stack on this Docker engine. This file knows the stack (its
+//! settings, containers, readiness, and a guard that tears it down); [`switch`] moves it
+//! between releases, [`data`] copies its database out and back, and [`monitoring`] adds
+//! Prometheus and Grafana beside it.
+
+pub mod data;
+pub mod monitoring;
+pub mod switch;
+
+use std::net::{IpAddr, TcpListener};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use xshell::Shell;
+
+use crate::outside::docker::{self, Compose, PsEntry};
+use crate::outside::http;
+use crate::outside::process::{self, Cmd};
+use crate::project;
+
+/// A variable as `compose` will see it: set on the command, else in the environment, else
+/// in `.env`, else `default`.
+pub fn setting(sh: &Shell, compose: &Compose, key: &str, default: &str) -> String {
+    if let Some((_, value)) = compose.env.iter().find(|(k, _)| k == key) {
+        return value.clone();
+    }
+    if let Ok(value) = std::env::var(key) {
+        return value;
+    }
+    let dotenv = sh.read_file(".env").unwrap_or_default();
+    dotenv
+        .lines()
+        .filter_map(|l| l.trim().split_once('='))
+        .find(|(k, _)| k.trim() == key)
+        .map(|(_, v)| v.trim().trim_matches(|c| c == '"' || c == '\'').to_owned())
+        .unwrap_or_else(|| default.to_owned())
+}
+
+/// Fails, naming the port and the variable, when something else holds the host port that
+/// `compose` would publish.
+pub fn ensure_host_port_free(sh: &Shell, compose: &Compose) -> Result<()> {
+    let bind = setting(sh, compose, "LOGBOOK_HOST_BIND", "127.0.0.1");
+    let port = setting(sh, compose, "LOGBOOK_HOST_PORT", &project::DEFAULT_HOST_PORT.to_string());
+    let port: u16 =
+        port.parse().map_err(|_| anyhow::anyhow!("LOGBOOK_HOST_PORT={port} is not a port number"))?;
+    ensure_port_free(&bind, port)
+}
+
+fn ensure_port_free(bind: &str, port: u16) -> Result<()> {
+    let ip: IpAddr =
+        bind.parse().with_context(|| format!("LOGBOOK_HOST_BIND={bind} is not an IP address"))?;
+    if TcpListener::bind((ip, port)).is_err() {
+        bail!(
+            "host port {bind}:{port} is already in use: set LOGBOOK_HOST_PORT to a free port (in the environment or .env)"
+        );
+    }
+    Ok(())
+}
+
+pub fn containers(sh: &Shell, compose: &Compose) -> Result<Vec<PsEntry>> {
+    docker::parse_ps(&process::query(sh, &compose.ps_json())?)
+}
+
+/// The service's container id, if it exists.
+pub fn container_id(sh: &Shell, compose: &Compose) -> Result<Option<String>> {
+    Ok(containers(sh, compose)?.into_iter().find(|c| c.service == project::NAME).map(|c| c.id))
+}
+
+/// The image the service container runs now, if it exists.
+pub fn running_image(sh: &Shell, compose: &Compose) -> Result<Option<String>> {
+    match container_id(sh, compose)? {
+        Some(id) => Ok(Some(process::query(sh, &docker::inspect_format(&id, "{{.Config.Image}}"))?)),
+        None => Ok(None),
+    }
+}
+
+/// The release history of `compose`'s project.
+pub fn history_path(sh: &Shell, compose: &Compose) -> std::path::PathBuf {
+    crate::release::history_path(&sh.current_dir(), &compose.project)
+}
+
+/// `host:port` where the service is published, as Compose reports it.
+pub fn published_addr(sh: &Shell, compose: &Compose) -> Result<String> {
+    let mapping = process::query(sh, &compose.port(project::NAME, project::CONTAINER_PORT))?;
+    let (host, port) =
+        mapping.rsplit_once(':').with_context(|| format!("unexpected port mapping {mapping:?}"))?;
+    let host = match host {
+        "0.0.0.0" | "" => "127.0.0.1",
+        "[::]" | "::" => "[::1]",
+        other => other,
+    };
+    Ok(format!("{host}:{port}"))
+}
+
+/// Polls `/readyz` at the published address until it answers 200, and returns that
+/// address. Fails early, with the last log lines, if the container exits or restarts, and
+/// at `timeout` otherwise.
+pub fn wait_ready(sh: &Shell, compose: &Compose, timeout: Duration) -> Result<String> {
+    let mut last_state_check = Instant::now();
+    let mut addr = None;
+    let waited = process::wait_for("the service to be ready", timeout, Duration::from_millis(100), || {
+        // Known once the container runs; a container that died early never publishes it.
+        if addr.is_none() {
+            addr = published_addr(sh, compose).ok();
+        }
+        if let Some(addr) = &addr
+            && http::get(addr, "/readyz", Duration::from_secs(2)).is_ok_and(|r| r.status == 200)
+        {
+            return Ok(Some(addr.clone()));
+        }
+        if last_state_check.elapsed() >= Duration::from_secs(1) {
+            last_state_check = Instant::now();
+            if let Some(c) = containers(sh, compose)?.iter().find(|c| c.service == project::NAME) {
+                match c.state.as_str() {
+                    "restarting" => bail!("the container keeps exiting and restarting"),
+                    "exited" | "dead" => bail!("the container is {} (exit code {})", c.state, c.exit_code),
+                    _ => {}
+                }
+            }
+        }
+        Ok(None)
+    });
+    waited.map_err(|e| {
+        if process::is_dry_run_end(&e) {
+            return e;
+        }
+        let logs =
+            process::query(sh, &compose.logs(Some(project::NAME), false, Some(15))).unwrap_or_default();
+        anyhow::anyhow!("{} did not become ready: {e:#}\nlast log lines:\n{logs}", project::NAME)
+    })
+}
+
+/// Prints what an operator needs when a stack is unhealthy: recent logs and the health log.
+pub fn diagnose(sh: &Shell, compose: &Compose) {
+    process::say(&format!("--- last log lines of project {} ---", compose.project));
+    let _ = process::run_cleanup(sh, &compose.logs(None, false, Some(50)));
+    if let Ok(Some(id)) = container_id(sh, compose) {
+        let health =
+            process::query(sh, &docker::inspect_format(&id, "{{json .State.Health}}")).unwrap_or_default();
+        process::say(&format!("--- health log ---\n{health}"));
+    }
+}
+
+/// What a [`StackGuard`] does when dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnDrop {
+    /// On failure only: print diagnostics and stop the stack, keeping its volumes.
+    DownIfFailed,
+    /// On failure only: print diagnostics; leave the stack as it is.
+    DiagnoseIfFailed,
+    /// Always remove the stack and its volumes; print diagnostics first on failure.
+    /// Only for throwaway projects (smoke tests).
+    RemoveWithVolumes,
+}
+
+/// Tears down or explains a stack however the code leaves scope: errors, panics and
+/// interrupts included. Call [`StackGuard::succeeded`] on the success path.
+pub struct StackGuard<'a> {
+    sh: &'a Shell,
+    compose: Compose,
+    on_drop: OnDrop,
+    failed: bool,
+    extra_images: Vec<String>,
+}
+
+impl<'a> StackGuard<'a> {
+    pub fn new(sh: &'a Shell, compose: &Compose, on_drop: OnDrop) -> Self {
+        StackGuard { sh, compose: compose.clone(), on_drop, failed: true, extra_images: Vec::new() }
+    }
+
+    /// An image to remove with the stack (throwaway test images).
+    pub fn remove_image(&mut self, image: &str) {
+        self.extra_images.push(image.to_owned());
+    }
+
+    pub fn succeeded(mut self) {
+        self.failed = false;
+    }
+}
+
+impl Drop for StackGuard<'_> {
+    fn drop(&mut self) {
+        // A dry run started nothing, so there is nothing to explain or remove.
+        if !process::changed_anything() {
+            return;
+        }
+        if self.failed {
+            diagnose(self.sh, &self.compose);
+        }
+        let down = match self.on_drop {
+            OnDrop::RemoveWithVolumes => Some(self.compose.down(true)),
+            OnDrop::DownIfFailed if self.failed => Some(self.compose.down(false)),
+            _ => None,
+        };
+        if let Some(Err(e)) = down.map(|down| process::run_cleanup(self.sh, &down)) {
+            process::say(&format!("cleanup failed: {e:#}"));
+        }
+        for image in &self.extra_images {
+            let _ =
+                process::run_cleanup(self.sh, &Cmd::new("docker").args(["image", "rm", "--force", image]));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_taken_port_is_named_with_its_variable() {
+        let held = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = held.local_addr().unwrap().port();
+        let err = ensure_port_free("127.0.0.1", port).unwrap_err().to_string();
+        assert!(err.contains(&port.to_string()) && err.contains("LOGBOOK_HOST_PORT"), "{err}");
+        drop(held);
+        ensure_port_free("127.0.0.1", port).unwrap();
+        assert!(ensure_port_free("localhost", port).is_err());
+    }
+
+    #[test]
+    fn settings_come_from_the_environment_then_dotenv() {
+        let sh = Shell::new().unwrap();
+        let dir = sh.create_temp_dir().unwrap();
+        sh.change_dir(dir.path());
+        sh.write_file(".env", "# comment\nLOGBOOK_TEST_ONLY_SETTING = \"9191\"\n").unwrap();
+        let compose = Compose::app(docker::ComposeProgram(vec!["docker".into(), "compose".into()]));
+        assert_eq!(setting(&sh, &compose, "LOGBOOK_TEST_ONLY_SETTING", "1"), "9191");
+        assert_eq!(setting(&sh, &compose, "LOGBOOK_TEST_ONLY_ABSENT", "8080"), "8080");
+        let compose = compose.var("LOGBOOK_TEST_ONLY_SETTING", "7070");
+        assert_eq!(setting(&sh, &compose, "LOGBOOK_TEST_ONLY_SETTING", "1"), "7070");
+    }
+}
