@@ -407,8 +407,8 @@ pub struct Deploy {
 
 #[derive(Debug, Subcommand)]
 pub enum DeployTarget {
-    /// The compose stack on this Docker engine: what `up` does.
-    Compose(DeployCompose),
+    /// The compose stack on this Docker engine: exactly what `up` does, with `up`'s flags.
+    Compose(Up),
     /// A Docker Swarm stack (deploy/swarm/stack.yml): a start-first rolling update that
     /// Swarm rolls back by itself if the new task is unhealthy. This engine must be a
     /// swarm manager.
@@ -416,22 +416,6 @@ pub enum DeployTarget {
     /// Kubernetes, through kubectl's current context: a kustomize overlay applied with
     /// `kubectl apply -k`, then `kubectl rollout status`.
     K8s(DeployK8s),
-}
-
-#[derive(Debug, Args)]
-pub struct DeployCompose {
-    /// The image tag to deploy (default: this tree's image, built if needed).
-    #[arg(long)]
-    pub tag: Option<String>,
-
-    /// Seconds to wait for /readyz to answer 200.
-    #[arg(long, default_value_t = 60)]
-    pub timeout: u64,
-
-    /// If the new image does not become ready, leave it in place instead of restoring the
-    /// previous one.
-    #[arg(long)]
-    pub no_rollback: bool,
 }
 
 #[derive(Debug, Args)]

@@ -18,13 +18,7 @@ use crate::outside::{image, process};
 impl Deploy {
     pub fn run(self, sh: &Shell) -> Result<()> {
         match self.target {
-            DeployTarget::Compose(flags) => compose::switch::up(
-                sh,
-                flags.tag.as_deref(),
-                false,
-                Duration::from_secs(flags.timeout),
-                !flags.no_rollback,
-            ),
+            DeployTarget::Compose(up) => up.run(sh),
             DeployTarget::Swarm(flags) => {
                 let stack = swarm::Stack::new(&flags.stack);
                 if flags.remove {

@@ -1,6 +1,6 @@
 //! Release policy: the history of what ran healthy, which release a rollback returns to,
 //! and what a switch does when the new image fails. Pure: no process, no Docker, no clock;
-//! the deploy targets ([`crate::targets`]) apply these decisions.
+//! the deploy targets apply these decisions.
 //!
 //! The history is a small JSON file per compose project or swarm stack, under the state
 //! directory (`.logbook/`, or `LOGBOOK_STATE_DIR`), replaced whole on every write:
