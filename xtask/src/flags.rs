@@ -142,10 +142,11 @@ pub struct Smoke {
 }
 
 /// Measure the service: GET and durable POST rates with wrk, p50/p99 latency, the same
-/// disk's raw SQLite rate (and the ratio), start-up time and idle stop time.
+/// disk's raw SQLite rate (and the ratio), start-up time and idle stop time, and the
+/// latency the proxy adds (GET through the stack's proxy, run from its image).
 ///
 /// Builds a release binary and runs it on a free loopback port with a fresh database.
-/// Needs wrk on PATH.
+/// Needs wrk on PATH; the proxy figures need Docker and the proxy image (CADDY_IMAGE).
 #[derive(Debug, Args)]
 pub struct Bench {
     /// Seconds for each load run (GET, POST, raw SQLite).
@@ -469,10 +470,10 @@ pub struct DeployK8s {
 }
 
 /// Prove Swarm deploys live on a one-node swarm (created for the drill if this engine is in
-/// none, and left again): v1 with entries, a rolling update to v2 while a client reads
-/// entries (with the routing mesh, no read may fail; without it, host mode and stop-first,
-/// failures are counted), an unhealthy image that Swarm rolls back, and the stack's removal
-/// keeping its volume. Cleans up everything it set up.
+/// none, and left again): v1 with entries, a start-first rolling update to v2 while a client
+/// appends and reads entries through the proxy (no request may fail, no entry may be lost),
+/// an unhealthy image that Swarm rolls back, and the stack's removal keeping its volume.
+/// Cleans up everything it set up.
 #[derive(Debug, Args)]
 pub struct SwarmDrill {
     /// Use the existing image for this tree as v1; fail if it has not been built.

@@ -6,9 +6,18 @@ pub const NAME: &str = "logbook";
 pub const CONTAINER_PORT: u16 = 8080;
 /// Host port when neither the environment nor `.env` sets `LOGBOOK_HOST_PORT`.
 pub const DEFAULT_HOST_PORT: u16 = 8080;
+/// The reverse proxy in front of the service: the only published port, and the port it
+/// listens on inside its container.
+pub const PROXY_SERVICE: &str = "proxy";
+pub const PROXY_PORT: u16 = 8080;
+/// The proxy's configuration, and its public image where CADDY_IMAGE names no other.
+pub const PROXY_CONFIG: &str = "deploy/proxy/Caddyfile";
+pub const DEFAULT_PROXY_IMAGE: &str = "caddy:2.11.7";
 /// The app stack's compose file, and its project name.
 pub const COMPOSE_FILE: &str = "docker-compose.yml";
 pub const COMPOSE_PROJECT: &str = NAME;
+/// HTTPS for a domain, layered on the app stack when LOGBOOK_DOMAIN is set.
+pub const TLS_COMPOSE_FILE: &str = "docker-compose.tls.yml";
 /// Prometheus and Grafana, layered on the app stack.
 pub const MONITORING_COMPOSE_FILE: &str = "docker-compose.monitoring.yml";
 /// The most the runtime image may weigh, in MB (checked by `cargo xtask audit-image`).

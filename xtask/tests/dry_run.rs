@@ -51,6 +51,20 @@ fn read_only(call: &str) -> bool {
             false
         }
         ["docker", "run", "--rm", "--network", "none", .., "verify", _] => true,
+        [
+            "docker",
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            ..,
+            "caddy",
+            "validate",
+            "--config",
+            _,
+            "--adapter",
+            "caddyfile",
+        ] => true,
         ["docker", first, ..] => {
             matches!(*first, "version" | "--version" | "inspect" | "info" | "history")
                 || call.starts_with("docker image inspect")
@@ -201,9 +215,17 @@ fn deploys_print_each_target_s_commands() {
     let images = [("FAKE_IMAGES", "logbook:0123456789ab")];
     let (ok, output) = fakes.xtask_with(&["deploy", "swarm", "--tag", "0123456789ab", "--dry-run"], &images);
     assert!(ok, "{output}");
+    let deploy = output.lines().find(|l| l.contains("docker stack deploy")).expect("no stack deploy printed");
+    // The proxy's configuration is a Swarm config named by its content's hash.
     assert!(
-        output.contains("$ LOGBOOK_IMAGE=logbook:0123456789ab docker stack deploy --compose-file deploy/swarm/stack.yml --resolve-image never logbook"),
-        "{output}"
+        deploy.starts_with("$ LOGBOOK_IMAGE=logbook:0123456789ab LOGBOOK_PROXY_CONFIG_HASH="),
+        "{deploy}"
+    );
+    assert!(
+        deploy.ends_with(
+            " docker stack deploy --compose-file deploy/swarm/stack.yml --resolve-image never logbook"
+        ),
+        "{deploy}"
     );
     let (ok, output) = fakes.xtask(&["deploy", "swarm", "--remove", "--volumes", "--yes", "--dry-run"]);
     assert!(ok && output.contains("$ docker stack rm logbook"), "{output}");

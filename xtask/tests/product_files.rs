@@ -40,6 +40,7 @@ fn every_yaml_product_file_parses() {
     for path in [
         "docker-compose.yml",
         "docker-compose.monitoring.yml",
+        "docker-compose.tls.yml",
         "monitoring/prometheus/prometheus.yml",
         "monitoring/prometheus/alerts.yml",
         "monitoring/prometheus/alerts.test.yml",
@@ -216,7 +217,7 @@ fn the_swarm_stack_is_one_pinned_replica_updated_start_first_with_rollback() {
     let deploy = &service["deploy"];
     assert_eq!(deploy["replicas"].as_i64(), Some(1));
     assert_eq!(deploy["placement"]["constraints"][0].as_str(), Some("node.labels.logbook.data == true"));
-    assert_eq!(deploy["update_config"]["order"].as_str(), Some("${LOGBOOK_UPDATE_ORDER:-start-first}"));
+    assert_eq!(deploy["update_config"]["order"].as_str(), Some("start-first"));
     assert_eq!(deploy["update_config"]["failure_action"].as_str(), Some("rollback"));
     assert!(deploy["update_config"]["monitor"].as_str().is_some());
     assert!(deploy["rollback_config"].as_hash().is_some());
@@ -253,5 +254,28 @@ fn overlays_change_only_the_image_tag_and_resources() {
         let patch = k["patches"][0]["patch"].as_str().unwrap();
         assert!(patch.contains("path: /spec/template/spec/containers/0/resources"), "{overlay}: {patch}");
         assert_eq!(k["patches"].as_vec().unwrap().len(), 1, "{overlay}");
+    }
+}
+
+/// The proxy alone publishes a port, in compose and in Swarm, and reaches the service by
+/// the name each orchestrator gives its containers.
+#[test]
+fn the_proxy_alone_publishes_the_service() {
+    let compose = yaml("docker-compose.yml");
+    let services = &compose["services"];
+    assert!(services["logbook"]["ports"].is_badvalue(), "the service publishes a port");
+    let proxy = &services["proxy"];
+    assert_eq!(proxy["ports"].as_vec().map(Vec::len), Some(1));
+    assert_eq!(proxy["environment"]["LOGBOOK_UPSTREAM"].as_str(), Some("logbook"));
+    assert_eq!(proxy["read_only"].as_bool(), Some(true));
+    assert_eq!(proxy["cap_drop"][0].as_str(), Some("ALL"));
+    let stack = yaml("deploy/swarm/stack.yml");
+    assert!(stack["services"]["logbook"]["ports"].is_badvalue(), "the swarm service publishes a port");
+    assert_eq!(stack["services"]["proxy"]["environment"]["LOGBOOK_UPSTREAM"].as_str(), Some("tasks.logbook"));
+    let caddyfile = std::fs::read_to_string(root().join("deploy/proxy/Caddyfile")).unwrap();
+    for setting in
+        ["dynamic a {$LOGBOOK_UPSTREAM:logbook}", "lb_try_duration", "health_uri /readyz", "dial_timeout"]
+    {
+        assert!(caddyfile.contains(setting), "the Caddyfile has no `{setting}`");
     }
 }

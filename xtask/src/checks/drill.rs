@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail, ensure};
 use xshell::Shell;
 
-use super::harness::{self, Checks};
+use super::harness::{self, Checks, Traffic, TrafficReport};
 use crate::flags::{Builder, Drill};
 use crate::outside::docker::{self, Compose};
 use crate::outside::image::{self, ImagePlan};
@@ -57,13 +57,18 @@ impl Drill {
         image::build(sh, &drill.v2, Builder::Buildkit)?;
         image::build_broken_image(sh, &drill.v1, &drill.broken)?;
         let mut checks = Checks::stop_at_first();
-        let rollback_took = drill.releases(&mut checks)?;
+        let (rollback_took, traffic) = drill.releases(&mut checks)?;
         drill.backup_and_restore(&mut checks, &state.path().join("drill-backup.db"))?;
         guard.succeeded();
         process::result(&format!(
-            "drill: all {} checks passed; rollback to v1 ready in {:.1}s; 0 of {FIRST_ENTRIES} entries lost",
+            "drill: all {} checks passed; rollback to v1 ready in {:.1}s; through three switches {} requests, \
+             {} failed, longest wait {} ms; 0 of {} acknowledged entries lost",
             checks.passed(),
-            rollback_took.as_secs_f64()
+            rollback_took.as_secs_f64(),
+            traffic.requests,
+            traffic.failed,
+            traffic.longest.as_millis(),
+            traffic.acknowledged.len() as i64 + FIRST_ENTRIES
         ));
         Ok(())
     }
@@ -74,8 +79,27 @@ impl Rehearsal<'_> {
         switch::switch(self.sh, &self.compose, &self.history, image, self.gate)
     }
 
-    /// v1, v2, rollback, and a broken image; returns how long the rollback took.
-    fn releases(&self, checks: &mut Checks) -> Result<Duration> {
+    /// Runs `operation` while a client appends and reads through the proxy; no request
+    /// may fail and every acknowledged entry must be there afterwards.
+    fn under_traffic<T>(
+        &self,
+        addr: &str,
+        label: &str,
+        operation: impl FnOnce() -> Result<T>,
+    ) -> Result<(T, TrafficReport)> {
+        let traffic = Traffic::start(addr, label, None);
+        let result = operation();
+        let report = traffic.stop()?;
+        let value = result?;
+        process::say(&format!("  traffic during {label}: {}", report.summary()));
+        report.expect_no_failures(label)?;
+        harness::expect_acknowledged(addr, &report.acknowledged)?;
+        Ok((value, report))
+    }
+
+    /// v1, then v2, rollback and a broken image, each under traffic; returns how long
+    /// the rollback took and the traffic seen throughout.
+    fn releases(&self, checks: &mut Checks) -> Result<(Duration, TrafficReport)> {
         let addr = checks.step("v1 deploys and takes 20 entries", || {
             let addr = self.switch(&self.v1)?;
             for i in 1..=FIRST_ENTRIES {
@@ -83,57 +107,84 @@ impl Rehearsal<'_> {
             }
             Ok(addr)
         })?;
-        checks.run("switching to v2 serves v2's revision", || {
-            self.switch(&self.v2.tag)?;
-            harness::expect_revision(&addr, &self.v2.revision)
+        let mut seen = TrafficReport::default();
+        let ((), traffic) =
+            checks.step("switching to v2 under traffic: v2 serves, no request fails", || {
+                self.under_traffic(&addr, "switch to v2", || {
+                    self.switch(&self.v2.tag)?;
+                    harness::expect_revision(&addr, &self.v2.revision)
+                })
+            })?;
+        seen.absorb(traffic);
+        let (took, traffic) =
+            checks.step("rollback under traffic brings v1 back, no request fails", || {
+                self.under_traffic(&addr, "rollback", || {
+                    let started = Instant::now();
+                    let image =
+                        switch::rollback(self.sh, &self.compose, &self.history, None, self.gate.timeout)?;
+                    let took = started.elapsed();
+                    ensure!(image == self.v1, "rolled back to {image}, expected {}", self.v1);
+                    harness::expect_revision(&addr, &self.v1_revision)?;
+                    Ok(took)
+                })
+            })?;
+        seen.absorb(traffic);
+        let ((), traffic) =
+            checks.step("a broken image never takes traffic: v1 keeps serving, no request fails", || {
+                self.under_traffic(&addr, "a broken release", || {
+                    let started = Instant::now();
+                    match self.switch(&self.broken) {
+                        Ok(_) => bail!("the broken image came up"),
+                        Err(e) => process::say(&format!(
+                            "  refused as expected after {:.1}s: {}",
+                            started.elapsed().as_secs_f64(),
+                            e.to_string().lines().next().unwrap_or_default()
+                        )),
+                    }
+                    let running = compose::running_image(self.sh, &self.compose)?;
+                    ensure!(running.as_deref() == Some(self.v1.as_str()), "v1 is not running: {running:?}");
+                    let current = History::load(&self.history)?.current().map(|r| r.image.clone());
+                    ensure!(
+                        current.as_deref() == Some(self.v1.as_str()),
+                        "the history records {current:?} as current"
+                    );
+                    harness::expect_revision(&addr, &self.v1_revision)
+                })
+            })?;
+        seen.absorb(traffic);
+        checks.run("every entry written before and during the switches is there", || {
+            let first: Vec<(i64, String)> = (1..=FIRST_ENTRIES).map(|i| (i, drill_text(i))).collect();
+            harness::expect_acknowledged(&addr, &first)?;
+            harness::expect_acknowledged(&addr, &seen.acknowledged)
         })?;
-        let took = checks.step("rollback brings v1 back, every entry intact", || {
-            let started = Instant::now();
-            let image = switch::rollback(self.sh, &self.compose, &self.history, None, self.gate.timeout)?;
-            let took = started.elapsed();
-            ensure!(image == self.v1, "rolled back to {image}, expected {}", self.v1);
-            harness::expect_revision(&addr, &self.v1_revision)?;
-            harness::expect_entries(&addr, FIRST_ENTRIES, drill_text)?;
-            Ok(took)
-        })?;
-        checks.run("a broken image is replaced by v1 automatically", || {
-            let started = Instant::now();
-            match self.switch(&self.broken) {
-                Ok(_) => bail!("the broken image came up"),
-                Err(e) => process::say(&format!(
-                    "  refused as expected after {:.1}s: {}",
-                    started.elapsed().as_secs_f64(),
-                    e.to_string().lines().next().unwrap_or_default()
-                )),
-            }
-            let running = compose::running_image(self.sh, &self.compose)?;
-            ensure!(running.as_deref() == Some(self.v1.as_str()), "v1 is not running");
-            harness::expect_revision(&addr, &self.v1_revision)?;
-            harness::expect_entries(&addr, FIRST_ENTRIES, drill_text)?;
-            let current = History::load(&self.history)?.current().map(|r| r.image.clone());
-            ensure!(
-                current.as_deref() == Some(self.v1.as_str()),
-                "the history records {current:?} as current"
-            );
-            Ok(())
-        })?;
-        Ok(took)
+        Ok((took, seen))
     }
 
     fn backup_and_restore(&self, checks: &mut Checks, file: &Path) -> Result<()> {
         checks.run("backup, more writes, restore: exactly the backed-up entries return", || {
             let addr = compose::published_addr(self.sh, &self.compose)?;
+            let before = harness::all_entries(&addr)?;
             let report = data::backup(self.sh, &self.compose, file)?;
-            ensure!(report.entries == FIRST_ENTRIES, "the backup holds {} entries", report.entries);
+            ensure!(
+                report.entries == before.len() as i64,
+                "the backup holds {} entries of {}",
+                report.entries,
+                before.len()
+            );
             for i in 1..=5 {
                 harness::append(&addr, &format!("after backup {i}"), None)?;
             }
-            let after = |i: i64| {
-                if i <= FIRST_ENTRIES { drill_text(i) } else { format!("after backup {}", i - FIRST_ENTRIES) }
-            };
-            harness::expect_entries(&addr, FIRST_ENTRIES + 5, after)?;
             data::restore(self.sh, &self.compose, &self.history, file, self.gate.timeout)?;
-            harness::expect_entries(&addr, FIRST_ENTRIES, drill_text)
+            let after: Vec<(i64, String)> =
+                harness::all_entries(&addr)?.into_iter().map(|e| (e.id, e.text)).collect();
+            let expected: Vec<(i64, String)> = before.into_iter().map(|e| (e.id, e.text)).collect();
+            ensure!(
+                after == expected,
+                "after the restore: {} entries, expected the {} backed up",
+                after.len(),
+                expected.len()
+            );
+            Ok(())
         })
     }
 }

@@ -2,7 +2,9 @@
 //! expectations on the running service, and the service run locally from cargo's build.
 
 use std::path::Path;
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use serde::Deserialize;
@@ -123,15 +125,10 @@ pub fn expect_revision(addr: &str, revision: &str) -> Result<()> {
     Ok(())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Entry {
     pub id: i64,
     pub text: String,
-}
-
-#[derive(Deserialize)]
-struct Page {
-    entries: Vec<Entry>,
 }
 
 pub fn expect_entry(addr: &str, id: i64, text: &str) -> Result<()> {
@@ -142,21 +139,25 @@ pub fn expect_entry(addr: &str, id: i64, text: &str) -> Result<()> {
     Ok(())
 }
 
-/// Exactly entries 1..=count, entry `i` reading `text(i)`.
-pub fn expect_entries(addr: &str, count: i64, text: impl Fn(i64) -> String) -> Result<()> {
-    let page: Page = serde_json::from_str(&http::get(addr, "/api/entries?limit=500", REQUEST_TIMEOUT)?.body)?;
-    let ids: Vec<i64> = page.entries.iter().map(|e| e.id).collect();
-    ensure!(ids == (1..=count).collect::<Vec<_>>(), "expected entries 1..={count}, found {ids:?}");
-    for entry in &page.entries {
-        ensure!(
-            entry.text == text(entry.id),
-            "entry {} reads {:?}, expected {:?}",
-            entry.id,
-            entry.text,
-            text(entry.id)
-        );
+/// Every entry the service holds, page by page.
+pub fn all_entries(addr: &str) -> Result<Vec<Entry>> {
+    #[derive(Deserialize)]
+    struct Listing {
+        entries: Vec<Entry>,
+        next_after: Option<i64>,
     }
-    Ok(())
+    let mut entries = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = http::get(addr, &format!("/api/entries?after={after}&limit=500"), REQUEST_TIMEOUT)?;
+        ensure!(page.status == 200, "listing entries answered {}: {}", page.status, page.body);
+        let listing: Listing = serde_json::from_str(&page.body)?;
+        entries.extend(listing.entries);
+        match listing.next_after {
+            Some(next) => after = next,
+            None => return Ok(entries),
+        }
+    }
 }
 
 /// Appends an entry, optionally with a bearer token; the new id.
@@ -170,13 +171,127 @@ pub fn append(addr: &str, text: &str, token: Option<&str>) -> Result<i64> {
     Ok(serde_json::from_str::<Entry>(&created.body)?.id)
 }
 
+/// A client that appends and reads entries continuously, as users would, while a release
+/// switches; [`Traffic::stop`] reports what it saw.
+pub struct Traffic {
+    running: Arc<AtomicBool>,
+    client: std::thread::JoinHandle<TrafficReport>,
+}
+
+/// What a [`Traffic`] client saw.
+#[derive(Debug, Default)]
+pub struct TrafficReport {
+    pub requests: usize,
+    /// Failed requests (no answer, or not the 2xx expected), the first few described.
+    pub failed: usize,
+    pub failures: Vec<String>,
+    /// The longest any one request waited for its answer.
+    pub longest: Duration,
+    /// Every append the service acknowledged with 201: id and text.
+    pub acknowledged: Vec<(i64, String)>,
+}
+
+impl Traffic {
+    /// Starts the client against `addr`; its entries read `<label> <n>`, appended with
+    /// `token` when the service requires one.
+    pub fn start(addr: &str, label: &str, token: Option<&str>) -> Self {
+        let running = Arc::new(AtomicBool::new(true));
+        let (addr, label, flag) = (addr.to_owned(), label.to_owned(), running.clone());
+        let token = token.map(str::to_owned);
+        let client = std::thread::spawn(move || {
+            let mut report = TrafficReport::default();
+            let mut n = 0;
+            while flag.load(Ordering::Relaxed) {
+                n += 1;
+                let text = format!("{label} {n}");
+                let started = Instant::now();
+                let appended = append(&addr, &text, token.as_deref());
+                report.note(started.elapsed(), appended.as_ref().err());
+                if let Ok(id) = appended {
+                    report.acknowledged.push((id, text.clone()));
+                    let started = Instant::now();
+                    let read = expect_entry(&addr, id, &text);
+                    report.note(started.elapsed(), read.as_ref().err());
+                }
+            }
+            report
+        });
+        Traffic { running, client }
+    }
+
+    pub fn stop(self) -> Result<TrafficReport> {
+        self.running.store(false, Ordering::Relaxed);
+        self.client.join().map_err(|_| anyhow::anyhow!("the traffic client panicked"))
+    }
+}
+
+impl TrafficReport {
+    /// Adds another run's figures to these.
+    pub fn absorb(&mut self, other: TrafficReport) {
+        self.requests += other.requests;
+        self.failed += other.failed;
+        self.failures.extend(other.failures);
+        self.longest = self.longest.max(other.longest);
+        self.acknowledged.extend(other.acknowledged);
+    }
+
+    fn note(&mut self, took: Duration, error: Option<&anyhow::Error>) {
+        self.requests += 1;
+        self.longest = self.longest.max(took);
+        if let Some(e) = error {
+            self.failed += 1;
+            if self.failures.len() < 5 {
+                self.failures.push(format!("{e:#}"));
+            }
+        }
+    }
+
+    /// Ok when no request failed, else the failures seen.
+    pub fn expect_no_failures(&self, during: &str) -> Result<()> {
+        ensure!(
+            self.failed == 0,
+            "{} of {} requests failed during {during}: {}",
+            self.failed,
+            self.requests,
+            self.failures.join("; ")
+        );
+        Ok(())
+    }
+
+    /// One line for the log: requests, failures, longest wait.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} requests, {} failed, longest wait {} ms, {} entries acknowledged",
+            self.requests,
+            self.failed,
+            self.longest.as_millis(),
+            self.acknowledged.len()
+        )
+    }
+}
+
+/// Every acknowledged entry is there, reading what was written.
+pub fn expect_acknowledged(addr: &str, acknowledged: &[(i64, String)]) -> Result<()> {
+    let held: std::collections::BTreeMap<i64, String> =
+        all_entries(addr)?.into_iter().map(|e| (e.id, e.text)).collect();
+    let lost: Vec<i64> =
+        acknowledged.iter().filter(|(id, text)| held.get(id) != Some(text)).map(|(id, _)| *id).collect();
+    ensure!(
+        lost.is_empty(),
+        "{} of {} acknowledged entries are lost: {lost:?}",
+        lost.len(),
+        acknowledged.len()
+    );
+    Ok(())
+}
+
 /// The service binary from this workspace, run on a free loopback port with a fresh
 /// database and only the settings given here (the caller's LOGBOOK_* are left out: a token
 /// would turn every POST into a 401). Killed when dropped.
 pub struct LocalService {
     handle: duct::Handle,
     pub addr: String,
-    pub started: std::time::Instant,
+    pub started: Instant,
 }
 
 /// Which build of the service to run.
@@ -200,7 +315,7 @@ impl LocalService {
         for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("LOGBOOK_")) {
             service = service.env_remove(key);
         }
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let handle = service
             .env("LOGBOOK_BIND", "127.0.0.1")
             .env("LOGBOOK_PORT", port.to_string())
@@ -211,16 +326,7 @@ impl LocalService {
             .start()
             .with_context(|| format!("cannot start {}", binary.display()))?;
         let service = LocalService { handle, addr: format!("127.0.0.1:{port}"), started };
-        process::wait_for(
-            "the service to be ready",
-            Duration::from_secs(20),
-            Duration::from_millis(1),
-            || {
-                Ok(http::get(&service.addr, "/readyz", Duration::from_secs(1))
-                    .is_ok_and(|r| r.status == 200)
-                    .then_some(()))
-            },
-        )?;
+        wait_ready_at(&service.addr, "the service to be ready")?;
         Ok(service)
     }
 
@@ -235,6 +341,13 @@ impl LocalService {
             Ok(self.handle.try_wait()?.map(|output| output.status))
         })
     }
+}
+
+/// Polls `addr`'s `/readyz` until it answers 200, for up to 20 s.
+pub fn wait_ready_at(addr: &str, what: &str) -> Result<()> {
+    process::wait_for(what, Duration::from_secs(20), Duration::from_millis(2), || {
+        Ok(http::get(addr, "/readyz", Duration::from_secs(1)).is_ok_and(|r| r.status == 200).then_some(()))
+    })
 }
 
 impl Drop for LocalService {

@@ -12,7 +12,10 @@ use crate::outside::docker::{self, Compose};
 use crate::outside::http;
 use crate::outside::process::{self, Cmd};
 use crate::outside::tools::{self, Tool};
+use crate::project;
+use crate::targets::compose;
 use crate::targets::compose::monitoring;
+use crate::targets::compose::switch;
 use crate::targets::k8s;
 
 const PROMETHEUS_DIR: &str = "monitoring/prometheus";
@@ -48,12 +51,22 @@ impl Lint {
 
 /// `install_missing`: install the linters that are missing (what `ci` does).
 pub fn lint(sh: &Shell, install_missing: bool) -> Result<()> {
-    let app = Compose::app(docker::connect(sh)?);
+    let app = compose::stack(sh, docker::connect(sh)?);
     let everything = monitoring::interpolable(sh, app.clone());
     let mut checks = Checks::keep_going();
     checks.run("docker-compose.yml", || process::check(sh, &app.cmd(&["config", "--quiet"])))?;
+    checks.run("docker-compose.yml + docker-compose.tls.yml", || {
+        let tls =
+            app.clone().with_file(project::TLS_COMPOSE_FILE).var("LOGBOOK_DOMAIN", "logbook.example.com");
+        process::check(sh, &tls.cmd(&["config", "--quiet"]))
+    })?;
     checks.run("docker-compose.yml + docker-compose.monitoring.yml", || {
         process::check(sh, &everything.cmd(&["config", "--quiet"]))
+    })?;
+    checks.run(project::PROXY_CONFIG, || {
+        let image = compose_image(sh, &app, project::PROXY_SERVICE)?;
+        ensure_local(sh, &image, "CADDY_IMAGE")?;
+        switch::validate_proxy_config(sh, &image)
     })?;
     match find_promtool(sh, &everything) {
         Ok(promtool) => {
@@ -139,19 +152,33 @@ fn find_promtool(sh: &Shell, compose: &Compose) -> Result<Promtool> {
     if tools::PROMTOOL.installed(sh) {
         return Ok(Promtool::Local);
     }
+    let image = compose_image(sh, compose, "prometheus")?;
+    ensure_local(sh, &image, "PROMETHEUS_IMAGE").context(
+        "no promtool here: install promtool (Debian: apt-get install prometheus), or make the Prometheus image available",
+    )?;
+    Ok(Promtool::Image { image, root: sh.current_dir().display().to_string() })
+}
+
+/// The image `service` runs, as the compose files resolve it.
+fn compose_image(sh: &Shell, compose: &Compose, service: &str) -> Result<String> {
     let config: serde_json::Value =
         serde_json::from_str(&process::query(sh, &compose.cmd(&["config", "--format", "json"]))?)?;
-    let image = config["services"]["prometheus"]["image"]
+    config["services"][service]["image"]
         .as_str()
-        .context("no Prometheus image in the compose file")?;
+        .map(str::to_owned)
+        .with_context(|| format!("no {service} image in the compose file"))
+}
+
+/// The image is here, or pulled; else an error naming the variable that overrides it.
+fn ensure_local(sh: &Shell, image: &str, variable: &str) -> Result<()> {
     if !docker::image_exists(sh, image)
         && process::run(sh, &Cmd::new("docker").args(["pull", image])).is_err()
     {
         bail!(
-            "no promtool here and the Prometheus image {image} is not present: install promtool (Debian: apt-get install prometheus), or pull the image, or set PROMETHEUS_IMAGE"
+            "the image {image} is neither here nor pullable: pull it, or set {variable} to an image you can reach"
         );
     }
-    Ok(Promtool::Image { image: image.to_owned(), root: sh.current_dir().display().to_string() })
+    Ok(())
 }
 
 /// Starts the service, reads its real `/metrics`, lints it with promtool, and checks that

@@ -9,7 +9,7 @@ use super::harness::{self, Checks, REQUEST_TIMEOUT};
 use crate::flags::Smoke;
 use crate::outside::docker::{self, Compose};
 use crate::outside::process::{self, Cmd};
-use crate::outside::{http, image};
+use crate::outside::{http, image, tools};
 use crate::project;
 use crate::targets::compose::{self, OnDrop, StackGuard, switch};
 
@@ -27,11 +27,19 @@ impl Smoke {
         process::run(sh, &compose.up())?;
         let container = container(sh, &compose)?;
         service_checks(sh, &compose, &image, &mut checks)?;
-        hardening_checks(sh, &container, &mut checks)?;
+        hardening_checks(sh, &compose, &container, &mut checks)?;
         lifecycle_checks(sh, &container, &mut checks)?;
         checks.run("a broken image fails to come up within the deadline, with its logs shown", || {
-            broken_image_is_refused(sh, program, &image)
+            broken_image_is_refused(sh, program.clone(), &image)
         })?;
+        if tools::CURL.installed(sh) {
+            checks.run(
+                "with LOGBOOK_DOMAIN, HTTPS is served (the proxy's own CA here) and HTTP redirects",
+                || https_is_served(sh, program, &image),
+            )?;
+        } else {
+            checks.skip("HTTPS through the proxy", &tools::CURL.fix());
+        }
         guard.succeeded();
         process::result(&format!(
             "smoke: all {} checks passed in {:.1}s",
@@ -80,7 +88,7 @@ fn service_checks(sh: &Shell, compose: &Compose, image: &str, checks: &mut Check
 }
 
 /// Non-root, read-only, no capabilities: from Docker's configuration and the kernel's view.
-fn hardening_checks(sh: &Shell, container: &str, checks: &mut Checks) -> Result<()> {
+fn hardening_checks(sh: &Shell, compose: &Compose, container: &str, checks: &mut Checks) -> Result<()> {
     checks.run("the service runs as a non-root user", || {
         let user = process::query(sh, &docker::inspect_format(container, "{{.Config.User}}"))?;
         ensure!(
@@ -107,6 +115,23 @@ fn hardening_checks(sh: &Shell, container: &str, checks: &mut Checks) -> Result<
             ensure!(field("CapEff:") == "0000000000000000", "effective capabilities {}", field("CapEff:"));
             ensure!(field("NoNewPrivs:") == "1", "NoNewPrivs is {}", field("NoNewPrivs:"));
         }
+        Ok(())
+    })?;
+    checks.run("only the proxy publishes a port, and it is hardened like the service", || {
+        let ports =
+            process::query(sh, &docker::inspect_format(container, "{{json .HostConfig.PortBindings}}"))?;
+        ensure!(matches!(ports.as_str(), "{}" | "null"), "the service publishes {ports}");
+        let proxy = compose::containers(sh, compose)?
+            .into_iter()
+            .find(|c| c.service == project::PROXY_SERVICE)
+            .context("no proxy container")?;
+        let format =
+            "{{.HostConfig.ReadonlyRootfs}} {{json .HostConfig.CapDrop}} {{json .HostConfig.SecurityOpt}}";
+        let host = process::query(sh, &docker::inspect_format(&proxy.id, format))?;
+        ensure!(
+            host.starts_with("true ") && host.contains("\"ALL\"") && host.contains("no-new-privileges"),
+            "the proxy runs with {host}"
+        );
         Ok(())
     })?;
     checks.run("writes outside /data and /tmp fail", || {
@@ -150,6 +175,62 @@ fn lifecycle_checks(sh: &Shell, container: &str, checks: &mut Checks) -> Result<
         process::say(&format!("  stopped in {} ms", took.as_millis()));
         Ok(())
     })
+}
+
+/// The TLS file layered on, with a certificate from the proxy's own CA (`tls internal`)
+/// for `logbook.localhost`: HTTPS answers, checked against that CA, and plain HTTP on the
+/// public port redirects to HTTPS.
+fn https_is_served(sh: &Shell, program: docker::ComposeProgram, image: &str) -> Result<()> {
+    let (http_port, https_port) = (http::free_port()?.to_string(), http::free_port()?.to_string());
+    let compose = harness::throwaway_project(program, "smoke-tls")?
+        .with_file(project::TLS_COMPOSE_FILE)
+        .var("LOGBOOK_DOMAIN", "logbook.localhost")
+        .var("LOGBOOK_TLS", "internal")
+        .var("LOGBOOK_PUBLIC_BIND", "127.0.0.1")
+        .var("LOGBOOK_HTTP_PORT", &http_port)
+        .var("LOGBOOK_HTTPS_PORT", &https_port)
+        .var("LOGBOOK_IMAGE", image);
+    let guard = StackGuard::new(sh, &compose, OnDrop::RemoveWithVolumes);
+    process::run(sh, &compose.up())?;
+    compose::wait_ready(sh, &compose, Duration::from_secs(30))?;
+    let dir = sh.create_temp_dir()?;
+    let ca = dir.path().join("root.crt");
+    let copy_ca =
+        compose.cmd(&["cp", "proxy:/data/caddy/pki/authorities/local/root.crt", &ca.display().to_string()]);
+    let resolve = |port: &str| format!("logbook.localhost:{port}:127.0.0.1");
+    let https = Cmd::new("curl")
+        .args(["--silent", "--show-error", "--output", "/dev/null", "--write-out", "%{http_code}"])
+        .args(["--cacert".to_owned(), ca.display().to_string(), "--resolve".to_owned(), resolve(&https_port)])
+        .arg(format!("https://logbook.localhost:{https_port}/readyz"));
+    // The CA and the certificate are made once the proxy starts; poll until both are there.
+    process::wait_for(
+        "the proxy's certificate",
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || {
+            Ok((process::query(sh, &copy_ca).is_ok()
+                && process::query(sh, &https).is_ok_and(|code| code == "200"))
+            .then_some(()))
+        },
+    )?;
+    let redirect = Cmd::new("curl")
+        .args([
+            "--silent",
+            "--output",
+            "/dev/null",
+            "--write-out",
+            "%{http_code} %{redirect_url}",
+            "--resolve",
+        ])
+        .arg(resolve(&http_port))
+        .arg(format!("http://logbook.localhost:{http_port}/readyz"));
+    let answer = process::query(sh, &redirect)?;
+    ensure!(
+        answer.ends_with(" https://logbook.localhost/readyz") && answer.starts_with('3'),
+        "plain HTTP answered {answer:?}, not a redirect to HTTPS"
+    );
+    guard.succeeded();
+    Ok(())
 }
 
 /// An image whose configuration is invalid must make `up` fail fast, naming the cause.

@@ -1,13 +1,11 @@
 //! `cargo xtask swarm-drill`: Swarm's rolling updates proven live, on a one-node swarm.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use xshell::Shell;
 
-use super::harness::{self, Checks, REQUEST_TIMEOUT};
+use super::harness::{self, Checks, Traffic};
 use crate::flags::{Builder, SwarmDrill};
 use crate::outside::image::{self, ImagePlan};
 use crate::outside::process::{self, Cmd};
@@ -78,15 +76,16 @@ impl Drop for SwarmSetup<'_> {
             let _ = process::run_cleanup(self.sh, &Cmd::new("docker").args(args.iter().copied()));
         };
         quiet(&["stack", "rm", &self.stack.name]);
-        // The volume is released once the stack's containers are gone.
-        let volume = format!("{}_data", self.stack.name);
-        let remove = Cmd::new("docker").args(["volume", "rm", &volume]);
-        let _ = process::wait_for(
-            "the stack's containers to go",
-            Duration::from_secs(60),
-            Duration::from_millis(250),
-            || Ok(process::succeeds(self.sh, &remove).then_some(())),
-        );
+        // The volumes are released once the stack's containers are gone.
+        let volumes = ["data", "proxy-data", "proxy-config"].map(|v| format!("{}_{v}", self.stack.name));
+        let gone = |volume: &String| {
+            !process::succeeds(self.sh, &Cmd::new("docker").args(["volume", "inspect", volume]))
+                || process::succeeds(self.sh, &Cmd::new("docker").args(["volume", "rm", volume]))
+        };
+        let wait = (Duration::from_secs(60), Duration::from_millis(250));
+        let _ = process::wait_for("the stack's containers to go", wait.0, wait.1, || {
+            Ok(volumes.iter().all(gone).then_some(()))
+        });
         quiet(&["secret", "rm", &self.secret]);
         for image in &self.images {
             quiet(&["image", "rm", "--force", image]);
@@ -100,32 +99,18 @@ impl Drop for SwarmSetup<'_> {
     }
 }
 
-/// What the update under load measured.
-struct UpdateUnderLoad {
-    took: Duration,
-    failed: usize,
-    total: usize,
-}
-
 impl SwarmDrill {
+    /// Sets up the swarm, then: v1 with entries, a rolling update to v2 under traffic, a
+    /// bad rollout rolled back, the stack removed with its volume kept. Each step is its
+    /// own check; the setup is undone however the drill ends.
     pub fn run(self, sh: &Shell) -> Result<()> {
         docker::connect(sh)?;
         let v1 = image::ensure(sh, self.no_build)?;
         let pid = std::process::id();
         let secret = format!("logbook_drill_{pid}");
-        let mut stack = Stack::new(&format!("logbookdrill{pid}"))
+        let stack = Stack::new(&format!("logbookdrill{pid}"))
             .var("LOGBOOK_HOST_PORT", &http::free_port()?.to_string())
             .var("LOGBOOK_API_TOKEN_SECRET", &secret);
-        // The routing mesh needs the kernel's IPVS. Without it, publish on the node and
-        // update stop-first (one task holds the port at a time), and say so.
-        let mesh = std::path::Path::new("/proc/net/ip_vs").exists();
-        if !mesh {
-            process::say(
-                "swarm-drill: this kernel has no IPVS, so Swarm's routing mesh cannot run here: \
-                 publishing in host mode with stop-first updates",
-            );
-            stack = stack.var("LOGBOOK_PUBLISH_MODE", "host").var("LOGBOOK_UPDATE_ORDER", "stop-first");
-        }
         let (mut setup, token) = SwarmSetup::prepare(sh, &stack, &secret)?;
         let plan = ImagePlan::from_repo(sh)?;
         let v2 = plan.variant("swarm-v2");
@@ -145,23 +130,24 @@ impl SwarmDrill {
             }
             Ok(addr)
         })?;
-        let update_check = if mesh {
-            "a start-first rolling update to v2 fails no request"
-        } else {
-            "a stop-first update to v2 completes (no routing mesh here: requests fail while no task runs)"
-        };
-        let update = checks.step(update_check, || {
-            let update =
-                update_under_load(&addr, || swarm::deploy(sh, &stack, &history, &v2.tag, timeout).map(drop))?;
-            harness::expect_revision(&addr, &v2.revision)?;
-            let UpdateUnderLoad { took, failed, total } = update;
-            process::say(&format!(
-                "  {failed} of {total} requests failed during the update, which took {:.1}s",
-                took.as_secs_f64()
-            ));
-            ensure!(!mesh || failed == 0, "{failed} of {total} requests failed during the rolling update");
-            Ok(update)
-        })?;
+        let (took, traffic) =
+            checks.step("a start-first rolling update to v2 under traffic fails no request", || {
+                let traffic = Traffic::start(&addr, "swarm update", Some(&token));
+                let started = Instant::now();
+                let deployed = swarm::deploy(sh, &stack, &history, &v2.tag, timeout);
+                let took = started.elapsed();
+                let traffic = traffic.stop()?;
+                deployed?;
+                process::say(&format!(
+                    "  traffic during the update ({:.1}s): {}",
+                    took.as_secs_f64(),
+                    traffic.summary()
+                ));
+                harness::expect_revision(&addr, &v2.revision)?;
+                traffic.expect_no_failures("the rolling update")?;
+                harness::expect_acknowledged(&addr, &traffic.acknowledged)?;
+                Ok((took, traffic))
+            })?;
         let restored_in =
             checks.step("an unhealthy image is rolled back by Swarm; v2 serves every entry", || {
                 bad_rollout_is_rolled_back(&addr, &v2.revision, timeout, || {
@@ -176,50 +162,18 @@ impl SwarmDrill {
             Ok(())
         })?;
         process::result(&format!(
-            "swarm-drill: all {} checks passed; {} update {:.1}s with {} of {} requests failed; \
-             bad rollout to v2 serving again in {:.1}s",
+            "swarm-drill: all {} checks passed; start-first update {:.1}s with {} of {} requests failed, \
+             longest wait {} ms; bad rollout to v2 serving again in {:.1}s",
             checks.passed(),
-            if mesh { "start-first" } else { "stop-first (host mode)" },
-            update.took.as_secs_f64(),
-            update.failed,
-            update.total,
+            took.as_secs_f64(),
+            traffic.failed,
+            traffic.requests,
+            traffic.longest.as_millis(),
             restored_in.as_secs_f64()
         ));
         drop(setup);
         Ok(())
     }
-}
-
-/// Runs `update` while a client reads entries as a client would, counting the failures.
-/// During a start-first handover the new task holds requests until it has the database.
-fn update_under_load(addr: &str, update: impl FnOnce() -> Result<()>) -> Result<UpdateUnderLoad> {
-    let polling = Arc::new(AtomicBool::new(true));
-    let (failed, total) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let poller = {
-        let (polling, failed, total, addr) =
-            (polling.clone(), failed.clone(), total.clone(), addr.to_owned());
-        std::thread::spawn(move || {
-            let mut n = 0;
-            while polling.load(Ordering::Relaxed) {
-                n = n % ENTRIES + 1;
-                total.fetch_add(1, Ordering::Relaxed);
-                let ok = http::get(&addr, &format!("/api/entries/{n}"), REQUEST_TIMEOUT)
-                    .is_ok_and(|r| r.status == 200);
-                if !ok {
-                    failed.fetch_add(1, Ordering::Relaxed);
-                }
-                // A steady client's pace, not a synchronisation.
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        })
-    };
-    let started = Instant::now();
-    let updated = update();
-    let took = started.elapsed();
-    polling.store(false, Ordering::Relaxed);
-    poller.join().map_err(|_| anyhow::anyhow!("the poller panicked"))?;
-    updated?;
-    Ok(UpdateUnderLoad { took, failed: failed.load(Ordering::Relaxed), total: total.load(Ordering::Relaxed) })
 }
 
 /// A deploy that must fail, after which `revision` serves every entry again; how long
@@ -242,7 +196,8 @@ fn bad_rollout_is_rolled_back(
         Ok(harness::expect_revision(addr, revision).is_ok().then_some(()))
     })?;
     let restored_in = started.elapsed();
-    harness::expect_entries(addr, ENTRIES, swarm_text)?;
+    let first: Vec<(i64, String)> = (1..=ENTRIES).map(|i| (i, swarm_text(i))).collect();
+    harness::expect_acknowledged(addr, &first)?;
     Ok(restored_in)
 }
 

@@ -6,14 +6,15 @@ use anyhow::Result;
 use xshell::Shell;
 
 use crate::flags::Backup;
-use crate::outside::docker::{self, Compose};
+use crate::outside::docker;
 use crate::outside::process;
 use crate::project;
+use crate::targets::compose;
 use crate::targets::compose::data;
 
 impl Backup {
     pub fn run(self, sh: &Shell) -> Result<()> {
-        let compose = Compose::app(docker::connect(sh)?);
+        let compose = compose::stack(sh, docker::connect(sh)?);
         let out = self.out.unwrap_or_else(|| default_backup_path(sh));
         let report = data::backup(sh, &compose, &out)?;
         process::result(&format!(

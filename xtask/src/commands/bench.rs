@@ -11,6 +11,8 @@ use crate::checks::harness::{self, LocalService, Profile};
 use crate::flags::Bench;
 use crate::outside::process::{self, Cmd};
 use crate::outside::tools::{self, cargo};
+use crate::outside::{docker, http};
+use crate::project;
 
 const POST_SCRIPT: &str = r#"wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
@@ -45,6 +47,13 @@ impl Bench {
             sh,
             &wrk(&format!("{url}/api/entries"), c, seconds, Some(&post_script)),
         )?)?;
+        let proxied = match LocalProxy::start(sh, &server.addr)? {
+            Some(proxy) => {
+                let proxied = format!("http://{}/api/entries/1", proxy.addr);
+                Some(parse_wrk(&process::capture(sh, &wrk(&proxied, c, seconds, None))?)?)
+            }
+            None => None,
+        };
 
         let term_sent = Instant::now();
         let exit = server.terminate(sh, Duration::from_secs(15))?;
@@ -61,6 +70,9 @@ impl Bench {
             .and_then(|v| v.parse::<f64>().ok())
             .with_context(|| format!("unexpected baseline output {raw:?}"))?;
         process::result(&report(c, &get, &post, raw_rows, startup, stop));
+        if let Some(proxied) = proxied {
+            process::result(&proxy_report(c, &get, &proxied));
+        }
         Ok(())
     }
 }
@@ -89,6 +101,61 @@ fn report(
         format!("SIGTERM to exit, idle:  {:.1} ms", stop.as_secs_f64() * 1e3),
     ]
     .join("\n")
+}
+
+fn proxy_report(c: u32, direct: &WrkResult, proxied: &WrkResult) -> String {
+    format!(
+        "GET  /api/entries/{{id}} through the proxy, {c} connections:  {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms\n\
+         added by the proxy:  p50 +{:.2} ms, p99 +{:.2} ms; throughput ratio proxied / direct {:.2}",
+        proxied.requests_per_sec,
+        proxied.p50_ms,
+        proxied.p99_ms,
+        proxied.p50_ms - direct.p50_ms,
+        proxied.p99_ms - direct.p99_ms,
+        proxied.requests_per_sec / direct.requests_per_sec
+    )
+}
+
+/// The stack's proxy (its image and `deploy/proxy/Caddyfile`) in front of a local service,
+/// on the host's network and a free port; removed when dropped.
+struct LocalProxy<'a> {
+    sh: &'a Shell,
+    name: String,
+    addr: String,
+}
+
+impl<'a> LocalProxy<'a> {
+    /// None, said in one line, where Docker or the proxy image is not available.
+    fn start(sh: &'a Shell, upstream: &str) -> Result<Option<Self>> {
+        let image = std::env::var("CADDY_IMAGE").unwrap_or_else(|_| project::DEFAULT_PROXY_IMAGE.to_owned());
+        if !docker::image_exists(sh, &image) {
+            process::say(&format!(
+                "bench: the proxy image {image} is not here (set CADDY_IMAGE); no proxied figures"
+            ));
+            return Ok(None);
+        }
+        let (_, upstream_port) = upstream.rsplit_once(':').context("the service has no port")?;
+        let port = http::free_port()?;
+        let name = format!("{}-bench-proxy-{}", project::NAME, std::process::id());
+        let config =
+            format!("{}/{}:/etc/caddy/Caddyfile:ro", sh.current_dir().display(), project::PROXY_CONFIG);
+        let run = Cmd::new("docker")
+            .args(["run", "--detach", "--rm", "--name", &name, "--network", "host", "--volume", &config])
+            .args(["--env".to_owned(), format!("LOGBOOK_SITE=:{port}")])
+            .args(["--env", "LOGBOOK_UPSTREAM=127.0.0.1"])
+            .args(["--env".to_owned(), format!("LOGBOOK_UPSTREAM_PORT={upstream_port}")])
+            .arg(image);
+        process::capture(sh, &run)?;
+        let proxy = LocalProxy { sh, name, addr: format!("127.0.0.1:{port}") };
+        harness::wait_ready_at(&proxy.addr, "the proxy to reach the service")?;
+        Ok(Some(proxy))
+    }
+}
+
+impl Drop for LocalProxy<'_> {
+    fn drop(&mut self) {
+        let _ = process::run_cleanup(self.sh, &Cmd::new("docker").args(["rm", "--force", &self.name]));
+    }
 }
 
 pub fn build_release() -> Cmd {

@@ -6,14 +6,15 @@ use anyhow::{Result, bail};
 use xshell::Shell;
 
 use crate::flags::Down;
-use crate::outside::docker::{self, Compose};
+use crate::outside::docker;
 use crate::outside::process;
+use crate::targets::compose;
 use crate::targets::compose::monitoring;
 
 impl Down {
     pub fn run(self, sh: &Shell) -> Result<()> {
         // Both files, so monitoring containers and volumes go too.
-        let compose = monitoring::interpolable(sh, Compose::app(docker::connect(sh)?));
+        let compose = monitoring::interpolable(sh, compose::stack(sh, docker::connect(sh)?));
         if self.volumes && !self.yes {
             confirm_volume_deletion(&compose.project)?;
         }

@@ -4,12 +4,13 @@ use anyhow::Result;
 use xshell::Shell;
 
 use crate::flags::Logs;
-use crate::outside::docker::{self, Compose};
+use crate::outside::docker;
 use crate::outside::process;
+use crate::targets::compose;
 
 impl Logs {
     pub fn run(self, sh: &Shell) -> Result<()> {
-        let compose = Compose::app(docker::connect(sh)?);
+        let compose = compose::stack(sh, docker::connect(sh)?);
         // Runs with the terminal's stdin, so Ctrl-C and paging behave as in a shell; Ctrl-C
         // is how following ends, not a failure.
         match process::run(sh, &compose.logs(self.service.as_deref(), self.follow, Some(self.tail))) {

@@ -6,7 +6,7 @@ use anyhow::Result;
 use xshell::Shell;
 
 use crate::flags::{MonitoringDown, MonitoringService, MonitoringUp};
-use crate::outside::docker::{self, Compose};
+use crate::outside::docker;
 use crate::outside::{image, process};
 use crate::targets::compose::{self, monitoring};
 
@@ -14,7 +14,7 @@ impl MonitoringUp {
     pub fn run(self, sh: &Shell) -> Result<()> {
         let program = docker::connect(sh)?;
         let image = image::ensure(sh, self.no_build)?;
-        let stack = Compose::app(program);
+        let stack = compose::stack(sh, program);
         let services = if self.services.is_empty() {
             vec![MonitoringService::Prometheus, MonitoringService::Grafana]
         } else {
@@ -32,7 +32,7 @@ impl MonitoringUp {
 
 impl MonitoringDown {
     pub fn run(self, sh: &Shell) -> Result<()> {
-        let stack = monitoring::interpolable(sh, Compose::app(docker::connect(sh)?));
+        let stack = monitoring::interpolable(sh, compose::stack(sh, docker::connect(sh)?));
         monitoring::monitoring_down(sh, &stack)?;
         process::result(&format!("monitoring stopped in project {}; the app keeps running", stack.project));
         Ok(())

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use xshell::Shell;
 
 use crate::flags::Status;
-use crate::outside::docker::{self, Compose};
+use crate::outside::docker;
 use crate::outside::process::{self, Cmd};
 use crate::targets::compose;
 use crate::time;
@@ -26,7 +26,7 @@ pub struct Row {
 
 impl Status {
     pub fn run(self, sh: &Shell) -> Result<()> {
-        let stack = Compose::app(docker::connect(sh)?);
+        let stack = compose::stack(sh, docker::connect(sh)?);
         let ids: Vec<String> = compose::containers(sh, &stack)?.into_iter().map(|c| c.id).collect();
         if ids.is_empty() {
             process::result(&format!(
@@ -38,6 +38,19 @@ impl Status {
         let inspected = process::query(sh, &Cmd::new("docker").arg("inspect").args(ids))?;
         let rows = rows_from_inspect(&inspected, SystemTime::now())?;
         process::result(&table(&rows));
+        // Which release answers: the running service container, behind the proxy.
+        let serving = compose::running(sh, &stack)?;
+        let addr = compose::published_addr(sh, &stack).ok();
+        process::result(&match (serving, addr) {
+            (Some((id, image)), Some(addr)) => {
+                let name = rows.iter().find(|r| r.image == image).map_or(id.as_str(), |r| r.name.as_str());
+                format!("serving: {name} ({image}) through the proxy at http://{addr}")
+            }
+            (Some((_, image)), None) => {
+                format!("serving: nothing reachable: {image} runs, but the proxy publishes no port")
+            }
+            (None, _) => "serving: nothing: no service container runs".to_owned(),
+        });
         Ok(())
     }
 }

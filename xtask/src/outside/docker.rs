@@ -97,9 +97,14 @@ impl Compose {
     }
 
     /// The same project with the monitoring file layered on.
-    pub fn with_monitoring(mut self) -> Self {
-        if !self.files.iter().any(|f| f == project::MONITORING_COMPOSE_FILE) {
-            self.files.push(project::MONITORING_COMPOSE_FILE.to_owned());
+    pub fn with_monitoring(self) -> Self {
+        self.with_file(project::MONITORING_COMPOSE_FILE)
+    }
+
+    /// The same project with `file` layered on (once).
+    pub fn with_file(mut self, file: &str) -> Self {
+        if !self.files.iter().any(|f| f == file) {
+            self.files.push(file.to_owned());
         }
         self
     }
@@ -136,6 +141,25 @@ impl Compose {
         // No --remove-orphans: the monitoring services share the project and must survive
         // an app-only `up`.
         self.cmd(&["up", "--detach"])
+    }
+
+    /// Starts one more container of `service` beside the running one, which is left as it
+    /// is (no dependency touched, nothing recreated): the first half of a start-first switch.
+    pub fn start_beside(&self, service: &str) -> Cmd {
+        self.cmd(&[
+            "up",
+            "--detach",
+            "--no-deps",
+            "--no-recreate",
+            "--scale",
+            &format!("{service}=2"),
+            service,
+        ])
+    }
+
+    /// `up` for `service` alone, without its dependencies.
+    pub fn up_alone(&self, service: &str) -> Cmd {
+        self.cmd(&["up", "--detach", "--no-deps", service])
     }
 
     /// `up` for the named services only (and what they depend on).
@@ -262,6 +286,11 @@ mod tests {
         );
         assert_eq!(smoke.logs(None, false, None).args[4..], ["logs", "--no-color"]);
         assert_eq!(smoke.port("logbook", 8080).args[4..], ["port", "logbook", "8080"]);
+        assert_eq!(
+            smoke.start_beside("logbook").args[4..],
+            ["up", "--detach", "--no-deps", "--no-recreate", "--scale", "logbook=2", "logbook"]
+        );
+        assert_eq!(smoke.up_alone("proxy").args[4..], ["up", "--detach", "--no-deps", "proxy"]);
     }
 
     #[test]

@@ -106,9 +106,16 @@ pub const WRK: Tool = Tool {
     hint: "the load generator of `bench` (Debian/Ubuntu: apt-get install wrk, macOS: brew install wrk)",
 };
 
+pub const CURL: Tool = Tool {
+    name: "curl",
+    probe: &["curl", "--version"],
+    install: Install::ByHand,
+    hint: "proves HTTPS through the proxy in `smoke` (Debian/Ubuntu: apt-get install curl)",
+};
+
 /// What `doctor` reports on, in its order (Docker and Compose are examined first, apart).
 pub const OPTIONAL: &[Tool] =
-    &[TRIVY, NEXTEST, PROMTOOL, ACTIONLINT, KUBECTL, KUBERNETES_VALIDATE, CARGO_DENY, WRK];
+    &[TRIVY, NEXTEST, PROMTOOL, ACTIONLINT, KUBECTL, KUBERNETES_VALIDATE, CARGO_DENY, WRK, CURL];
 
 impl Tool {
     pub fn probe_cmd(&self) -> Cmd {

@@ -12,7 +12,7 @@ use anyhow::{Result, bail};
 use xshell::Shell;
 
 use crate::flags::{Deploy, DeployTarget, Rollback, RollbackCompose, RollbackTarget};
-use crate::outside::docker::{self, Compose};
+use crate::outside::docker;
 use crate::outside::{image, process};
 
 impl Deploy {
@@ -71,7 +71,7 @@ impl Rollback {
 }
 
 fn rollback_compose(sh: &Shell, flags: RollbackCompose) -> Result<()> {
-    let stack = Compose::app(docker::connect(sh)?);
+    let stack = compose::stack(sh, docker::connect(sh)?);
     let history_file = compose::history_path(sh, &stack);
     if flags.list {
         let history = crate::release::History::load(&history_file)?;

@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use serde_json::Value;
 use xshell::Shell;
 
@@ -162,7 +162,12 @@ pub fn deploy(
     image: &str,
     timeout: Duration,
 ) -> Result<String> {
+    let _lock = process::exclusive_lock(&history_file.with_extension("lock"), "deploying to the swarm")?;
     check_ready(sh, stack)?;
+    let config = sh
+        .read_file(project::PROXY_CONFIG)
+        .with_context(|| format!("cannot read {}", project::PROXY_CONFIG))?;
+    let stack = &stack.clone().var("LOGBOOK_PROXY_CONFIG_HASH", &content_hash(&config));
     if !docker::image_exists(sh, image) {
         bail!("image {image} does not exist on this engine: build or pull it first; nothing was changed");
     }
@@ -251,6 +256,15 @@ fn print_tasks_and_logs(sh: &Shell, stack: &Stack) {
     ));
 }
 
+/// A short, stable name for a file's content (FNV-1a, 64 bits): Swarm configs cannot
+/// change in place, so each version of the proxy's configuration gets its own name.
+pub fn content_hash(text: &str) -> String {
+    let hash = text
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    format!("{hash:016x}")
+}
+
 /// The history file for a stack, beside the compose project's.
 pub fn history_path(sh: &Shell, stack: &Stack) -> std::path::PathBuf {
     release::history_path(&sh.current_dir(), &format!("swarm-{}", stack.name))
@@ -306,6 +320,13 @@ mod tests {
         assert!(!stack.deploy("ghcr.io/o/logbook:abc").to_string().contains("--resolve-image"));
         assert_eq!(stack.remove().to_string(), "docker stack rm logbook");
         assert_eq!(stack.service(), "logbook_logbook");
+    }
+
+    #[test]
+    fn config_names_follow_the_content() {
+        assert_eq!(content_hash(""), "cbf29ce484222325");
+        assert_eq!(content_hash("a"), "af63dc4c8601ec8c");
+        assert_ne!(content_hash("admin off"), content_hash("admin on"));
     }
 
     #[test]

@@ -18,6 +18,17 @@ use crate::outside::http;
 use crate::outside::process::{self, Cmd};
 use crate::project;
 
+/// This host's app stack: the compose file, and the HTTPS file layered on when
+/// LOGBOOK_DOMAIN is set (in the environment or `.env`).
+pub fn stack(sh: &Shell, program: docker::ComposeProgram) -> Compose {
+    let compose = Compose::app(program);
+    if setting(sh, &compose, "LOGBOOK_DOMAIN", "").is_empty() {
+        compose
+    } else {
+        compose.with_file(project::TLS_COMPOSE_FILE)
+    }
+}
+
 /// A variable as `compose` will see it: set on the command, else in the environment, else
 /// in `.env`, else `default`.
 pub fn setting(sh: &Shell, compose: &Compose, key: &str, default: &str) -> String {
@@ -61,17 +72,35 @@ pub fn containers(sh: &Shell, compose: &Compose) -> Result<Vec<PsEntry>> {
     docker::parse_ps(&process::query(sh, &compose.ps_json())?)
 }
 
-/// The service's container id, if it exists.
+/// The service's container id, if it exists: the running one, if any.
 pub fn container_id(sh: &Shell, compose: &Compose) -> Result<Option<String>> {
-    Ok(containers(sh, compose)?.into_iter().find(|c| c.service == project::NAME).map(|c| c.id))
+    let mut service: Vec<PsEntry> =
+        containers(sh, compose)?.into_iter().filter(|c| c.service == project::NAME).collect();
+    service.sort_by_key(|c| c.state != "running");
+    Ok(service.into_iter().next().map(|c| c.id))
 }
 
-/// The image the service container runs now, if it exists.
-pub fn running_image(sh: &Shell, compose: &Compose) -> Result<Option<String>> {
-    match container_id(sh, compose)? {
-        Some(id) => Ok(Some(process::query(sh, &docker::inspect_format(&id, "{{.Config.Image}}"))?)),
+/// The running service container and its image, if there is one.
+pub fn running(sh: &Shell, compose: &Compose) -> Result<Option<(String, String)>> {
+    let found =
+        containers(sh, compose)?.into_iter().find(|c| c.service == project::NAME && c.state == "running");
+    match found {
+        Some(c) => {
+            let image = process::query(sh, &docker::inspect_format(&c.id, "{{.Config.Image}}"))?;
+            Ok(Some((c.id, image)))
+        }
         None => Ok(None),
     }
+}
+
+/// The image the service container runs now, if it runs.
+pub fn running_image(sh: &Shell, compose: &Compose) -> Result<Option<String>> {
+    Ok(running(sh, compose)?.map(|(_, image)| image))
+}
+
+/// Whether the proxy, which holds the published port, runs.
+pub fn proxy_running(sh: &Shell, compose: &Compose) -> Result<bool> {
+    Ok(containers(sh, compose)?.iter().any(|c| c.service == project::PROXY_SERVICE && c.state == "running"))
 }
 
 /// The release history of `compose`'s project.
@@ -79,9 +108,9 @@ pub fn history_path(sh: &Shell, compose: &Compose) -> std::path::PathBuf {
     crate::release::history_path(&sh.current_dir(), &compose.project)
 }
 
-/// `host:port` where the service is published, as Compose reports it.
+/// `host:port` where the proxy publishes the service, as Compose reports it.
 pub fn published_addr(sh: &Shell, compose: &Compose) -> Result<String> {
-    let mapping = process::query(sh, &compose.port(project::NAME, project::CONTAINER_PORT))?;
+    let mapping = process::query(sh, &compose.port(project::PROXY_SERVICE, project::PROXY_PORT))?;
     let (host, port) =
         mapping.rsplit_once(':').with_context(|| format!("unexpected port mapping {mapping:?}"))?;
     let host = match host {
@@ -92,9 +121,9 @@ pub fn published_addr(sh: &Shell, compose: &Compose) -> Result<String> {
     Ok(format!("{host}:{port}"))
 }
 
-/// Polls `/readyz` at the published address until it answers 200, and returns that
-/// address. Fails early, with the last log lines, if the container exits or restarts, and
-/// at `timeout` otherwise.
+/// Polls `/readyz` through the proxy until it answers 200, and returns the published
+/// address. Fails early, with the last log lines, if the service container exits or
+/// restarts, and at `timeout` otherwise.
 pub fn wait_ready(sh: &Shell, compose: &Compose, timeout: Duration) -> Result<String> {
     let mut last_state_check = Instant::now();
     let mut addr = None;
@@ -110,11 +139,13 @@ pub fn wait_ready(sh: &Shell, compose: &Compose, timeout: Duration) -> Result<St
         }
         if last_state_check.elapsed() >= Duration::from_secs(1) {
             last_state_check = Instant::now();
-            if let Some(c) = containers(sh, compose)?.iter().find(|c| c.service == project::NAME) {
+            let service: Vec<PsEntry> =
+                containers(sh, compose)?.into_iter().filter(|c| c.service == project::NAME).collect();
+            if !service.is_empty() && service.iter().all(|c| c.state != "running") {
+                let c = &service[0];
                 match c.state.as_str() {
                     "restarting" => bail!("the container keeps exiting and restarting"),
-                    "exited" | "dead" => bail!("the container is {} (exit code {})", c.state, c.exit_code),
-                    _ => {}
+                    state => bail!("the container is {state} (exit code {})", c.exit_code),
                 }
             }
         }

@@ -1,14 +1,22 @@
 //! Switching the compose stack between releases, health-gated, as [`release`] plans it.
+//!
+//! With a release running, the switch is start-first: the new container starts beside the
+//! old one on the same volume; once it answers, the old one drains and stops, the new one
+//! takes the database and becomes ready, and the old one is removed. The proxy holds
+//! requests while neither is ready, so no request is refused. A new release that never
+//! becomes ready is removed and the old one keeps (or resumes) serving.
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use xshell::Shell;
 
 use super::{OnDrop, StackGuard};
 use crate::outside::docker::{self, Compose};
-use crate::outside::{image, process};
+use crate::outside::image;
+use crate::outside::process::{self, Cmd};
+use crate::project;
 use crate::release::{self, History, OnFailure};
 
 /// How a switch behaves when the new image does not become ready.
@@ -33,58 +41,79 @@ pub fn up(
         Some(tag) => image::resolve(sh, tag)?,
         None => image::ensure(sh, no_build)?,
     };
-    let stack = Compose::app(program);
+    let stack = super::stack(sh, program);
     let history = super::history_path(sh, &stack);
     let addr = switch(sh, &stack, &history, &image, Gate { timeout, restore_previous })?;
-    process::result(&format!("{} is ready at http://{addr} (image {image})", crate::project::NAME));
+    process::result(&format!("{} is ready at http://{addr} (image {image})", project::NAME));
     Ok(())
 }
 
 /// Switches `compose`'s service to `image`, waits until it is ready and records it in
-/// `history_file`. Returns the published address.
+/// `history_file`. Returns the published address. Only one switch runs per project at a
+/// time; another is refused, naming the one that runs.
 ///
 /// If it is not ready by the deadline (or the user presses Ctrl-C), the new image's logs
-/// and health are printed and [`release::plan_switch`] decides: the previous image is
-/// brought back and waited for, the failed one is left for diagnosis, or a stack that was
-/// not running before is stopped again (volumes kept).
+/// are printed and [`release::plan_switch`] decides: the previous image keeps (or resumes)
+/// serving, the failed one is left for diagnosis, or a stack that was not running before
+/// is stopped again (volumes kept).
 pub fn switch(sh: &Shell, compose: &Compose, history_file: &Path, image: &str, gate: Gate) -> Result<String> {
+    let _lock = process::exclusive_lock(&history_file.with_extension("lock"), "switching")?;
     let mut history = History::load(history_file)?;
-    let running = super::running_image(sh, compose)?;
-    if running.is_none() {
+    check_proxy_config(sh, compose)?;
+    let running = super::running(sh, compose)?;
+    let plan = release::plan_switch(
+        running.as_ref().map(|(_, i)| i.as_str()),
+        &history,
+        image,
+        gate.restore_previous,
+    );
+    let compose_new = compose.clone().var("LOGBOOK_IMAGE", image);
+    let addr = match &running {
+        Some((old, old_image)) if old_image != image => {
+            start_first(sh, &compose_new, old, &plan.on_failure, gate.timeout)?
+        }
+        _ => start_fresh(sh, compose, image, &plan.on_failure, gate.timeout)?,
+    };
+    history.record(image, &image::revision(sh, image), &crate::time::now_rfc3339(), plan.previous);
+    process::write_file(history_file, &history.to_json())?;
+    Ok(addr)
+}
+
+/// Nothing runs (or the same image again): `compose up`, then wait through the proxy.
+fn start_fresh(
+    sh: &Shell,
+    compose: &Compose,
+    image: &str,
+    on_failure: &OnFailure,
+    timeout: Duration,
+) -> Result<String> {
+    if !super::proxy_running(sh, compose)? {
         super::ensure_host_port_free(sh, compose)?;
     }
-    let plan = release::plan_switch(running.as_deref(), &history, image, gate.restore_previous);
     let compose_new = compose.clone().var("LOGBOOK_IMAGE", image);
-    let switched = {
-        let on_drop = if plan.on_failure == OnFailure::StopNew {
-            OnDrop::DownIfFailed
-        } else {
-            OnDrop::DiagnoseIfFailed
-        };
+    let started = {
+        let on_drop =
+            if *on_failure == OnFailure::StopNew { OnDrop::DownIfFailed } else { OnDrop::DiagnoseIfFailed };
         let guard = StackGuard::new(sh, &compose_new, on_drop);
-        let result = process::run(sh, &compose_new.up())
-            .and_then(|()| super::wait_ready(sh, &compose_new, gate.timeout));
+        let result =
+            process::run(sh, &compose_new.up()).and_then(|()| super::wait_ready(sh, &compose_new, timeout));
         if result.is_ok() {
             guard.succeeded();
         }
         result
     };
-    let error = match switched {
-        Ok(addr) => {
-            history.record(image, &image::revision(sh, image), &crate::time::now_rfc3339(), plan.previous);
-            process::write_file(history_file, &history.to_json())?;
-            return Ok(addr);
-        }
+    let error = match started {
+        Ok(addr) => return Ok(addr),
         Err(e) if process::is_dry_run_end(&e) => return Err(e),
         Err(e) => e,
     };
-    match plan.on_failure {
+    match on_failure {
         OnFailure::Restore(previous) => {
             process::say(&format!("{image} did not become ready; restoring {previous}"));
             process::clear_interrupt();
-            let compose_old = compose.clone().var("LOGBOOK_IMAGE", &previous);
+            let compose_old = compose.clone().var("LOGBOOK_IMAGE", previous);
             let restored = process::run(sh, &compose_old.up())
-                .and_then(|()| super::wait_ready(sh, &compose_old, gate.timeout));
+                .and_then(|()| super::wait_ready(sh, &compose_old, timeout));
             match restored {
                 Ok(addr) => {
                     bail!("{image} failed: {error:#}\nrestored {previous}, which is ready at http://{addr}")
@@ -98,8 +127,158 @@ pub fn switch(sh: &Shell, compose: &Compose, history_file: &Path, image: &str, g
     }
 }
 
+/// Where a start-first switch stands, for the guard that undoes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// The new container starts beside the old one, which serves.
+    Starting,
+    /// The old one was stopped; the new one takes over.
+    OldStopped,
+    /// The new one is ready: nothing to undo.
+    Done,
+}
+
+/// Undoes an unfinished start-first switch however the code leaves it (errors, panics,
+/// Ctrl-C): the new container's logs are printed and it is removed (or, when asked, kept
+/// stopped for inspection), and a stopped old container is started again. Exactly one
+/// release serves afterwards, never none and never two writers.
+struct SwitchGuard<'a> {
+    sh: &'a Shell,
+    old: String,
+    new: Option<String>,
+    keep_failed: bool,
+    stage: Stage,
+}
+
+impl Drop for SwitchGuard<'_> {
+    fn drop(&mut self) {
+        if self.stage == Stage::Done || !process::changed_anything() {
+            return;
+        }
+        process::clear_interrupt();
+        let docker =
+            |args: &[&str]| process::run_cleanup(self.sh, &Cmd::new("docker").args(args.iter().copied()));
+        if let Some(new) = &self.new {
+            process::say(&format!("--- last log lines of the new container {} ---", short(new)));
+            let _ = docker(&["logs", "--tail", "30", new]);
+            // The new container goes first: it may hold the database the old one needs.
+            let _ = if self.keep_failed {
+                docker(&["stop", new])
+            } else {
+                docker(&["rm", "--force", "--volumes", new])
+            };
+        }
+        if self.stage == Stage::OldStopped {
+            process::say(&format!("restarting the previous release's container {}", short(&self.old)));
+            if let Err(e) = docker(&["start", &self.old]) {
+                process::say(&format!("cannot restart {}: {e:#}", short(&self.old)));
+            }
+        }
+    }
+}
+
+fn short(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}
+
+/// The start-first switch from container `old` to `compose_new`'s image; returns the
+/// published address once the new release is ready and the old one is gone.
+fn start_first(
+    sh: &Shell,
+    compose_new: &Compose,
+    old: &str,
+    on_failure: &OnFailure,
+    timeout: Duration,
+) -> Result<String> {
+    let started = Instant::now();
+    // The proxy holds the published port; make sure it runs (it is recreated only if its
+    // own configuration changed).
+    process::run(sh, &compose_new.up_alone(project::PROXY_SERVICE))?;
+    let mut guard = SwitchGuard {
+        sh,
+        old: old.to_owned(),
+        new: None,
+        keep_failed: *on_failure == OnFailure::KeepFailed,
+        stage: Stage::Starting,
+    };
+    process::run(sh, &compose_new.start_beside(project::NAME))?;
+    process::needs_effects("wait for the new container")?;
+    let new = super::containers(sh, compose_new)?
+        .into_iter()
+        .find(|c| c.service == project::NAME && c.id != old)
+        .map(|c| c.id)
+        .context("compose started no new container beside the old one")?;
+    guard.new = Some(new.clone());
+    wait_live(sh, &new, timeout).context("the new release never answered; the previous one keeps serving")?;
+    process::say(&format!(
+        "  new container {} answers after {:.1}s; draining the old one",
+        short(&new),
+        started.elapsed().as_secs_f64()
+    ));
+    process::run(sh, &Cmd::new("docker").args(["stop", old]))?;
+    guard.stage = Stage::OldStopped;
+    let addr = super::wait_ready(sh, compose_new, timeout)
+        .context("the new release did not become ready; the previous one is restarted")?;
+    guard.stage = Stage::Done;
+    process::run(sh, &Cmd::new("docker").args(["rm", "--volumes", old]))?;
+    process::say(&format!("  switched in {:.1}s", started.elapsed().as_secs_f64()));
+    Ok(addr)
+}
+
+/// Waits until the container's own process answers `/healthz` (probed inside it, not
+/// through Docker's health interval). A container that exits or restarts fails at once.
+fn wait_live(sh: &Shell, container: &str, timeout: Duration) -> Result<()> {
+    let probe = Cmd::new("docker").args(["exec", container, "/logbook", "healthcheck"]);
+    let state = docker::inspect_format(container, "{{.State.Status}} {{.RestartCount}} {{.State.ExitCode}}");
+    process::wait_for("the new container to answer", timeout, Duration::from_millis(100), || {
+        if process::succeeds(sh, &probe) {
+            return Ok(Some(()));
+        }
+        let state = process::query(sh, &state)?;
+        let words: Vec<&str> = state.split_whitespace().collect();
+        match words.as_slice() {
+            [status, restarts, _] if *status == "restarting" || *restarts != "0" => {
+                bail!("the new container keeps exiting and restarting")
+            }
+            [status @ ("exited" | "dead"), _, code] => {
+                bail!("the new container is {status} (exit code {code})")
+            }
+            _ => Ok(None),
+        }
+    })
+}
+
+/// Refuses a proxy configuration that does not validate, before anything changes.
+pub fn check_proxy_config(sh: &Shell, compose: &Compose) -> Result<()> {
+    let proxy_image = super::setting(sh, compose, "CADDY_IMAGE", project::DEFAULT_PROXY_IMAGE);
+    if !docker::image_exists(sh, &proxy_image) {
+        // Compose pulls it with `up`; validating first would need the pull done twice.
+        return Ok(());
+    }
+    validate_proxy_config(sh, &proxy_image).context("nothing was changed")
+}
+
+/// Runs `caddy validate` on the project's Caddyfile; a failure names the file and line as
+/// they are in the project.
+pub fn validate_proxy_config(sh: &Shell, proxy_image: &str) -> Result<()> {
+    process::check(sh, &validate_proxy(proxy_image, &sh.current_dir())).map_err(|e| {
+        let why = format!("{e:#}");
+        let line = why.lines().rev().find(|l| l.contains("\"error\"")).unwrap_or(&why).to_owned();
+        let line = line.replace("/etc/caddy/Caddyfile", project::PROXY_CONFIG);
+        anyhow::anyhow!("{} does not validate: {line}", project::PROXY_CONFIG)
+    })
+}
+
+/// `caddy validate` of the project's Caddyfile, in the proxy image, with no network.
+pub fn validate_proxy(image: &str, project_root: &Path) -> Cmd {
+    Cmd::new("docker")
+        .args(["run", "--rm", "--network", "none", "--volume"])
+        .arg(format!("{}/{}:/etc/caddy/Caddyfile:ro", project_root.display(), project::PROXY_CONFIG))
+        .args([image, "caddy", "validate", "--config", "/etc/caddy/Caddyfile", "--adapter", "caddyfile"])
+}
+
 /// Switches `compose` back to `to` (or the newest release other than the running one),
-/// health-gated: if that fails, the image that was running is restored. Returns the image.
+/// health-gated: if that fails, the image that was running keeps serving. Returns the image.
 pub fn rollback(
     sh: &Shell,
     compose: &Compose,
@@ -114,4 +293,18 @@ pub fn rollback(
         history.rollback_target(&scope, running.as_deref(), to, |image| docker::image_exists(sh, image))?;
     switch(sh, compose, history_file, &target, Gate { timeout, restore_previous: true })?;
     Ok(target)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_proxy_config_is_validated_in_its_own_image() {
+        assert_eq!(
+            validate_proxy("caddy:2.11.7", Path::new("/src")).to_string(),
+            "docker run --rm --network none --volume /src/deploy/proxy/Caddyfile:/etc/caddy/Caddyfile:ro \
+             caddy:2.11.7 caddy validate --config /etc/caddy/Caddyfile --adapter caddyfile"
+        );
+    }
 }
