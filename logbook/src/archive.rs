@@ -13,6 +13,32 @@ use serde::Serialize;
 
 use crate::storage::{APPLICATION_ID, SCHEMA_VERSION};
 
+/// Why an archive operation failed; the message names the file and what to do.
+#[derive(Debug)]
+pub enum ArchiveError {
+    /// The file is not a complete logbook database this build can serve.
+    Unusable(String),
+    /// A file could not be created, read, synced or moved, or already exists.
+    File(String),
+    /// SQLite refused an operation on a database that is otherwise usable.
+    Database(String),
+    /// Another process holds the database: the service is still running.
+    InUse(String),
+}
+
+impl std::fmt::Display for ArchiveError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ArchiveError::Unusable(why)
+            | ArchiveError::File(why)
+            | ArchiveError::Database(why)
+            | ArchiveError::InUse(why) => f.write_str(why),
+        }
+    }
+}
+
+impl std::error::Error for ArchiveError {}
+
 /// What a verified database file holds.
 #[derive(Debug, Serialize, PartialEq, Eq)]
 pub struct FileReport {
@@ -31,22 +57,24 @@ pub struct RestoreReport {
 /// Checks that `path` is a complete logbook database this build can serve: the SQLite
 /// header, the logbook application id, a schema no newer than this build's, and
 /// `PRAGMA integrity_check`. Opens it read-only.
-pub fn verify_file(path: &Path) -> Result<FileReport, String> {
+pub fn verify_file(path: &Path) -> Result<FileReport, ArchiveError> {
     let shown = path.display();
     let mut header = [0u8; 16];
-    let bytes = std::fs::metadata(path).map_err(|e| format!("cannot read {shown}: {e}"))?.len();
+    let bytes =
+        std::fs::metadata(path).map_err(|e| ArchiveError::File(format!("cannot read {shown}: {e}")))?.len();
     File::open(path)
         .and_then(|mut f| f.read_exact(&mut header))
-        .map_err(|_| format!("{shown} is not an SQLite database (too short)"))?;
+        .map_err(|_| ArchiveError::Unusable(format!("{shown} is not an SQLite database (too short)")))?;
     if &header != b"SQLite format 3\0" {
-        return Err(format!("{shown} is not an SQLite database"));
+        return Err(ArchiveError::Unusable(format!("{shown} is not an SQLite database")));
     }
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .map_err(|e| format!("cannot open {shown}: {e}"))?;
-    let report = check(&conn).map_err(|e| format!("{shown}: {e}"))?;
+        .map_err(|e| ArchiveError::Unusable(format!("cannot open {shown}: {e}")))?;
+    let report = check(&conn).map_err(|e| ArchiveError::Unusable(format!("{shown}: {e}")))?;
     Ok(FileReport { bytes, ..report })
 }
 
+/// The reasons `verify_file` gives, without the file's name.
 fn check(conn: &Connection) -> Result<FileReport, String> {
     let pragma = |name: &str| -> Result<i64, String> {
         conn.query_row(&format!("PRAGMA {name}"), [], |r| r.get(0)).map_err(|e| format!("unreadable ({e})"))
@@ -72,38 +100,38 @@ fn check(conn: &Connection) -> Result<FileReport, String> {
 /// Copies the live database at `source` to `dest` as one consistent snapshot, in rollback
 /// (non-WAL) mode so the copy is one self-contained file. Writers are not blocked.
 /// Never overwrites `dest`.
-pub fn backup(source: &Path, dest: &Path) -> Result<FileReport, String> {
+pub fn backup(source: &Path, dest: &Path) -> Result<FileReport, ArchiveError> {
     if dest.exists() {
-        return Err(format!("{} already exists; choose a new file name", dest.display()));
+        return Err(ArchiveError::File(format!("{} already exists; choose a new file name", dest.display())));
     }
     let src = Connection::open_with_flags(source, OpenFlags::SQLITE_OPEN_READ_WRITE)
-        .map_err(|e| format!("cannot open {}: {e}", source.display()))?;
-    src.busy_timeout(Duration::from_secs(5)).map_err(|e| e.to_string())?;
-    let app_id: i32 = src
-        .query_row("PRAGMA application_id", [], |r| r.get(0))
-        .map_err(|e| format!("{} is not a readable SQLite database: {e}", source.display()))?;
+        .map_err(|e| ArchiveError::Unusable(format!("cannot open {}: {e}", source.display())))?;
+    src.busy_timeout(Duration::from_secs(5)).map_err(database)?;
+    let app_id: i32 = src.query_row("PRAGMA application_id", [], |r| r.get(0)).map_err(|e| {
+        ArchiveError::Unusable(format!("{} is not a readable SQLite database: {e}", source.display()))
+    })?;
     if app_id != APPLICATION_ID {
-        return Err(format!("{} is not a logbook database", source.display()));
+        return Err(ArchiveError::Unusable(format!("{} is not a logbook database", source.display())));
     }
     write_verified(
         dest,
         |partial| {
-            let mut dst =
-                Connection::open(partial).map_err(|e| format!("cannot create {}: {e}", partial.display()))?;
+            let mut dst = Connection::open(partial)
+                .map_err(|e| ArchiveError::File(format!("cannot create {}: {e}", partial.display())))?;
             {
-                let copy = rusqlite::backup::Backup::new(&src, &mut dst).map_err(|e| e.to_string())?;
+                let copy = rusqlite::backup::Backup::new(&src, &mut dst).map_err(database)?;
                 // One step copies every page under a single read transaction: a consistent snapshot.
-                match copy.step(-1).map_err(|e| format!("backup failed: {e}"))? {
+                match copy.step(-1).map_err(|e| ArchiveError::Database(format!("backup failed: {e}")))? {
                     rusqlite::backup::StepResult::Done => {}
                     other => {
-                        return Err(format!(
+                        return Err(ArchiveError::Database(format!(
                             "backup did not complete ({other:?}): the database was busy; try again"
-                        ));
+                        )));
                     }
                 }
             }
-            dst.pragma_update(None, "journal_mode", "DELETE").map_err(|e| e.to_string())?;
-            dst.close().map_err(|(_, e)| e.to_string())
+            dst.pragma_update(None, "journal_mode", "DELETE").map_err(database)?;
+            dst.close().map_err(|(_, e)| database(e))
         },
         Placement::New,
     )
@@ -112,16 +140,18 @@ pub fn backup(source: &Path, dest: &Path) -> Result<FileReport, String> {
 /// Replaces the database at `db` with the verified file `from`. The replaced database is
 /// first kept as `<db>.<UTC time>.bak` (a self-contained copy, its WAL included). Run only
 /// while the service is stopped.
-pub fn restore(from: &Path, db: &Path) -> Result<RestoreReport, String> {
+pub fn restore(from: &Path, db: &Path) -> Result<RestoreReport, ArchiveError> {
     verify_file(from)?;
     // Held until the restore is done: a running service (or a second restore) refuses it.
-    let _lock = crate::storage::lock(db).map_err(|e| format!("{e}; stop the service first"))?;
+    let _lock =
+        crate::storage::lock(db).map_err(|e| ArchiveError::InUse(format!("{e}; stop the service first")))?;
     let previous = if db.exists() {
         let stamp: String = Connection::open_in_memory()
             .and_then(|c| c.query_row("SELECT strftime('%Y%m%dT%H%M%SZ', 'now')", [], |r| r.get(0)))
-            .map_err(|e| e.to_string())?;
+            .map_err(database)?;
         let kept = PathBuf::from(format!("{}.{stamp}.bak", db.display()));
-        backup(db, &kept).map_err(|e| format!("cannot keep the current database: {e}"))?;
+        backup(db, &kept)
+            .map_err(|e| ArchiveError::File(format!("cannot keep the current database: {e}")))?;
         Some(kept)
     } else {
         None
@@ -131,7 +161,7 @@ pub fn restore(from: &Path, db: &Path) -> Result<RestoreReport, String> {
         |partial| {
             std::fs::copy(from, partial)
                 .map(|_| ())
-                .map_err(|e| format!("cannot copy {}: {e}", from.display()))
+                .map_err(|e| ArchiveError::File(format!("cannot copy {}: {e}", from.display())))
         },
         // A WAL left beside the old file would be replayed into the restored one.
         Placement::Replace(&|| {
@@ -155,9 +185,9 @@ enum Placement<'a> {
 /// it its final name as `placement` says. The partial file is removed on any failure.
 fn write_verified(
     dest: &Path,
-    write: impl FnOnce(&Path) -> Result<(), String>,
+    write: impl FnOnce(&Path) -> Result<(), ArchiveError>,
     placement: Placement<'_>,
-) -> Result<FileReport, String> {
+) -> Result<FileReport, ArchiveError> {
     let partial = with_suffix(dest, &format!("partial-{}", std::process::id()));
     let _ = std::fs::remove_file(&partial);
     // Created here first, so a refusal carries the operating system's reason (a read-only
@@ -166,7 +196,7 @@ fn write_verified(
         .write(true)
         .create_new(true)
         .open(&partial)
-        .map_err(|e| format!("cannot create {}: {e}", partial.display()))?;
+        .map_err(|e| ArchiveError::File(format!("cannot create {}: {e}", partial.display())))?;
     let result = write(&partial).and_then(|()| sync(&partial)).and_then(|()| verify_file(&partial)).and_then(
         |report| {
             let placed = match placement {
@@ -178,7 +208,9 @@ fn write_verified(
                     std::fs::rename(&partial, dest)
                 }
             };
-            placed.map_err(|e| format!("cannot move the copy to {}: {e}", dest.display()))?;
+            placed.map_err(|e| {
+                ArchiveError::File(format!("cannot move the copy to {}: {e}", dest.display()))
+            })?;
             sync_dir(dest);
             Ok(report)
         },
@@ -189,12 +221,18 @@ fn write_verified(
     result
 }
 
+fn database(e: rusqlite::Error) -> ArchiveError {
+    ArchiveError::Database(e.to_string())
+}
+
 fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(format!("{}.{suffix}", path.display()))
 }
 
-fn sync(path: &Path) -> Result<(), String> {
-    File::open(path).and_then(|f| f.sync_all()).map_err(|e| format!("cannot sync {}: {e}", path.display()))
+fn sync(path: &Path) -> Result<(), ArchiveError> {
+    File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| ArchiveError::File(format!("cannot sync {}: {e}", path.display())))
 }
 
 /// Makes a rename durable. Best effort: not every filesystem can sync a directory.

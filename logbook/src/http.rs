@@ -121,14 +121,16 @@ impl From<StorageError> for ApiError {
                 "shutting_down",
                 "the service is shutting down; retry against another instance",
             ),
-            other => {
-                tracing::error!(error = %other, "storage error");
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "storage_unavailable",
-                    "storage failed; retry later",
-                )
+            // Stored data that cannot be read back is the service's fault, not a passing one.
+            StorageError::Corrupt(why) => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "corrupt_entry", why)
             }
+            // Logged where it happened, in storage.
+            _ => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage_unavailable",
+                "storage failed; retry later",
+            ),
         }
     }
 }

@@ -3,6 +3,9 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Instant;
 
+use tokio::signal::unix::{Signal, SignalKind, signal};
+
+use logbook::archive::ArchiveError;
 use logbook::config::Config;
 use logbook::server::ServeError;
 use logbook::{archive, build_info, healthcheck, server, telemetry};
@@ -51,7 +54,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_RUNTIME);
                 }
             };
-            match runtime.block_on(server::serve(config, started)) {
+            match runtime.block_on(serve(config, started)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(ServeError::Config(line)) => {
                     eprintln!("logbook: {line}");
@@ -102,6 +105,41 @@ fn main() -> ExitCode {
     }
 }
 
+/// Binds, installs the signal handlers and serves. The first SIGTERM or SIGINT starts the
+/// graceful shutdown; a second one exits at once (nothing acknowledged is lost: every 201
+/// follows a durable commit).
+async fn serve(config: Config, started: Instant) -> Result<(), ServeError> {
+    let listener = server::bind(&config).await?;
+    let mut signals = Signals::install()
+        .map_err(|e| ServeError::Runtime(format!("cannot install signal handlers: {e}")))?;
+    let (first, shutdown) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let _ = first.send(signals.next().await);
+        let second = signals.next().await;
+        tracing::warn!(signal = second, "second signal; exiting at once");
+        std::process::exit(server::EXIT_FORCED);
+    });
+    server::serve(config, listener, async { shutdown.await.unwrap_or("shutdown") }, started).await
+}
+
+struct Signals {
+    term: Signal,
+    int: Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        Ok(Signals { term: signal(SignalKind::terminate())?, int: signal(SignalKind::interrupt())? })
+    }
+
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
+}
+
 /// Reads the environment; a bad value is one line on stderr and exit code 78.
 #[allow(clippy::print_stderr)]
 fn load_config() -> Result<Config, ExitCode> {
@@ -112,29 +150,29 @@ fn load_config() -> Result<Config, ExitCode> {
 }
 
 /// Runs `operation` with the environment's configuration; a bad value exits 78 first.
-fn with_config<T>(operation: impl FnOnce(&Config) -> Result<T, String>) -> Result<T, ExitCode> {
+fn with_config<T>(operation: impl FnOnce(&Config) -> Result<T, ArchiveError>) -> Result<T, ExitCode> {
     let config = load_config()?;
     operation(&config).map_err(fail)
 }
 
 /// Backs up to `dest`, or with `-`, to a temporary file beside the database that is then
 /// streamed to stdout (so a shell-less container can hand a backup to `docker exec`).
-fn backup(db: &Path, dest: &str) -> Result<archive::FileReport, String> {
+/// Only a temporary file this process created is removed.
+fn backup(db: &Path, dest: &str) -> Result<archive::FileReport, ArchiveError> {
     if dest != "-" {
         return archive::backup(db, Path::new(dest));
     }
     let dir = db.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let temp = dir.join(format!(".logbook-backup-{}.db", std::process::id()));
-    let result = archive::backup(db, &temp).and_then(|report| {
-        let mut file = std::fs::File::open(&temp).map_err(|e| e.to_string())?;
+    // Never placed over an existing file, so on success the file is ours to remove.
+    let report = archive::backup(db, &temp)?;
+    let streamed = std::fs::File::open(&temp).and_then(|mut file| {
         let mut stdout = std::io::stdout().lock();
-        std::io::copy(&mut file, &mut stdout)
-            .and_then(|_| stdout.flush())
-            .map_err(|e| format!("cannot write to stdout: {e}"))?;
-        Ok(report)
+        std::io::copy(&mut file, &mut stdout).and_then(|_| stdout.flush())
     });
     let _ = std::fs::remove_file(&temp);
-    result
+    streamed.map_err(|e| ArchiveError::File(format!("cannot write the backup to stdout: {e}")))?;
+    Ok(report)
 }
 
 /// Prints a successful operator command's report as one JSON line.
@@ -156,7 +194,7 @@ fn report<T: serde::Serialize>(result: Result<T, ExitCode>, to_stderr: bool) -> 
 
 /// Prints `message` as one line on stderr; the exit code for a failed operator command.
 #[allow(clippy::print_stderr)]
-fn fail(message: String) -> ExitCode {
+fn fail(message: impl std::fmt::Display) -> ExitCode {
     eprintln!("logbook: {message}");
     ExitCode::from(EXIT_RUNTIME)
 }

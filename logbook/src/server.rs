@@ -6,6 +6,7 @@
 //! checkpointed and the database closed. A second signal exits at once, which loses
 //! nothing acknowledged because every 201 follows a durable commit.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,7 +18,6 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::task::JoinSet;
 
 use crate::config::Config;
@@ -35,44 +35,34 @@ pub enum ServeError {
     Runtime(String),
 }
 
-struct Signals {
-    term: Signal,
-    int: Signal,
-}
-
-impl Signals {
-    fn install() -> std::io::Result<Self> {
-        Ok(Signals { term: signal(SignalKind::terminate())?, int: signal(SignalKind::interrupt())? })
-    }
-
-    async fn next(&mut self) -> &'static str {
-        tokio::select! {
-            _ = self.term.recv() => "SIGTERM",
-            _ = self.int.recv() => "SIGINT",
-        }
-    }
-}
-
-pub async fn serve(config: Config, started: Instant) -> Result<(), ServeError> {
-    let mut signals = Signals::install()
-        .map_err(|e| ServeError::Runtime(format!("cannot install signal handlers: {e}")))?;
-    let metrics = crate::telemetry::init_metrics().map_err(ServeError::Runtime)?;
-
-    // Listen first: a taken port fails at once, and /healthz answers while the database
-    // lock is awaited (a start-first rolling update overlaps the old and new process).
+/// Binds the listening socket; a taken port or a bad address is a configuration error.
+pub async fn bind(config: &Config) -> Result<TcpListener, ServeError> {
     let addr = SocketAddr::new(config.bind, config.port);
-    let listener = TcpListener::bind(addr).await.map_err(|e| {
+    TcpListener::bind(addr).await.map_err(|e| {
         ServeError::Config(format!(
             "cannot listen on {addr} (LOGBOOK_BIND={}, LOGBOOK_PORT={}): {e}",
             config.bind, config.port
         ))
-    })?;
-    let local = listener.local_addr().map_err(|e| ServeError::Runtime(e.to_string()))?;
+    })
+}
 
+/// Serves on `listener` until `shutdown` resolves (with what asked for it, a signal's name
+/// say), then shuts down as the module documents. `started` is when the process began,
+/// for the start-up time in the log. A second signal is the caller's to handle.
+///
+/// Listening comes first: /healthz answers while the database lock is awaited (a
+/// start-first rolling update overlaps the old and new process).
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = &'static str>,
+    started: Instant,
+) -> Result<(), ServeError> {
+    let metrics = crate::telemetry::init_metrics().map_err(ServeError::Runtime)?;
+    let local = listener.local_addr().map_err(|e| ServeError::Runtime(e.to_string()))?;
     let draining = Arc::new(AtomicBool::new(false));
     let (opened, storage) = tokio::sync::watch::channel(None);
     let mut opening = tokio::spawn(open_storage(config.db_path.clone(), config.lock_wait));
-    let mut writer = None;
     let state = AppState {
         storage,
         draining: draining.clone(),
@@ -91,10 +81,11 @@ pub async fn serve(config: Config, started: Instant) -> Result<(), ServeError> {
         startup_ms = started.elapsed().as_millis() as u64,
         "listening"
     );
-
-    let signal_name = loop {
+    tokio::pin!(shutdown);
+    let mut writer = None;
+    let reason = loop {
         tokio::select! {
-            name = signals.next() => break name,
+            reason = &mut shutdown => break reason,
             result = &mut opening, if writer.is_none() => {
                 let (storage, handle) = result.map_err(|e| ServeError::Runtime(e.to_string()))??;
                 opened.send_replace(Some(storage));
@@ -108,22 +99,40 @@ pub async fn serve(config: Config, started: Instant) -> Result<(), ServeError> {
     opening.abort();
     // Requests still waiting for a database that never opened get their 503 now.
     drop(opened);
+    let shutdown_started = drain(server, listener, &config, &draining, reason).await;
+    // Commit what is queued, checkpoint, close. Appends arriving later are refused (503).
+    if let Some(writer) = writer {
+        tokio::task::spawn_blocking(move || writer.close())
+            .await
+            .map_err(|e| ServeError::Runtime(format!("closing storage failed: {e}")))?;
+    }
+    tracing::info!(elapsed_ms = shutdown_started.elapsed().as_millis() as u64, "shutdown complete");
+    Ok(())
+}
+
+/// The shutdown sequence up to closing storage: readiness 503, keep accepting for the
+/// drain delay (so balancers see the 503 before the refusal), stop accepting, then give
+/// in-flight requests the shutdown timeout before closing what is left.
+async fn drain(
+    mut server: Server,
+    listener: TcpListener,
+    config: &Config,
+    draining: &AtomicBool,
+    reason: &'static str,
+) -> Instant {
     let shutdown_started = Instant::now();
     draining.store(true, Ordering::SeqCst);
     tracing::info!(
-        signal = signal_name,
+        signal = reason,
         drain_delay_ms = config.drain_delay.as_millis() as u64,
         timeout_ms = config.shutdown_timeout.as_millis() as u64,
         "shutdown started; readiness is now 503"
     );
-
-    // Keep accepting through the drain delay, so balancers see the 503 before the refusal.
     let delay = tokio::time::sleep(config.drain_delay);
     tokio::pin!(delay);
     loop {
         tokio::select! {
             _ = &mut delay => break,
-            name = signals.next() => exit_now(name),
             accepted = listener.accept() => server.accept(accepted).await,
             Some(_) = server.connections.join_next() => {}
         }
@@ -141,19 +150,10 @@ pub async fn serve(config: Config, started: Instant) -> Result<(), ServeError> {
             );
             connections.abort_all();
         }
-        name = signals.next() => exit_now(name),
     }
     // Wait for aborted connections to let go of their state.
     while connections.join_next().await.is_some() {}
-
-    // Commit what is queued, checkpoint, close. Appends arriving later are refused (503).
-    if let Some(writer) = writer {
-        tokio::task::spawn_blocking(move || writer.close())
-            .await
-            .map_err(|e| ServeError::Runtime(format!("closing storage failed: {e}")))?;
-    }
-    tracing::info!(elapsed_ms = shutdown_started.elapsed().as_millis() as u64, "shutdown complete");
-    Ok(())
+    shutdown_started
 }
 
 /// Takes the database lock, waiting up to `lock_wait` for another process (the previous
@@ -230,9 +230,4 @@ impl Server {
             }
         }
     }
-}
-
-fn exit_now(signal_name: &str) -> ! {
-    tracing::warn!(signal = signal_name, "second signal; exiting at once");
-    std::process::exit(EXIT_FORCED);
 }

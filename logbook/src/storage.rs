@@ -60,6 +60,8 @@ pub enum StorageError {
     Refused(String),
     /// Another process holds the database's lock.
     Locked(String),
+    /// A stored row cannot be read back (its tags are not a JSON list, say).
+    Corrupt(String),
     Io(std::io::Error),
     Sqlite(rusqlite::Error),
 }
@@ -68,7 +70,9 @@ impl std::fmt::Display for StorageError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             StorageError::Closed => f.write_str("storage is shut down"),
-            StorageError::Refused(why) | StorageError::Locked(why) => f.write_str(why),
+            StorageError::Refused(why) | StorageError::Locked(why) | StorageError::Corrupt(why) => {
+                f.write_str(why)
+            }
             StorageError::Io(e) => write!(f, "{e}"),
             StorageError::Sqlite(e) => write!(f, "{e}"),
         }
@@ -333,19 +337,27 @@ impl Storage {
         .map_err(|_| StorageError::Closed)?;
         result.map_err(|e| {
             metrics::counter!("logbook_storage_errors_total", "op" => "read").increment(1);
-            StorageError::Sqlite(e)
+            tracing::error!(error = %e, op = "read", "storage error");
+            match e {
+                rusqlite::Error::FromSqlConversionFailure(_, _, why) => {
+                    StorageError::Corrupt(why.to_string())
+                }
+                e => StorageError::Sqlite(e),
+            }
         })
     }
 }
 
+/// A stored row as an entry; tags that are not a JSON list of strings are an error
+/// naming the entry, never silently empty.
 fn row_to_entry(row: &rusqlite::Row<'_>) -> Result<Entry, rusqlite::Error> {
+    let id: i64 = row.get(0)?;
     let tags: String = row.get(2)?;
-    Ok(Entry {
-        id: row.get(0)?,
-        text: row.get(1)?,
-        tags: serde_json::from_str(&tags).unwrap_or_default(),
-        created_at: row.get(3)?,
-    })
+    let tags = serde_json::from_str(&tags).map_err(|e| {
+        let why = format!("entry {id} has unreadable tags ({e})");
+        rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Text, why.into())
+    })?;
+    Ok(Entry { id, text: row.get(1)?, tags, created_at: row.get(3)? })
 }
 
 impl WriterHandle {

@@ -36,7 +36,19 @@ pub fn init_logging(filter: &str, format: LogFormat) {
 
 /// Installs the global metrics recorder, describes every metric, and schedules upkeep
 /// (the exporter does none by itself, so histograms would grow without bound).
+/// Idempotent: a process (or a test binary serving several times) installs it once.
 pub fn init_metrics() -> Result<PrometheusHandle, String> {
+    static HANDLE: std::sync::Mutex<Option<PrometheusHandle>> = std::sync::Mutex::new(None);
+    let mut installed = HANDLE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(handle) = installed.as_ref() {
+        return Ok(handle.clone());
+    }
+    let handle = install_metrics()?;
+    *installed = Some(handle.clone());
+    Ok(handle)
+}
+
+fn install_metrics() -> Result<PrometheusHandle, String> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(
             Matcher::Full("logbook_http_request_duration_seconds".into()),

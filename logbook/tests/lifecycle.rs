@@ -142,7 +142,8 @@ fn idle_sigterm_and_sigint_exit_zero_promptly() {
         server.signal(signal);
         let status = server.wait_exit(Duration::from_secs(5));
         assert_eq!(status.code(), Some(0), "SIG{signal}");
-        assert!(sent.elapsed() < Duration::from_secs(2), "SIG{signal} took {:?}", sent.elapsed());
+        // Generous: an idle stop waits for nothing, so it is far under the 10 s shutdown timeout.
+        assert!(sent.elapsed() < Duration::from_secs(5), "SIG{signal} took {:?}", sent.elapsed());
     }
 }
 
@@ -158,7 +159,8 @@ fn a_stuck_client_cannot_hold_shutdown_past_the_timeout() {
     let status = server.wait_exit(Duration::from_secs(8));
     assert_eq!(status.code(), Some(0));
     let took = sent.elapsed();
-    assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(4), "took {took:?}");
+    // It waits the 1 s timeout, then closes the stuck connection instead of waiting for it.
+    assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(6), "took {took:?}");
     assert!(server.logs().join("\n").contains("did not finish within LOGBOOK_SHUTDOWN_TIMEOUT"));
 }
 
@@ -171,7 +173,8 @@ fn a_second_signal_exits_at_once() {
     server.signal("INT");
     let status = server.wait_exit(Duration::from_secs(5));
     assert_eq!(status.code(), Some(130));
-    assert!(sent.elapsed() < Duration::from_secs(2));
+    // At once: a third of the 30 s drain delay it cut short is a generous bound.
+    assert!(sent.elapsed() < Duration::from_secs(10), "took {:?}", sent.elapsed());
 }
 
 #[test]
@@ -204,7 +207,7 @@ fn a_new_process_takes_over_when_the_old_one_lets_go() {
     // A request that reaches the new process now waits for the database instead of failing.
     let addr = new.addr;
     let reader = std::thread::spawn(move || request(addr, "GET", "/api/entries/1", &[], None).unwrap());
-    std::thread::sleep(Duration::from_millis(200)); // let the request arrive before the handover
+    wait_for_requests_in_flight(&new, 1);
     old.signal("TERM");
     assert_eq!(old.wait_exit(Duration::from_secs(10)).code(), Some(0));
 
@@ -226,7 +229,7 @@ fn stopping_while_waiting_for_the_database_answers_waiting_requests_at_once() {
     waiting.wait_for_log("waiting for the database lock", Duration::from_secs(5));
     let addr = waiting.addr;
     let reader = std::thread::spawn(move || request(addr, "GET", "/api/entries", &[], None).unwrap());
-    std::thread::sleep(Duration::from_millis(200)); // let the request arrive first
+    wait_for_requests_in_flight(&waiting, 1);
     let sent = Instant::now();
     waiting.signal("TERM");
     let answer = reader.join().unwrap();
@@ -234,4 +237,15 @@ fn stopping_while_waiting_for_the_database_answers_waiting_requests_at_once() {
     assert_eq!(answer.json()["error"], "starting");
     assert_eq!(waiting.wait_exit(Duration::from_secs(10)).code(), Some(0));
     assert!(sent.elapsed() < Duration::from_secs(5), "took {:?}", sent.elapsed());
+}
+
+/// Polls the server's own `/metrics` until `others` requests besides that poll are in
+/// flight: the request a test sent is inside the server, waiting.
+fn wait_for_requests_in_flight(server: &Server, others: u32) {
+    let needle = format!("logbook_http_requests_in_flight {}", others + 1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !server.get("/metrics").body.lines().any(|l| l == needle) {
+        assert!(Instant::now() < deadline, "no request in flight after 10 s");
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }

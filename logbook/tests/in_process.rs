@@ -1,0 +1,242 @@
+//! The service in-process: the router called directly (`oneshot`, no socket) for validation
+//! and error mapping, and `serve` on a loopback listener with a shutdown the test controls.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use logbook::config::{Config, Secret};
+use logbook::http::{AppState, MAX_BODY_BYTES, router};
+use logbook::storage::{self, Storage, WriterHandle};
+use serde_json::{Value, json};
+use support::TempDir;
+use tower::ServiceExt;
+
+const TOKEN: &str = "s3cret-token";
+
+/// A router over a real database file; the writer is closed when dropped.
+struct App {
+    state: AppState,
+    writer: Option<WriterHandle>,
+    _dir: TempDir,
+}
+
+impl App {
+    fn new(token: Option<&str>) -> Self {
+        let dir = TempDir::new("router");
+        let db = dir.path().join("logbook.db");
+        let (storage, writer) = storage::open_locked(&db, storage::lock(&db).unwrap()).unwrap();
+        App { state: state(Some(storage), token), writer: Some(writer), _dir: dir }
+    }
+
+    async fn call(&self, request: Request<Body>) -> (StatusCode, Value) {
+        let response = router(self.state.clone()).oneshot(request).await.unwrap();
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), 4 * MAX_BODY_BYTES).await.unwrap();
+        let body = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+        (status, body)
+    }
+
+    async fn get(&self, uri: &str) -> (StatusCode, Value) {
+        self.call(Request::get(uri).body(Body::empty()).unwrap()).await
+    }
+
+    async fn post(&self, body: impl Into<Body>, token: Option<&str>) -> (StatusCode, Value) {
+        let mut request = Request::post("/api/entries").header(header::CONTENT_TYPE, "application/json");
+        if let Some(token) = token {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        self.call(request.body(body.into()).unwrap()).await
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        // Closing blocks; not on the test's runtime thread.
+        if let Some(writer) = self.writer.take() {
+            let _ = std::thread::spawn(move || writer.close()).join();
+        }
+    }
+}
+
+fn state(storage: Option<Storage>, token: Option<&str>) -> AppState {
+    AppState {
+        storage: tokio::sync::watch::channel(storage).1,
+        storage_wait: Duration::from_millis(50),
+        draining: Arc::new(AtomicBool::new(false)),
+        api_token: token.map(Secret::new),
+        metrics: logbook::telemetry::init_metrics().unwrap(),
+        started: Instant::now(),
+    }
+}
+
+/// The status, and the error code of a JSON error body.
+fn error_of(answer: &(StatusCode, Value)) -> (StatusCode, &str) {
+    (answer.0, answer.1["error"].as_str().unwrap_or("<not a JSON error>"))
+}
+
+#[tokio::test]
+async fn bad_bodies_get_a_4xx_naming_the_problem() {
+    let app = App::new(None);
+    for (body, status, code) in [
+        ("{not json", StatusCode::BAD_REQUEST, "invalid_body"),
+        (r#"{"text": 7}"#, StatusCode::UNPROCESSABLE_ENTITY, "invalid_body"),
+        (r#"{"text": "x", "extra": 1}"#, StatusCode::UNPROCESSABLE_ENTITY, "invalid_body"),
+        (r#"{"text": ""}"#, StatusCode::BAD_REQUEST, "invalid_text"),
+    ] {
+        let answer = app.post(body, None).await;
+        assert_eq!(error_of(&answer), (status, code), "{body}: {answer:?}");
+        assert!(answer.1["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}: {answer:?}");
+    }
+    let long = json!({ "text": "x".repeat(10_001) }).to_string();
+    assert_eq!(error_of(&app.post(long, None).await), (StatusCode::BAD_REQUEST, "invalid_text"));
+    let tags = json!({ "text": "x", "tags": vec!["t"; 17] }).to_string();
+    assert_eq!(error_of(&app.post(tags, None).await), (StatusCode::BAD_REQUEST, "invalid_tags"));
+    let huge = vec![b' '; MAX_BODY_BYTES + 1];
+    assert_eq!(error_of(&app.post(huge, None).await), (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"));
+    let plain =
+        Request::post("/api/entries").header(header::CONTENT_TYPE, "text/plain").body(Body::from("x"));
+    let answer = app.call(plain.unwrap()).await;
+    assert_eq!(error_of(&answer), (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"));
+}
+
+#[tokio::test]
+async fn entries_round_trip_and_pages_follow_their_cursor() {
+    let app = App::new(None);
+    for i in 1..=3 {
+        let (status, entry) =
+            app.post(json!({ "text": format!("e{i}"), "tags": ["t"] }).to_string(), None).await;
+        assert_eq!((status, entry["id"].as_i64()), (StatusCode::CREATED, Some(i)), "{entry}");
+    }
+    let (status, entry) = app.get("/api/entries/2").await;
+    assert_eq!(
+        (status, entry["text"].as_str(), entry["tags"][0].as_str()),
+        (StatusCode::OK, Some("e2"), Some("t"))
+    );
+    let (_, page) = app.get("/api/entries?after=0&limit=2").await;
+    assert_eq!((page["entries"].as_array().unwrap().len(), page["next_after"].as_i64()), (2, Some(2)));
+    let (_, rest) = app.get("/api/entries?after=2&limit=2").await;
+    assert_eq!((rest["entries"][0]["id"].as_i64(), rest["next_after"].as_i64()), (Some(3), None));
+    assert_eq!(error_of(&app.get("/api/entries/99").await), (StatusCode::NOT_FOUND, "not_found"));
+    for bad in
+        ["/api/entries?limit=0", "/api/entries?limit=501", "/api/entries?after=-1", "/api/entries?after=x"]
+    {
+        assert_eq!(app.get(bad).await.0, StatusCode::BAD_REQUEST, "{bad}");
+        assert_eq!(error_of(&app.get(bad).await).1, "invalid_query", "{bad}");
+    }
+    assert_eq!(error_of(&app.get("/api/entries/abc").await), (StatusCode::BAD_REQUEST, "invalid_id"));
+    assert_eq!(error_of(&app.get("/nowhere").await), (StatusCode::NOT_FOUND, "not_found"));
+}
+
+#[tokio::test]
+async fn writes_need_the_token_when_one_is_set() {
+    let app = App::new(Some(TOKEN));
+    let body = r#"{"text": "guarded"}"#;
+    assert_eq!(error_of(&app.post(body, None).await), (StatusCode::UNAUTHORIZED, "unauthorized"));
+    assert_eq!(error_of(&app.post(body, Some("wrong")).await), (StatusCode::UNAUTHORIZED, "unauthorized"));
+    assert_eq!(app.post(body, Some(TOKEN)).await.0, StatusCode::CREATED);
+    assert_eq!(app.get("/api/entries/1").await.0, StatusCode::OK, "reads need no token");
+}
+
+#[tokio::test]
+async fn readiness_follows_storage_and_shutdown() {
+    let app = App::new(None);
+    assert_eq!(app.get("/readyz").await.0, StatusCode::OK);
+    app.state.draining.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(app.get("/readyz").await.0, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(app.get("/healthz").await.0, StatusCode::OK, "alive while draining");
+    // A database not open yet: live, not ready, and requests that need it wait, then 503.
+    let waiting = state(None, None);
+    let (status, _) = App::call_with(&waiting, Request::get("/readyz").body(Body::empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let (status, body) =
+        App::call_with(&waiting, Request::get("/api/entries/1").body(Body::empty()).unwrap()).await;
+    assert_eq!((status, body["error"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("starting")));
+}
+
+#[tokio::test]
+async fn version_and_metrics_describe_the_build() {
+    let app = App::new(None);
+    let (status, version) = app.get("/version").await;
+    assert_eq!(status, StatusCode::OK);
+    for field in ["version", "revision", "build_time", "uptime_seconds"] {
+        assert!(!version[field].is_null(), "/version has no {field}: {version}");
+    }
+    let response =
+        router(app.state.clone()).oneshot(Request::get("/metrics").body(Body::empty()).unwrap()).await;
+    let response = response.unwrap();
+    let content_type = response.headers()[header::CONTENT_TYPE].to_str().unwrap().to_owned();
+    assert!(content_type.starts_with("text/plain"), "{content_type}");
+    let text = axum::body::to_bytes(response.into_body(), MAX_BODY_BYTES).await.unwrap();
+    assert!(String::from_utf8_lossy(&text).contains("logbook_build_info"));
+}
+
+#[tokio::test]
+async fn corrupt_stored_tags_are_an_error_naming_the_entry() {
+    let app = App::new(None);
+    assert_eq!(app.post(r#"{"text": "fine"}"#, None).await.0, StatusCode::CREATED);
+    let conn = rusqlite::Connection::open(app._dir.path().join("logbook.db")).unwrap();
+    conn.execute("UPDATE entries SET tags = 'not json' WHERE id = 1", []).unwrap();
+    let answer = app.get("/api/entries/1").await;
+    assert_eq!(error_of(&answer), (StatusCode::INTERNAL_SERVER_ERROR, "corrupt_entry"), "{answer:?}");
+    assert!(answer.1["message"].as_str().unwrap().contains("entry 1"), "{answer:?}");
+    assert_eq!(error_of(&app.get("/api/entries").await).0, StatusCode::INTERNAL_SERVER_ERROR);
+}
+
+impl App {
+    async fn call_with(state: &AppState, request: Request<Body>) -> (StatusCode, Value) {
+        let response = router(state.clone()).oneshot(request).await.unwrap();
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), MAX_BODY_BYTES).await.unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+}
+
+/// `serve` on a real listener: answers over TCP, and on shutdown commits what it
+/// acknowledged and returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_answers_then_shuts_down_keeping_every_acknowledged_entry() {
+    let dir = TempDir::new("serve");
+    let db = dir.path().join("logbook.db");
+    let mut config = Config::from_lookup(|_| None).unwrap();
+    config.db_path = db.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(logbook::server::serve(
+        config,
+        listener,
+        async move {
+            let _ = stopped.await;
+            "test"
+        },
+        Instant::now(),
+    ));
+    let client = tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !support::request(addr, "GET", "/readyz", &[], None).is_ok_and(|r| r.status == 200) {
+            assert!(Instant::now() < deadline, "never ready");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let json = [("Content-Type", "application/json")];
+        (1..=5)
+            .map(|i| {
+                let body = format!(r#"{{"text":"in-process {i}"}}"#);
+                support::request(addr, "POST", "/api/entries", &json, Some(body.as_bytes())).unwrap().status
+            })
+            .collect::<Vec<_>>()
+    });
+    let statuses = client.await.unwrap();
+    assert_eq!(statuses, [201; 5]);
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(20), server).await.unwrap().unwrap().unwrap();
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let count: i64 = conn.query_row("SELECT count(*) FROM entries", [], |r| r.get(0)).unwrap();
+    assert_eq!(count, 5);
+}
