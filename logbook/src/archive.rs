@@ -143,8 +143,8 @@ pub fn backup(source: &Path, dest: &Path) -> Result<FileReport, ArchiveError> {
 pub fn restore(from: &Path, db: &Path) -> Result<RestoreReport, ArchiveError> {
     verify_file(from)?;
     // Held until the restore is done: a running service (or a second restore) refuses it.
-    let _lock =
-        crate::storage::lock(db).map_err(|e| ArchiveError::InUse(format!("{e}; stop the service first")))?;
+    let _lock = crate::storage::lock_exclusive(db)
+        .map_err(|e| ArchiveError::InUse(format!("{e}; stop the service first")))?;
     let previous = if db.exists() {
         let stamp: String = Connection::open_in_memory()
             .and_then(|c| c.query_row("SELECT strftime('%Y%m%dT%H%M%SZ', 'now')", [], |r| r.get(0)))
@@ -188,15 +188,7 @@ fn write_verified(
     write: impl FnOnce(&Path) -> Result<(), ArchiveError>,
     placement: Placement<'_>,
 ) -> Result<FileReport, ArchiveError> {
-    let partial = with_suffix(dest, &format!("partial-{}", std::process::id()));
-    let _ = std::fs::remove_file(&partial);
-    // Created here first, so a refusal carries the operating system's reason (a read-only
-    // filesystem, say) rather than SQLite's "unable to open database file".
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&partial)
-        .map_err(|e| ArchiveError::File(format!("cannot create {}: {e}", partial.display())))?;
+    let partial = create_new_beside(dest, "partial")?;
     let result = write(&partial).and_then(|()| sync(&partial)).and_then(|()| verify_file(&partial)).and_then(
         |report| {
             let placed = match placement {
@@ -219,6 +211,27 @@ fn write_verified(
         let _ = std::fs::remove_file(&partial);
     }
     result
+}
+
+/// Creates a new, empty file `<path>.<tag>-<unique>` in `path`'s directory, never opening
+/// one that exists (O_EXCL, which also refuses to follow a symlink planted there), so the
+/// file is ours to write and to remove. Created here first, so a refusal carries the
+/// operating system's reason (a read-only filesystem, say) rather than SQLite's.
+pub fn create_new_beside(path: &Path, tag: &str) -> Result<PathBuf, ArchiveError> {
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
+    for attempt in 0..100u32 {
+        let candidate = with_suffix(path, &format!("{tag}-{}-{nanos:x}-{attempt}", std::process::id()));
+        match std::fs::OpenOptions::new().write(true).create_new(true).open(&candidate) {
+            Ok(_) => return Ok(candidate),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(ArchiveError::File(format!("cannot create {}: {e}", candidate.display()))),
+        }
+    }
+    Err(ArchiveError::File(format!(
+        "cannot create a new file beside {}: every name tried exists",
+        path.display()
+    )))
 }
 
 fn database(e: rusqlite::Error) -> ArchiveError {

@@ -22,7 +22,16 @@ pub const KNOWN: &[&str] = &[
     "LOGBOOK_LOCK_WAIT",
     "LOGBOOK_API_TOKEN",
     "LOGBOOK_API_TOKEN_FILE",
+    "LOGBOOK_ALLOW_UNAUTHENTICATED",
+    "LOGBOOK_MAX_CONNECTIONS",
+    "LOGBOOK_BODY_TIMEOUT",
+    "LOGBOOK_REQUEST_TIMEOUT",
+    "LOGBOOK_WRITE_TIMEOUT",
 ];
+
+/// Default cap on open connections. Each may hold a 64 KiB header buffer, a 1 MiB body
+/// and a 1 MiB response page, so 256 of them stay within a 256 MiB container even at worst.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -36,6 +45,17 @@ pub struct Config {
     /// How long to wait at start for another process to release the database.
     pub lock_wait: Duration,
     pub api_token: Option<Secret>,
+    /// LOGBOOK_ALLOW_UNAUTHENTICATED: writes without a token on a non-loopback address.
+    pub allow_unauthenticated: bool,
+    /// Open connections beyond this wait in the kernel's backlog (LOGBOOK_MAX_CONNECTIONS).
+    pub max_connections: usize,
+    /// Longest a client may take to send a request body, from the request's arrival.
+    pub body_timeout: Duration,
+    /// Longest a request may take to be answered (a 408 after that).
+    pub request_timeout: Duration,
+    /// Longest a write to a client may wait for it to read; a client that stops reading
+    /// is disconnected after that.
+    pub write_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,8 +127,9 @@ impl Config {
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let get = |var: &'static str| lookup(var).filter(|v| !v.is_empty()).map(|v| (var, v));
 
+        // Loopback unless told otherwise: the image sets 0.0.0.0, where a token is required.
         let bind = match get("LOGBOOK_BIND") {
-            None => IpAddr::from([0, 0, 0, 0]),
+            None => IpAddr::from([127, 0, 0, 1]),
             Some((var, v)) => {
                 v.parse().map_err(|_| invalid(var, &v, "an IP address such as 0.0.0.0 or 127.0.0.1"))?
             }
@@ -138,29 +159,32 @@ impl Config {
                 _ => return Err(invalid(var, &v, "json or text")),
             },
         };
-        let shutdown_timeout = duration_var(&get, "LOGBOOK_SHUTDOWN_TIMEOUT", Duration::from_secs(10))?;
-        if shutdown_timeout.is_zero() {
-            let raw = lookup("LOGBOOK_SHUTDOWN_TIMEOUT").unwrap_or_default();
-            return Err(invalid(
-                "LOGBOOK_SHUTDOWN_TIMEOUT",
-                &raw,
-                "a duration above zero such as 10s or 500ms",
-            ));
-        }
+        let shutdown_timeout = positive_duration(&get, "LOGBOOK_SHUTDOWN_TIMEOUT", Duration::from_secs(10))?;
         let drain_delay = duration_var(&get, "LOGBOOK_DRAIN_DELAY", Duration::ZERO)?;
         let lock_wait = duration_var(&get, "LOGBOOK_LOCK_WAIT", Duration::from_secs(30))?;
-        let api_token = match (get("LOGBOOK_API_TOKEN"), get("LOGBOOK_API_TOKEN_FILE")) {
-            (Some(_), Some(_)) => {
-                return Err(ConfigError {
-                    var: "LOGBOOK_API_TOKEN",
-                    value: None,
-                    expected: "either LOGBOOK_API_TOKEN or LOGBOOK_API_TOKEN_FILE, not both".into(),
-                });
-            }
-            (Some((_, token)), None) => Some(Secret(token)),
-            (None, Some((var, path))) => Some(read_token_file(var, &path)?),
-            (None, None) => None,
+        let (api_token, allow_unauthenticated) = read_auth(&lookup, &get)?;
+        let max_connections = match get("LOGBOOK_MAX_CONNECTIONS") {
+            None => DEFAULT_MAX_CONNECTIONS,
+            Some((var, v)) => v
+                .parse()
+                .ok()
+                .filter(|n| *n >= 1)
+                .ok_or_else(|| invalid(var, &v, "an integer of at least 1"))?,
         };
+        let body_timeout = positive_duration(&get, "LOGBOOK_BODY_TIMEOUT", Duration::from_secs(10))?;
+        // A request may wait LOGBOOK_LOCK_WAIT for the database during a switch; it must not
+        // time out before that wait gives its own answer.
+        let request_timeout =
+            positive_duration(&get, "LOGBOOK_REQUEST_TIMEOUT", lock_wait + Duration::from_secs(30))?;
+        if request_timeout <= lock_wait {
+            let raw = lookup("LOGBOOK_REQUEST_TIMEOUT").unwrap_or_default();
+            return Err(invalid(
+                "LOGBOOK_REQUEST_TIMEOUT",
+                &raw,
+                &format!("a duration above LOGBOOK_LOCK_WAIT ({}s)", lock_wait.as_secs()),
+            ));
+        }
+        let write_timeout = positive_duration(&get, "LOGBOOK_WRITE_TIMEOUT", Duration::from_secs(10))?;
         Ok(Config {
             bind,
             port,
@@ -171,8 +195,71 @@ impl Config {
             drain_delay,
             lock_wait,
             api_token,
+            allow_unauthenticated,
+            max_connections,
+            body_timeout,
+            request_timeout,
+            write_timeout,
         })
     }
+}
+
+impl Config {
+    /// For serving: refuses to take anyone's writes from the network unless told to.
+    /// Loopback, a token, or LOGBOOK_ALLOW_UNAUTHENTICATED=1 pass; the operator
+    /// commands (backup, restore) listen on nothing and need no such check.
+    pub fn check_exposure(&self) -> Result<(), ConfigError> {
+        if self.api_token.is_some() || self.bind.is_loopback() || self.allow_unauthenticated {
+            return Ok(());
+        }
+        Err(ConfigError {
+            var: "LOGBOOK_API_TOKEN",
+            value: None,
+            expected: format!(
+                "a token (LOGBOOK_API_TOKEN or LOGBOOK_API_TOKEN_FILE) for writes on LOGBOOK_BIND={}, \
+                 which is not loopback; or LOGBOOK_ALLOW_UNAUTHENTICATED=1 to accept anyone's writes",
+                self.bind
+            ),
+        })
+    }
+}
+
+/// The write token and whether writes without one are allowed.
+fn read_auth(
+    lookup: &impl Fn(&str) -> Option<String>,
+    get: &impl Fn(&'static str) -> Option<(&'static str, String)>,
+) -> Result<(Option<Secret>, bool), ConfigError> {
+    // Set but empty is a mistake (a template left unfilled), never "authentication off".
+    for var in ["LOGBOOK_API_TOKEN", "LOGBOOK_API_TOKEN_FILE"] {
+        if lookup(var).is_some_and(|v| v.is_empty()) {
+            return Err(ConfigError {
+                var,
+                value: None,
+                expected: "a non-empty value (unset it to accept unauthenticated writes)".into(),
+            });
+        }
+    }
+    let api_token = match (get("LOGBOOK_API_TOKEN"), get("LOGBOOK_API_TOKEN_FILE")) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError {
+                var: "LOGBOOK_API_TOKEN",
+                value: None,
+                expected: "either LOGBOOK_API_TOKEN or LOGBOOK_API_TOKEN_FILE, not both".into(),
+            });
+        }
+        (Some((_, token)), None) => Some(Secret(token)),
+        (None, Some((var, path))) => Some(read_token_file(var, &path)?),
+        (None, None) => None,
+    };
+    let allow_unauthenticated = match get("LOGBOOK_ALLOW_UNAUTHENTICATED") {
+        None => false,
+        Some((var, v)) => match v.as_str() {
+            "1" | "true" => true,
+            "0" | "false" => false,
+            _ => return Err(invalid(var, &v, "1 or 0")),
+        },
+    };
+    Ok((api_token, allow_unauthenticated))
 }
 
 fn invalid(var: &'static str, value: &str, expected: &str) -> ConfigError {
@@ -189,6 +276,21 @@ fn duration_var(
         Some((var, v)) => parse_duration(&v).ok_or_else(|| {
             invalid(var, &v, "a duration such as 10s, 500ms or 2m (bare numbers are seconds)")
         }),
+    }
+}
+
+/// [`duration_var`], refusing zero (a timeout of nothing would refuse every request).
+fn positive_duration(
+    get: &impl Fn(&'static str) -> Option<(&'static str, String)>,
+    var: &'static str,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    let duration = duration_var(get, var, default)?;
+    match get(var) {
+        Some((var, v)) if duration.is_zero() => {
+            Err(invalid(var, &v, "a duration above zero such as 10s or 500ms"))
+        }
+        _ => Ok(duration),
     }
 }
 
@@ -230,7 +332,9 @@ mod tests {
     fn defaults_apply_when_nothing_is_set() {
         let c = config(&[]).unwrap();
         assert_eq!(c.port, 8080);
-        assert_eq!(c.bind.to_string(), "0.0.0.0");
+        assert_eq!(c.bind.to_string(), "127.0.0.1");
+        assert_eq!(c.max_connections, DEFAULT_MAX_CONNECTIONS);
+        assert_eq!(c.request_timeout, c.lock_wait + Duration::from_secs(30));
         assert_eq!(c.log_format, LogFormat::Json);
         assert_eq!(c.shutdown_timeout, Duration::from_secs(10));
         assert_eq!(c.drain_delay, Duration::ZERO);
@@ -256,6 +360,42 @@ mod tests {
             config(&[("LOGBOOK_SHUTDOWN_TIMEOUT", "0ms")]).unwrap_err().to_string(),
             r#"invalid LOGBOOK_SHUTDOWN_TIMEOUT="0ms": expected a duration above zero such as 10s or 500ms"#
         );
+    }
+
+    #[test]
+    fn an_empty_token_is_an_error_not_auth_off() {
+        for var in ["LOGBOOK_API_TOKEN", "LOGBOOK_API_TOKEN_FILE"] {
+            let err = config(&[(var, "")]).unwrap_err();
+            assert_eq!(err.var, var);
+            assert!(err.to_string().contains("non-empty"), "{err}");
+        }
+    }
+
+    #[test]
+    fn writes_open_to_the_network_need_a_token_or_an_explicit_opt_out() {
+        let exposure = |vars: &[(&str, &str)]| config(vars).unwrap().check_exposure();
+        let err = exposure(&[("LOGBOOK_BIND", "0.0.0.0")]).unwrap_err();
+        assert_eq!(err.var, "LOGBOOK_API_TOKEN");
+        assert!(err.to_string().contains("LOGBOOK_ALLOW_UNAUTHENTICATED=1"), "{err}");
+        assert!(exposure(&[("LOGBOOK_BIND", "0.0.0.0"), ("LOGBOOK_API_TOKEN", "t")]).is_ok());
+        assert!(exposure(&[("LOGBOOK_BIND", "0.0.0.0"), ("LOGBOOK_ALLOW_UNAUTHENTICATED", "1")]).is_ok());
+        assert!(exposure(&[("LOGBOOK_BIND", "::1")]).is_ok());
+        assert!(exposure(&[]).is_ok(), "the default address is loopback");
+        assert_eq!(
+            config(&[("LOGBOOK_ALLOW_UNAUTHENTICATED", "yes")]).unwrap_err().var,
+            "LOGBOOK_ALLOW_UNAUTHENTICATED"
+        );
+    }
+
+    #[test]
+    fn limits_are_checked() {
+        assert_eq!(config(&[("LOGBOOK_MAX_CONNECTIONS", "0")]).unwrap_err().var, "LOGBOOK_MAX_CONNECTIONS");
+        assert_eq!(config(&[("LOGBOOK_BODY_TIMEOUT", "0s")]).unwrap_err().var, "LOGBOOK_BODY_TIMEOUT");
+        let err = config(&[("LOGBOOK_LOCK_WAIT", "30s"), ("LOGBOOK_REQUEST_TIMEOUT", "30s")]).unwrap_err();
+        assert_eq!(err.var, "LOGBOOK_REQUEST_TIMEOUT");
+        assert!(err.to_string().contains("above LOGBOOK_LOCK_WAIT"), "{err}");
+        let c = config(&[("LOGBOOK_MAX_CONNECTIONS", "8"), ("LOGBOOK_WRITE_TIMEOUT", "1s")]).unwrap();
+        assert_eq!((c.max_connections, c.write_timeout), (8, Duration::from_secs(1)));
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! The HTTP API: routes, validation, JSON errors, and request metrics.
 
+use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Path, Query, Request, State};
@@ -15,12 +16,21 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Deserialize;
 use serde_json::json;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::timeout::{RequestBodyDeadlineLayer, TimeoutError, TimeoutLayer};
 
 use crate::build_info;
 use crate::config::Secret;
-use crate::storage::{NewEntry, Storage, StorageError};
+use crate::storage::{Entry, Health, NewEntry, Storage, StorageError};
 
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// A page of entries stops before this many bytes of JSON, even short of `limit`.
+pub const MAX_PAGE_BYTES: usize = 1024 * 1024;
+/// Longer request targets get a 414, all request headers together beyond this a 431.
+/// Both sit below the HTTP layer's own limits, so the answer is ours: JSON, and counted.
+pub const MAX_URI_BYTES: usize = 8 * 1024;
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// An append that has waited this long for its commit makes the service unready.
+pub const WRITE_STALL_AFTER: Duration = Duration::from_secs(5);
 pub const MAX_TEXT_CHARS: usize = 10_000;
 pub const MAX_TAGS: usize = 16;
 pub const MAX_TAG_CHARS: usize = 64;
@@ -38,6 +48,9 @@ pub struct AppState {
     pub api_token: Option<Secret>,
     pub metrics: PrometheusHandle,
     pub started: Instant,
+    /// LOGBOOK_BODY_TIMEOUT and LOGBOOK_REQUEST_TIMEOUT.
+    pub body_timeout: Duration,
+    pub request_timeout: Duration,
 }
 
 impl AppState {
@@ -60,6 +73,7 @@ impl AppState {
 }
 
 pub fn router(state: AppState) -> Router {
+    let (body_timeout, request_timeout) = (state.body_timeout, state.request_timeout);
     Router::new()
         .route("/api/entries", get(list_entries).post(append_entry))
         .route("/api/entries/{id}", get(get_entry))
@@ -71,7 +85,13 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(CatchPanicLayer::custom(panic_response))
-        // Outermost, so 404s, 405s, 413s and panics are all counted.
+        // From the request's arrival: a body trickled in byte by byte still ends in time.
+        .layer(RequestBodyDeadlineLayer::new(body_timeout))
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, request_timeout))
+        // Before any body is read, so a refused upload costs nothing (and gets no 100 Continue).
+        .layer(middleware::from_fn(refuse_early))
+        .layer(middleware::from_fn(json_errors))
+        // Outermost, so 404s, 405s, 408s, 413s and panics are all counted.
         .layer(middleware::from_fn(track_request))
         .with_state(state)
 }
@@ -102,6 +122,13 @@ impl IntoResponse for ApiError {
 
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
+        if caused_by::<TimeoutError>(&rejection) {
+            return ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                "the request body did not arrive within LOGBOOK_BODY_TIMEOUT",
+            );
+        }
         let code = match rejection.status() {
             StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
             StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
@@ -111,6 +138,18 @@ impl From<JsonRejection> for ApiError {
             if rejection.status().is_client_error() { rejection.status() } else { StatusCode::BAD_REQUEST };
         ApiError::new(status, code, rejection.body_text())
     }
+}
+
+/// True if `error` or any error behind it is an `E`.
+fn caused_by<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if e.is::<E>() {
+            return true;
+        }
+        next = e.source();
+    }
+    false
 }
 
 impl From<StorageError> for ApiError {
@@ -155,13 +194,10 @@ struct AppendRequest {
     tags: Vec<String>,
 }
 
-async fn append_entry(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Result<JsonBody<AppendRequest>, ApiError>,
-) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
-    let JsonBody(request) = body?;
+async fn append_entry(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
+    // Before a byte of the body is read: an unauthorised upload costs no memory.
+    authorize(&state, request.headers())?;
+    let JsonBody(request) = JsonBody::<AppendRequest>::from_request(request, &state).await?;
     let entry = validate(request)?;
     let stored = state.storage().await?.append(entry).await?;
     let location = HeaderValue::from_str(&format!("/api/entries/{}", stored.id))
@@ -183,8 +219,8 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
 }
 
 fn validate(request: AppendRequest) -> Result<NewEntry, ApiError> {
-    if request.text.trim().is_empty() {
-        return Err(ApiError::bad_request("invalid_text", "text must not be empty"));
+    if request.text.chars().all(invisible) {
+        return Err(ApiError::bad_request("invalid_text", "text must have a visible character"));
     }
     let chars = request.text.chars().count();
     if chars > MAX_TEXT_CHARS {
@@ -193,19 +229,43 @@ fn validate(request: AppendRequest) -> Result<NewEntry, ApiError> {
             format!("text is {chars} characters; the limit is {MAX_TEXT_CHARS}"),
         ));
     }
+    if let Some(c) = request.text.chars().find(|c| bidi_control(*c)) {
+        return Err(ApiError::bad_request(
+            "invalid_text",
+            format!(
+                "text holds the bidirectional control U+{:04X}, which can disguise what it says",
+                c as u32
+            ),
+        ));
+    }
     if request.tags.len() > MAX_TAGS {
         return Err(ApiError::bad_request("invalid_tags", format!("at most {MAX_TAGS} tags are allowed")));
     }
     for tag in &request.tags {
         let len = tag.chars().count();
-        if len == 0 || len > MAX_TAG_CHARS || tag.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        if len == 0 || len > MAX_TAG_CHARS || tag.chars().any(|c| invisible(c) || bidi_control(c)) {
             return Err(ApiError::bad_request(
                 "invalid_tags",
-                format!("each tag must be 1 to {MAX_TAG_CHARS} characters with no whitespace"),
+                format!(
+                    "each tag must be 1 to {MAX_TAG_CHARS} visible characters: no whitespace, control, \
+                     zero-width or bidirectional control characters"
+                ),
             ));
         }
     }
     Ok(NewEntry { text: request.text, tags: request.tags })
+}
+
+/// Characters that show nothing: whitespace, controls, and zero-width ones.
+fn invisible(c: char) -> bool {
+    c.is_whitespace()
+        || c.is_control()
+        || matches!(c, '\u{200B}'..='\u{200D}' | '\u{2060}'..='\u{2064}' | '\u{FEFF}' | '\u{180E}' | '\u{034F}')
+}
+
+/// Characters that reorder the text around them (the "Trojan Source" ones).
+fn bidi_control(c: char) -> bool {
+    matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
 #[derive(Deserialize)]
@@ -233,10 +293,53 @@ async fn list_entries(
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(ApiError::bad_request("invalid_query", format!("limit must be from 1 to {MAX_PAGE}")));
     }
-    let entries = state.storage().await?.list(after, limit).await?;
-    // A full page may have more behind it; the client continues from the last id.
-    let next_after = (entries.len() == limit as usize).then(|| entries.last().map(|e| e.id)).flatten();
-    Ok(Json(json!({ "entries": entries, "next_after": next_after })).into_response())
+    let page = state.storage().await?.fold(after, limit, Page::new(limit), Page::push).await?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], page.finish()).into_response())
+}
+
+/// A page of entries, serialised as the rows arrive: `{"entries":[...],"next_after":id}`.
+/// It stops at `limit` entries or before `MAX_PAGE_BYTES`, whichever comes first (always
+/// holding at least one entry), and `next_after` tells the client where to go on.
+struct Page {
+    body: Vec<u8>,
+    limit: u32,
+    count: u32,
+    last_id: Option<i64>,
+    full: bool,
+}
+
+impl Page {
+    fn new(limit: u32) -> Self {
+        Page { body: b"{\"entries\":[".to_vec(), limit, count: 0, last_id: None, full: false }
+    }
+
+    /// Adds `entry`, or refuses it (false) when it would take the page over its budget.
+    fn push(&mut self, entry: Entry) -> bool {
+        let mark = self.body.len();
+        if self.count > 0 {
+            self.body.push(b',');
+        }
+        // Serialising plain data into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut self.body, &entry);
+        if self.count > 0 && self.body.len() > MAX_PAGE_BYTES - 64 {
+            self.body.truncate(mark);
+            self.full = true;
+            return false;
+        }
+        self.count += 1;
+        self.last_id = Some(entry.id);
+        true
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        // A full page may have more behind it; the client continues from the last id.
+        let next_after = self.last_id.filter(|_| self.full || self.count == self.limit);
+        let _ = match next_after {
+            Some(id) => write!(self.body, "],\"next_after\":{id}}}"),
+            None => write!(self.body, "],\"next_after\":null}}"),
+        };
+        self.body
+    }
 }
 
 async fn get_entry(
@@ -258,18 +361,33 @@ async fn healthz() -> Response {
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
+    let unready = |status: &str, reason: String| {
+        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": status, "reason": reason }))).into_response()
+    };
     if state.draining.load(Ordering::SeqCst) {
-        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "draining" }))).into_response();
+        return unready("draining", "the service is shutting down".into());
     }
     let storage = state.storage.borrow().clone();
     let Some(storage) = storage else {
-        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "starting" }))).into_response();
+        return unready(
+            "starting",
+            "waiting for the database lock (another release may still hold it)".into(),
+        );
     };
     if !storage.ready().await {
-        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "storage_unavailable" })))
-            .into_response();
+        return unready("storage_unavailable", "the database does not answer reads".into());
     }
-    Json(json!({ "status": "ready" })).into_response()
+    match storage.health(WRITE_STALL_AFTER).await {
+        Health::Ready => Json(json!({ "status": "ready" })).into_response(),
+        Health::Failing { failures, error } => {
+            unready("writes_failing", format!("the last {failures} commit(s) failed: {error}"))
+        }
+        Health::Stalled { waited } => unready(
+            "writes_stalled",
+            format!("an append has waited {} ms for its commit", waited.as_millis()),
+        ),
+        Health::Closed => unready("storage_unavailable", "the writer has stopped".into()),
+    }
 }
 
 async fn version(State(state): State<AppState>) -> Response {
@@ -302,6 +420,62 @@ async fn method_not_allowed(method: Method) -> ApiError {
 fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     // The panic itself is logged by the panic hook, through tracing.
     ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error").into_response()
+}
+
+/// Refuses, before any of the body is read, what the limits would refuse anyway: a request
+/// target or headers too long, or a declared body above the limit.
+async fn refuse_early(request: Request, next: Next) -> Response {
+    match refusal(&request) {
+        Some(refused) => refused.into_response(),
+        None => next.run(request).await,
+    }
+}
+
+fn refusal(request: &Request) -> Option<ApiError> {
+    let target = request.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if target > MAX_URI_BYTES {
+        return Some(ApiError::new(
+            StatusCode::URI_TOO_LONG,
+            "uri_too_long",
+            format!("the request target is {target} bytes; the limit is {MAX_URI_BYTES}"),
+        ));
+    }
+    let headers: usize =
+        request.headers().iter().map(|(name, value)| name.as_str().len() + value.len() + 4).sum();
+    if headers > MAX_HEADER_BYTES {
+        return Some(ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            format!("the request headers are {headers} bytes; the limit is {MAX_HEADER_BYTES}"),
+        ));
+    }
+    let declared = request.headers().get(header::CONTENT_LENGTH)?.to_str().ok()?.parse::<u64>().ok()?;
+    (declared > MAX_BODY_BYTES as u64).then(|| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the body is {declared} bytes; the limit is {MAX_BODY_BYTES}"),
+        )
+    })
+}
+
+/// Gives a JSON body to error answers made without one (the request timeout's 408, say),
+/// so every error a client gets reads the same way.
+async fn json_errors(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error())
+        || response.headers().contains_key(header::CONTENT_TYPE)
+    {
+        return response;
+    }
+    let (code, message) = match status {
+        StatusCode::REQUEST_TIMEOUT => {
+            ("request_timeout", "the request took longer than LOGBOOK_REQUEST_TIMEOUT")
+        }
+        _ => ("error", status.canonical_reason().unwrap_or("error")),
+    };
+    ApiError::new(status, code, message).into_response()
 }
 
 /// Decrements the in-flight gauge however the request ends, cancellation included.

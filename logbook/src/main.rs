@@ -31,7 +31,8 @@ Usage:
 
 Environment: LOGBOOK_BIND, LOGBOOK_PORT, LOGBOOK_DB_PATH, LOGBOOK_LOG, LOGBOOK_LOG_FORMAT,
 LOGBOOK_SHUTDOWN_TIMEOUT, LOGBOOK_DRAIN_DELAY, LOGBOOK_LOCK_WAIT, LOGBOOK_API_TOKEN,
-LOGBOOK_API_TOKEN_FILE.
+LOGBOOK_API_TOKEN_FILE, LOGBOOK_ALLOW_UNAUTHENTICATED, LOGBOOK_MAX_CONNECTIONS,
+LOGBOOK_BODY_TIMEOUT, LOGBOOK_REQUEST_TIMEOUT, LOGBOOK_WRITE_TIMEOUT.
 ";
 
 #[allow(clippy::print_stdout, clippy::print_stderr)]
@@ -46,6 +47,10 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
+            if let Err(e) = config.check_exposure() {
+                eprintln!("logbook: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
             telemetry::init_logging(&config.log_filter, config.log_format);
             let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
                 Ok(rt) => rt,
@@ -125,11 +130,21 @@ async fn serve(config: Config, started: Instant) -> Result<(), ServeError> {
 struct Signals {
     term: Signal,
     int: Signal,
+    /// Held, never read: a file-size limit (RLIMIT_FSIZE) then fails the write that hits
+    /// it, which the service reports, instead of killing the process.
+    _file_size: Signal,
 }
+
+/// SIGXFSZ on Linux.
+const SIGXFSZ: i32 = 25;
 
 impl Signals {
     fn install() -> std::io::Result<Self> {
-        Ok(Signals { term: signal(SignalKind::terminate())?, int: signal(SignalKind::interrupt())? })
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            _file_size: signal(SignalKind::from_raw(SIGXFSZ))?,
+        })
     }
 
     async fn next(&mut self) -> &'static str {
@@ -163,14 +178,16 @@ fn backup(db: &Path, dest: &str) -> Result<archive::FileReport, ArchiveError> {
         return archive::backup(db, Path::new(dest));
     }
     let dir = db.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let temp = dir.join(format!(".logbook-backup-{}.db", std::process::id()));
-    // Never placed over an existing file, so on success the file is ours to remove.
-    let report = archive::backup(db, &temp)?;
-    let streamed = std::fs::File::open(&temp).and_then(|mut file| {
+    // Reserved under a name nobody else has (created exclusively), then freed for the
+    // backup, which itself never places a file over an existing one.
+    let reserved = archive::create_new_beside(&dir.join(".logbook-backup"), "db")?;
+    let _ = std::fs::remove_file(&reserved);
+    let report = archive::backup(db, &reserved)?;
+    let streamed = std::fs::File::open(&reserved).and_then(|mut file| {
         let mut stdout = std::io::stdout().lock();
         std::io::copy(&mut file, &mut stdout).and_then(|_| stdout.flush())
     });
-    let _ = std::fs::remove_file(&temp);
+    let _ = std::fs::remove_file(&reserved);
     streamed.map_err(|e| ArchiveError::File(format!("cannot write the backup to stdout: {e}")))?;
     Ok(report)
 }

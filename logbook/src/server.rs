@@ -70,14 +70,17 @@ pub async fn serve(
         storage_wait: config.lock_wait,
         metrics,
         started,
+        body_timeout: config.body_timeout,
+        request_timeout: config.request_timeout,
     };
-    let mut server = Server::new(router(state));
+    let mut server = Server::new(router(state), config.max_connections, config.write_timeout);
     tracing::info!(
         addr = %local,
         db = %config.db_path.display(),
         version = crate::build_info::VERSION,
         revision = crate::build_info::REVISION,
         auth = config.api_token.is_some(),
+        max_connections = config.max_connections,
         startup_ms = started.elapsed().as_millis() as u64,
         "listening"
     );
@@ -92,7 +95,7 @@ pub async fn serve(
                 writer = Some(handle);
                 tracing::info!(startup_ms = started.elapsed().as_millis() as u64, "ready");
             }
-            accepted = listener.accept() => server.accept(accepted).await,
+            accepted = listener.accept(), if server.has_room() => server.accept(accepted).await,
             Some(_) = server.connections.join_next() => {}
         }
     };
@@ -133,7 +136,7 @@ async fn drain(
     loop {
         tokio::select! {
             _ = &mut delay => break,
-            accepted = listener.accept() => server.accept(accepted).await,
+            accepted = listener.accept(), if server.has_room() => server.accept(accepted).await,
             Some(_) = server.connections.join_next() => {}
         }
     }
@@ -195,30 +198,70 @@ async fn open_storage(path: PathBuf, lock_wait: Duration) -> Result<(Storage, Wr
 
 /// Longest a client may take to send a request's head; slower connections are closed.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// The most a request head may take in memory; beyond it the HTTP layer answers 431.
+/// Limits of our own (`http::MAX_HEADER_BYTES`) answer first, with a JSON body.
+const MAX_HEAD_BUFFER: usize = 64 * 1024;
 
 /// HTTP/1.1 connections, each a task in `connections`, watched for graceful shutdown.
+/// At `max_connections` open, no more are accepted: new ones wait in the kernel's backlog
+/// until one closes, so a flood of idle or slow clients cannot exhaust memory.
 struct Server {
     app: axum::Router,
     http: http1::Builder,
     graceful: GracefulShutdown,
     connections: JoinSet<()>,
+    max_connections: usize,
+    write_timeout: Duration,
+    /// Whether the cap was reached and not yet left, so the log says it once per episode.
+    at_cap: bool,
 }
 
 impl Server {
-    fn new(app: axum::Router) -> Self {
+    fn new(app: axum::Router, max_connections: usize, write_timeout: Duration) -> Self {
         let mut http = http1::Builder::new();
-        http.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
-        Server { app, http, graceful: GracefulShutdown::new(), connections: JoinSet::new() }
+        http.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).max_buf_size(MAX_HEAD_BUFFER);
+        Server {
+            app,
+            http,
+            graceful: GracefulShutdown::new(),
+            connections: JoinSet::new(),
+            max_connections,
+            write_timeout,
+            at_cap: false,
+        }
+    }
+
+    /// True while another connection may be accepted; says so in the log when the cap is
+    /// reached, and again once there is room.
+    fn has_room(&mut self) -> bool {
+        let room = self.connections.len() < self.max_connections;
+        if room == self.at_cap {
+            self.at_cap = !room;
+            if room {
+                tracing::info!(max_connections = self.max_connections, "below the connection cap again");
+            } else {
+                tracing::warn!(
+                    max_connections = self.max_connections,
+                    "connection cap reached (LOGBOOK_MAX_CONNECTIONS); new connections wait until one closes"
+                );
+            }
+            metrics::counter!("logbook_http_connection_cap_reached_total").increment(u64::from(!room));
+        }
+        room
     }
 
     async fn accept(&mut self, accepted: std::io::Result<(TcpStream, SocketAddr)>) {
         match accepted {
             Ok((stream, _)) => {
+                // A client that stops reading its answer is cut off rather than holding it.
+                let mut stream = tokio_io_timeout::TimeoutStream::new(stream);
+                stream.set_write_timeout(Some(self.write_timeout));
                 let service = TowerToHyperService::new(self.app.clone());
                 let connection =
-                    self.graceful.watch(self.http.serve_connection(TokioIo::new(stream), service));
+                    self.graceful.watch(self.http.serve_connection(TokioIo::new(Box::pin(stream)), service));
                 self.connections.spawn(async move {
                     if let Err(e) = connection.await {
+                        count_unparsed(&e);
                         tracing::debug!(error = %e, "connection ended with an error");
                     }
                 });
@@ -230,4 +273,17 @@ impl Server {
             }
         }
     }
+}
+
+/// A request the HTTP layer could not parse never reaches the router; the HTTP layer
+/// answers it (400 or 431, no body) and closes. Count it with the others, so the
+/// error-ratio alert sees it.
+fn count_unparsed(error: &hyper::Error) {
+    if !error.is_parse() {
+        return;
+    }
+    let status = if error.is_parse_too_large() { "431" } else { "400" };
+    metrics::counter!("logbook_http_requests_total",
+        "method" => "other", "route" => "unparsed", "status" => status)
+    .increment(1);
 }

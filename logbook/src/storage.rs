@@ -6,10 +6,10 @@
 //! is on disk. Reads use their own connections, which WAL mode never blocks.
 
 use std::path::Path;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
@@ -37,6 +37,9 @@ const MAX_BATCH: usize = 256;
 /// Appends waiting for the writer; beyond this, handlers wait (backpressure).
 const QUEUE_DEPTH: usize = 4096;
 const READERS: usize = 2;
+/// After a failed commit, readiness stays off at least this long before a probe commit
+/// may turn it back on.
+pub const PROBE_AFTER: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Entry {
@@ -90,7 +93,9 @@ impl From<rusqlite::Error> for StorageError {
 type Reply = oneshot::Sender<Result<Entry, StorageError>>;
 
 enum Command {
-    Append(NewEntry, Reply),
+    Append(NewEntry, Reply, Instant),
+    /// A tiny write transaction, to learn whether commits work again after failing.
+    Probe(oneshot::Sender<bool>),
     Close,
 }
 
@@ -98,7 +103,67 @@ enum Command {
 #[derive(Clone)]
 pub struct Storage {
     writer: mpsc::Sender<Command>,
-    readers: std::sync::Arc<Readers>,
+    readers: Arc<Readers>,
+    health: Arc<WriterHealth>,
+}
+
+/// What the writer thread tells readiness: are commits failing, or stuck?
+struct WriterHealth {
+    /// Commits that failed in a row; any success resets it.
+    failures: AtomicU32,
+    /// When the last commit failed, in microseconds after `epoch`.
+    failed_at_us: AtomicU64,
+    last_error: Mutex<String>,
+    /// When the oldest append of the commit under way was queued, in microseconds after
+    /// `epoch` (0: no commit under way).
+    oldest_queued_us: AtomicU64,
+    epoch: Instant,
+}
+
+impl WriterHealth {
+    fn new() -> Self {
+        WriterHealth {
+            failures: AtomicU32::new(0),
+            failed_at_us: AtomicU64::new(0),
+            last_error: Mutex::new(String::new()),
+            oldest_queued_us: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
+
+    fn commit_started(&self, oldest_queued: Instant) {
+        let us = oldest_queued.saturating_duration_since(self.epoch).as_micros() as u64;
+        self.oldest_queued_us.store(us.max(1), Ordering::SeqCst);
+    }
+
+    fn commit_ended(&self, result: Result<(), String>) {
+        self.oldest_queued_us.store(0, Ordering::SeqCst);
+        match result {
+            Ok(()) => self.failures.store(0, Ordering::SeqCst),
+            Err(e) => {
+                *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = e;
+                self.failed_at_us.store(self.epoch.elapsed().as_micros() as u64, Ordering::SeqCst);
+                self.failures.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    }
+}
+
+/// Whether the service can take writes, as `/readyz` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    Ready,
+    /// The last `failures` commits failed (a full disk, say); `error` is the last reason.
+    Failing {
+        failures: u32,
+        error: String,
+    },
+    /// An append has waited this long for its commit (a stuck disk, a held lock).
+    Stalled {
+        waited: Duration,
+    },
+    /// The writer has stopped.
+    Closed,
 }
 
 struct Readers {
@@ -124,13 +189,16 @@ pub fn open_locked(path: &Path, lock: std::fs::File) -> Result<(Storage, WriterH
     migrate(&mut conn)?;
     let conns = (0..READERS).map(|_| open_reader(path).map(Mutex::new)).collect::<Result<Vec<_>, _>>()?;
     let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+    let health = Arc::new(WriterHealth::new());
+    let writer_health = health.clone();
     let thread = std::thread::Builder::new()
         .name("logbook-writer".into())
-        .spawn(move || writer_loop(conn, rx))
+        .spawn(move || writer_loop(conn, rx, &writer_health))
         .map_err(StorageError::Io)?;
     let storage = Storage {
         writer: tx.clone(),
-        readers: std::sync::Arc::new(Readers { conns, next: AtomicUsize::new(0) }),
+        readers: Arc::new(Readers { conns, next: AtomicUsize::new(0) }),
+        health,
     };
     Ok((storage, WriterHandle { writer: tx, thread: Some(thread), _lock: lock }))
 }
@@ -147,12 +215,52 @@ pub fn lock(db: &Path) -> Result<std::fs::File, StorageError> {
         .open(&path)
         .map_err(StorageError::Io)?;
     match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(StorageError::Locked(format!(
-            "another logbook process is using this database (it holds {})",
-            path.display()
-        ))),
-        Err(std::fs::TryLockError::Error(e)) => Err(StorageError::Io(e)),
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            return Err(StorageError::Locked(format!(
+                "another logbook process is using this database (it holds {})",
+                path.display()
+            )));
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(StorageError::Io(e)),
+    }
+    Ok(file)
+}
+
+/// [`lock`], for what replaces the database: then SQLite itself is asked too. The side
+/// file only orders processes that use it; a process that has the database open (a
+/// service whose lock file was removed, say) holds SQLite's shared lock, so SQLite's
+/// exclusive lock is refused. (The service itself does not ask: a reader beside it, such
+/// as a replication sidecar, may rightly keep the database open.)
+pub fn lock_exclusive(db: &Path) -> Result<std::fs::File, StorageError> {
+    let file = lock(db)?;
+    if !unshared(db)? {
+        return Err(StorageError::Locked(
+            "the database is open in another process (a running service?), though no process holds its lock file"
+                .into(),
+        ));
+    }
+    Ok(file)
+}
+
+/// True unless another connection has `db` open, proven by taking SQLite's exclusive lock
+/// (and letting it go at once). A file that does not exist yet is not shared.
+fn unshared(db: &Path) -> Result<bool, StorageError> {
+    if !db.exists() {
+        return Ok(true);
+    }
+    let conn =
+        Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+    conn.pragma_update(None, "locking_mode", "EXCLUSIVE")?;
+    match conn.execute_batch("BEGIN EXCLUSIVE; ROLLBACK;") {
+        Ok(()) => Ok(true),
+        Err(rusqlite::Error::SqliteFailure(e, _))
+            if matches!(e.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) =>
+        {
+            Ok(false)
+        }
+        // Not SQLite at all, say: leave that to the caller's own checks.
+        Err(_) => Ok(true),
     }
 }
 
@@ -205,18 +313,28 @@ fn migrate(conn: &mut Connection) -> Result<(), StorageError> {
     Ok(tx.commit()?)
 }
 
-fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Command>) {
+fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Command>, health: &WriterHealth) {
     let mut batch: Vec<(NewEntry, Reply)> = Vec::with_capacity(MAX_BATCH);
+    // Probes that arrive behind appends learn the answer from those appends' commit.
+    let mut probes: Vec<oneshot::Sender<bool>> = Vec::new();
     let mut closing = false;
     while !closing {
-        match rx.blocking_recv() {
-            Some(Command::Append(entry, reply)) => batch.push((entry, reply)),
+        let oldest_queued = match rx.blocking_recv() {
+            Some(Command::Append(entry, reply, queued)) => {
+                batch.push((entry, reply));
+                queued
+            }
+            Some(Command::Probe(reply)) => {
+                let _ = reply.send(probe(&mut conn, health));
+                continue;
+            }
             Some(Command::Close) | None => break,
-        }
+        };
         // Whatever queued up during the last commit goes into this one.
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
-                Ok(Command::Append(entry, reply)) => batch.push((entry, reply)),
+                Ok(Command::Append(entry, reply, _)) => batch.push((entry, reply)),
+                Ok(Command::Probe(reply)) => probes.push(reply),
                 Ok(Command::Close) => {
                     closing = true;
                     break;
@@ -224,13 +342,23 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Command>) {
                 Err(_) => break,
             }
         }
-        commit_batch(&mut conn, &mut batch);
+        health.commit_started(oldest_queued);
+        let committed = commit_batch(&mut conn, &mut batch, health);
+        for probe in probes.drain(..) {
+            let _ = probe.send(committed);
+        }
     }
     // Anything still queued after Close is refused, so no caller waits forever.
     rx.close();
     while let Ok(cmd) = rx.try_recv() {
-        if let Command::Append(_, reply) = cmd {
-            let _ = reply.send(Err(StorageError::Closed));
+        match cmd {
+            Command::Append(_, reply, _) => {
+                let _ = reply.send(Err(StorageError::Closed));
+            }
+            Command::Probe(reply) => {
+                let _ = reply.send(false);
+            }
+            Command::Close => {}
         }
     }
     // Fold the WAL into the main file. Never block on a reader that outlived the drain.
@@ -243,21 +371,45 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Command>) {
     }
 }
 
-fn commit_batch(conn: &mut Connection, batch: &mut Vec<(NewEntry, Reply)>) {
+/// Commits a write that changes nothing visible (the application id, rewritten as it is),
+/// so that it needs what an append needs: the write lock and room for a WAL frame.
+fn probe(conn: &mut Connection, health: &WriterHealth) -> bool {
+    health.commit_started(Instant::now());
+    let result = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .and_then(|tx| {
+            tx.pragma_update(None, "application_id", APPLICATION_ID)?;
+            tx.commit()
+        })
+        .map_err(|e| e.to_string());
+    let ok = result.is_ok();
+    if ok {
+        tracing::info!("a probe commit succeeded; writes work again");
+    }
+    health.commit_ended(result);
+    ok
+}
+
+/// Commits `batch` in one transaction and answers each append; true if it committed.
+fn commit_batch(conn: &mut Connection, batch: &mut Vec<(NewEntry, Reply)>, health: &WriterHealth) -> bool {
     metrics::histogram!("logbook_write_batch_size").record(batch.len() as f64);
     match insert_all(conn, batch) {
         Ok(stored) => {
+            health.commit_ended(Ok(()));
             metrics::counter!("logbook_entries_appended_total").increment(stored.len() as u64);
             for ((_, reply), entry) in batch.drain(..).zip(stored) {
                 let _ = reply.send(Ok(entry));
             }
+            true
         }
         Err(e) => {
+            health.commit_ended(Err(e.to_string()));
             metrics::counter!("logbook_storage_errors_total", "op" => "append").increment(1);
             tracing::error!(error = %e, entries = batch.len(), "append transaction failed");
             for (_, reply) in batch.drain(..) {
                 let _ = reply.send(Err(StorageError::Sqlite(clone_error(&e))));
             }
+            false
         }
     }
 }
@@ -293,7 +445,8 @@ impl Storage {
     /// Appends one entry; returns once it is durably committed.
     pub async fn append(&self, entry: NewEntry) -> Result<Entry, StorageError> {
         let (reply, response) = oneshot::channel();
-        self.writer.send(Command::Append(entry, reply)).await.map_err(|_| StorageError::Closed)?;
+        let queued = Instant::now();
+        self.writer.send(Command::Append(entry, reply, queued)).await.map_err(|_| StorageError::Closed)?;
         response.await.map_err(|_| StorageError::Closed)?
     }
 
@@ -306,14 +459,36 @@ impl Storage {
         .await
     }
 
-    /// Entries with an id above `after`, oldest first (keyset pagination).
-    pub async fn list(&self, after: i64, limit: u32) -> Result<Vec<Entry>, StorageError> {
+    /// Visits the entries with an id above `after`, oldest first (keyset pagination), at
+    /// most `limit` of them and only one at a time in memory, until `step` returns false.
+    /// Returns `state` as `step` left it.
+    pub async fn fold<T: Send + 'static>(
+        &self,
+        after: i64,
+        limit: u32,
+        mut state: T,
+        mut step: impl FnMut(&mut T, Entry) -> bool + Send + 'static,
+    ) -> Result<T, StorageError> {
         self.read(move |conn| {
-            conn.prepare_cached(
+            let mut query = conn.prepare_cached(
                 "SELECT id, text, tags, created_at FROM entries WHERE id > ?1 ORDER BY id LIMIT ?2",
-            )?
-            .query_map(params![after, limit], row_to_entry)?
-            .collect()
+            )?;
+            let mut rows = query.query(params![after, limit])?;
+            while let Some(row) = rows.next()? {
+                if !step(&mut state, row_to_entry(row)?) {
+                    break;
+                }
+            }
+            Ok(state)
+        })
+        .await
+    }
+
+    /// Entries with an id above `after`, oldest first.
+    pub async fn list(&self, after: i64, limit: u32) -> Result<Vec<Entry>, StorageError> {
+        self.fold(after, limit, Vec::new(), |entries, entry| {
+            entries.push(entry);
+            true
         })
         .await
     }
@@ -321,6 +496,38 @@ impl Storage {
     /// True when the writer is running and a read answers.
     pub async fn ready(&self) -> bool {
         !self.writer.is_closed() && self.read(|conn| conn.query_row("SELECT 1", [], |_| Ok(()))).await.is_ok()
+    }
+
+    /// Whether writes work: `Stalled` once the oldest append in a commit has waited
+    /// `stall_after`; `Failing` after a failed commit, until a commit succeeds. From
+    /// `PROBE_AFTER` after the last failure, a probe commit is tried (bounded by
+    /// `stall_after`), so readiness comes back once the cause is gone, with no traffic
+    /// needed; the pause keeps a nearly full disk, where a small probe fits but appends
+    /// do not, from flapping readiness faster than a balancer can follow.
+    pub async fn health(&self, stall_after: Duration) -> Health {
+        if self.writer.is_closed() {
+            return Health::Closed;
+        }
+        let queued_us = self.health.oldest_queued_us.load(Ordering::SeqCst);
+        if queued_us != 0 {
+            let waited = self.health.epoch.elapsed().saturating_sub(Duration::from_micros(queued_us));
+            if waited >= stall_after {
+                return Health::Stalled { waited };
+            }
+        }
+        if self.health.failures.load(Ordering::SeqCst) == 0 {
+            return Health::Ready;
+        }
+        let failed_at = Duration::from_micros(self.health.failed_at_us.load(Ordering::SeqCst));
+        let (reply, answer) = oneshot::channel();
+        if self.health.epoch.elapsed().saturating_sub(failed_at) >= PROBE_AFTER
+            && self.writer.try_send(Command::Probe(reply)).is_ok()
+            && let Ok(Ok(true)) = tokio::time::timeout(stall_after, answer).await
+        {
+            return Health::Ready;
+        }
+        let error = self.health.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        Health::Failing { failures: self.health.failures.load(Ordering::SeqCst), error }
     }
 
     async fn read<T: Send + 'static>(
@@ -413,10 +620,43 @@ mod tests {
             storage.append(NewEntry { text: "late".into(), tags: vec![] }).await,
             Err(StorageError::Closed)
         ));
+        // Its readers still have the file open: nothing may replace it now.
+        assert!(matches!(lock_exclusive(&path), Err(StorageError::Locked(_))));
+        drop(storage);
 
         let (storage, writer) = open(&path).unwrap();
         assert_eq!(storage.get(5).await.unwrap().unwrap().text, "entry 4");
         assert_eq!(storage.get(6).await.unwrap(), None);
+        tokio::task::spawn_blocking(move || writer.close()).await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_commit_held_up_makes_writes_stalled_until_it_goes_through() {
+        let path = temp_db("stalled");
+        let (storage, writer) = open(&path).unwrap();
+        assert_eq!(storage.health(Duration::from_millis(200)).await, Health::Ready);
+        // Another connection holds the write lock, as a stuck disk or a foreign writer would.
+        let blocker = Connection::open(&path).unwrap();
+        blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let appending = {
+            let storage = storage.clone();
+            tokio::spawn(async move { storage.append(NewEntry { text: "held".into(), tags: vec![] }).await })
+        };
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            match storage.health(Duration::from_millis(200)).await {
+                Health::Stalled { waited } => {
+                    assert!(waited >= Duration::from_millis(200));
+                    break;
+                }
+                other => assert!(Instant::now() < deadline, "still {other:?} while the commit is held"),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        blocker.execute_batch("ROLLBACK").unwrap();
+        assert_eq!(appending.await.unwrap().unwrap().id, 1, "the held append commits once let through");
+        assert_eq!(storage.health(Duration::from_millis(200)).await, Health::Ready);
+        drop(storage);
         tokio::task::spawn_blocking(move || writer.close()).await.unwrap();
     }
 
@@ -441,6 +681,17 @@ mod tests {
         assert_eq!(synchronous, 2, "synchronous must be FULL: a kill -9 test cannot tell NORMAL apart");
         let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
         assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn a_database_open_elsewhere_is_locked_even_without_the_lock_file() {
+        let path = temp_db("unshared");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (x);").unwrap();
+        let err = lock_exclusive(&path).expect_err("a database open elsewhere must be refused");
+        assert!(err.to_string().contains("open in another process"), "{err}");
+        drop(conn);
+        lock_exclusive(&path).unwrap();
     }
 
     #[test]

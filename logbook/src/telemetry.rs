@@ -93,9 +93,14 @@ fn describe() {
         "Appends committed per durable transaction (group commit)."
     );
     describe_counter!("logbook_storage_errors_total", "Storage operations that failed, by operation.");
+    describe_counter!(
+        "logbook_http_connection_cap_reached_total",
+        "Times the open connections reached LOGBOOK_MAX_CONNECTIONS and new ones had to wait."
+    );
     describe_gauge!("logbook_build_info", "Always 1; labelled with the running version and git revision.");
     // Export zeroes from the start, so rate() and alerts see the series before the first event.
     metrics::counter!("logbook_entries_appended_total").absolute(0);
+    metrics::counter!("logbook_http_connection_cap_reached_total").absolute(0);
     for op in ["append", "read"] {
         metrics::counter!("logbook_storage_errors_total", "op" => op).absolute(0);
     }

@@ -43,6 +43,26 @@ fn each_bad_variable_stops_startup_with_one_clear_line() {
 }
 
 #[test]
+fn unsafe_auth_settings_stop_startup_with_one_line_naming_the_variable() {
+    let dir = TempDir::new("auth-config");
+    let db = dir.path().join("ok.db");
+    let db = db.to_str().unwrap();
+    let cases: &[(&[(&str, &str)], &str)] = &[
+        (&[("LOGBOOK_API_TOKEN", "")], "LOGBOOK_API_TOKEN: expected a non-empty value"),
+        (&[("LOGBOOK_API_TOKEN_FILE", "")], "LOGBOOK_API_TOKEN_FILE: expected a non-empty value"),
+        (&[("LOGBOOK_BIND", "0.0.0.0")], "LOGBOOK_ALLOW_UNAUTHENTICATED=1"),
+    ];
+    for (vars, expected) in cases {
+        let mut env = vec![("LOGBOOK_DB_PATH", db), ("LOGBOOK_PORT", "0")];
+        env.extend_from_slice(vars);
+        let (code, _, stderr) = run(&[], &env);
+        assert_eq!(code, EXIT_CONFIG, "{vars:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{vars:?}: {stderr:?}");
+        assert!(stderr.contains(expected), "{vars:?}: {stderr}");
+    }
+}
+
+#[test]
 fn a_taken_port_is_named() {
     let server = Server::start(&[]);
     let dir = TempDir::new("port");
@@ -178,7 +198,23 @@ fn backup_to_stdout_streams_a_verified_database_and_leaves_nothing_behind() {
         server.post_json("/api/entries", &format!(r#"{{"text":"entry {i}"}}"#));
     }
     let db = server.db.to_str().unwrap().to_owned();
+    // Files named as earlier versions named their temporary files, for the small pids a
+    // container's processes get: not this process's, so never touched.
+    let dir = server.db.parent().unwrap().to_owned();
+    let strangers: Vec<_> = (1..=64)
+        .flat_map(|pid| {
+            [format!(".logbook-backup-{pid}.db"), format!(".logbook-backup-{pid}.db.partial-{pid}")]
+        })
+        .map(|name| dir.join(name))
+        .collect();
+    for stranger in &strangers {
+        std::fs::write(stranger, "not ours").unwrap();
+    }
     let (code, bytes, stderr) = run_binary_stdout(&["backup", "--to", "-"], &[("LOGBOOK_DB_PATH", &db)]);
+    for stranger in &strangers {
+        assert_eq!(std::fs::read_to_string(stranger).unwrap(), "not ours", "{}", stranger.display());
+        std::fs::remove_file(stranger).unwrap();
+    }
     assert_eq!(code, 0, "{stderr}");
     assert!(bytes.starts_with(b"SQLite format 3\0"));
     assert!(stderr.contains(r#""entries":10"#), "the report goes to stderr: {stderr}");

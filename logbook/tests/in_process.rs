@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use logbook::config::{Config, Secret};
-use logbook::http::{AppState, MAX_BODY_BYTES, router};
+use logbook::http::{AppState, MAX_BODY_BYTES, MAX_PAGE_BYTES, MAX_URI_BYTES, router};
 use logbook::storage::{self, Storage, WriterHandle};
 use serde_json::{Value, json};
 use support::TempDir;
@@ -73,6 +73,8 @@ fn state(storage: Option<Storage>, token: Option<&str>) -> AppState {
         api_token: token.map(Secret::new),
         metrics: logbook::telemetry::init_metrics().unwrap(),
         started: Instant::now(),
+        body_timeout: Duration::from_secs(10),
+        request_timeout: Duration::from_secs(30),
     }
 }
 
@@ -142,6 +144,81 @@ async fn writes_need_the_token_when_one_is_set() {
     assert_eq!(error_of(&app.post(body, Some("wrong")).await), (StatusCode::UNAUTHORIZED, "unauthorized"));
     assert_eq!(app.post(body, Some(TOKEN)).await.0, StatusCode::CREATED);
     assert_eq!(app.get("/api/entries/1").await.0, StatusCode::OK, "reads need no token");
+}
+
+#[tokio::test]
+async fn invisible_and_reordering_text_is_refused_naming_the_field() {
+    let app = App::new(None);
+    for (text, tags, code) in [
+        ("\u{200B}\u{200B}", json!([]), "invalid_text"),
+        (" \u{FEFF}\u{2060} ", json!([]), "invalid_text"),
+        ("pay \u{202E}gnp.exe", json!([]), "invalid_text"),
+        ("isolate \u{2067}x", json!([]), "invalid_text"),
+        ("fine", json!(["ok", "zero\u{200B}width"]), "invalid_tags"),
+        ("fine", json!(["\u{202D}ltr"]), "invalid_tags"),
+    ] {
+        let body = json!({ "text": text, "tags": tags }).to_string();
+        let answer = app.post(body, None).await;
+        assert_eq!(error_of(&answer), (StatusCode::BAD_REQUEST, code), "{text:?} {tags}: {answer:?}");
+    }
+    // Other scripts, emoji (a zero-width joiner inside a sequence) and visible text are fine.
+    for text in ["naïve café", "日本語", "👩\u{200D}💻 deploys", "a\u{200B}b"] {
+        let body = json!({ "text": text, "tags": ["é"] }).to_string();
+        assert_eq!(app.post(body, None).await.0, StatusCode::CREATED, "{text:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_page_stops_at_its_byte_budget_and_the_cursor_reaches_every_entry() {
+    let app = App::new(None);
+    // Control characters take six bytes each in JSON: each entry is about 60 KB.
+    let text = format!("x{}", "\u{1}".repeat(9_999));
+    for _ in 0..40 {
+        assert_eq!(app.post(json!({ "text": text }).to_string(), None).await.0, StatusCode::CREATED);
+    }
+    let (mut after, mut seen, mut pages) = (0, 0, 0);
+    loop {
+        let response = router(app.state.clone())
+            .oneshot(
+                Request::get(format!("/api/entries?limit=500&after={after}")).body(Body::empty()).unwrap(),
+            )
+            .await
+            .unwrap();
+        let bytes = axum::body::to_bytes(response.into_body(), 4 * MAX_PAGE_BYTES).await.unwrap();
+        assert!(bytes.len() <= MAX_PAGE_BYTES, "a page of {} bytes", bytes.len());
+        let page: Value = serde_json::from_slice(&bytes).unwrap();
+        let entries = page["entries"].as_array().unwrap();
+        assert!(!entries.is_empty());
+        seen += entries.len();
+        pages += 1;
+        match page["next_after"].as_i64() {
+            Some(next) => after = next,
+            None => break,
+        }
+    }
+    assert_eq!(seen, 40, "every entry once");
+    assert!(pages >= 3, "40 entries of 60 KB take several 1 MiB pages, not {pages}");
+}
+
+#[tokio::test]
+async fn oversized_requests_are_refused_before_the_body_with_json() {
+    let app = App::new(Some(TOKEN));
+    // Declared too large: refused before authentication and before any byte is read.
+    let declared = Request::post("/api/entries")
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CONTENT_LENGTH, "10000000")
+        .header(header::EXPECT, "100-continue")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(error_of(&app.call(declared).await), (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"));
+    let long = format!("/api/entries?after={}", "1".repeat(MAX_URI_BYTES));
+    assert_eq!(error_of(&app.get(&long).await), (StatusCode::URI_TOO_LONG, "uri_too_long"));
+    let mut big = Request::get("/api/entries");
+    for n in 0..40 {
+        big = big.header(format!("x-filler-{n}"), "v".repeat(500));
+    }
+    let answer = app.call(big.body(Body::empty()).unwrap()).await;
+    assert_eq!(error_of(&answer), (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "headers_too_large"));
 }
 
 #[tokio::test]

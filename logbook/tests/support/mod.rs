@@ -63,7 +63,12 @@ impl Server {
 
     /// Starts a server on `db` and returns once it listens, before its database is open.
     pub fn start_listening(db: &Path, env: &[(&str, &str)]) -> Server {
-        let mut child = bare_command()
+        Server::start_command(bare_command(), db, env)
+    }
+
+    /// [`Server::start_listening`], running `command` (the binary, perhaps behind a wrapper).
+    pub fn start_command(mut command: Command, db: &Path, env: &[(&str, &str)]) -> Server {
+        let mut child = command
             .env("LOGBOOK_BIND", "127.0.0.1")
             .env("LOGBOOK_PORT", "0")
             .env("LOGBOOK_DB_PATH", db)
@@ -172,7 +177,20 @@ impl Drop for Server {
 
 /// The binary with an empty environment, but for where coverage profiles go.
 pub fn bare_command() -> Command {
-    let mut command = Command::new(BIN);
+    wrapped_command(&[])
+}
+
+/// [`bare_command`], started through `wrapper` (a program and its arguments, which then
+/// runs the binary), such as `prlimit --fsize=…`.
+pub fn wrapped_command(wrapper: &[&str]) -> Command {
+    let mut command = match wrapper {
+        [] => Command::new(BIN),
+        [program, args @ ..] => {
+            let mut command = Command::new(program);
+            command.args(args).arg(BIN);
+            command
+        }
+    };
     command.env_clear();
     if let Some(profile) = std::env::var_os("LLVM_PROFILE_FILE") {
         command.env("LLVM_PROFILE_FILE", profile);

@@ -95,7 +95,8 @@ impl Checks {
 }
 
 /// A throwaway project named `logbook-<kind>-<pid>`: its own volume and free loopback
-/// port, and no `.env` (neither for the compose file's variables nor for the service).
+/// port, and no `.env` (`--env-file /dev/null`: neither the compose file's variables nor
+/// the service's settings come from the user's own).
 pub fn throwaway_project(program: docker::ComposeProgram, kind: &str) -> Result<Compose> {
     let port = http::free_port()?.to_string();
     let mut compose = Compose::app(program);
@@ -103,8 +104,7 @@ pub fn throwaway_project(program: docker::ComposeProgram, kind: &str) -> Result<
     Ok(compose
         .project(&format!("{}-{kind}-{}", project::NAME, std::process::id()))
         .var("LOGBOOK_HOST_BIND", "127.0.0.1")
-        .var("LOGBOOK_HOST_PORT", &port)
-        .var("LOGBOOK_ENV_FILE", "/dev/null"))
+        .var("LOGBOOK_HOST_PORT", &port))
 }
 
 pub fn expect_status(addr: &str, path: &str, status: u16) -> Result<()> {
@@ -393,6 +393,6 @@ mod tests {
         assert_eq!(compose.project, format!("logbook-smoke-{}", std::process::id()));
         assert_eq!(compose.env_file.as_deref(), Some("/dev/null"));
         let vars: Vec<&str> = compose.env.iter().map(|(k, _)| k.as_str()).collect();
-        assert_eq!(vars, ["LOGBOOK_HOST_BIND", "LOGBOOK_HOST_PORT", "LOGBOOK_ENV_FILE"]);
+        assert_eq!(vars, ["LOGBOOK_HOST_BIND", "LOGBOOK_HOST_PORT"]);
     }
 }

@@ -20,7 +20,10 @@ impl Smoke {
             Some(tag) => image::resolve(sh, tag)?,
             None => image::ensure(sh, self.no_build)?,
         };
-        let compose = harness::throwaway_project(program.clone(), "smoke")?.var("LOGBOOK_IMAGE", &image);
+        // As if a user's .env held Grafana's password: it must not reach the service.
+        let compose = harness::throwaway_project(program.clone(), "smoke")?
+            .var("LOGBOOK_IMAGE", &image)
+            .var(CANARY_VAR, CANARY);
         let started = Instant::now();
         let guard = StackGuard::new(sh, &compose, OnDrop::RemoveWithVolumes);
         let mut checks = Checks::stop_at_first();
@@ -48,6 +51,16 @@ impl Smoke {
         ));
         Ok(())
     }
+}
+
+/// A secret the stack's environment holds that is not the service's.
+const CANARY_VAR: &str = "GRAFANA_ADMIN_PASSWORD";
+const CANARY: &str = "smoke-canary-not-for-the-service";
+
+/// What may be in the service container's environment: its own settings, and what the
+/// image sets.
+fn allowed_in_service_env(name: &str) -> bool {
+    name.starts_with("LOGBOOK_") || matches!(name, "SQLITE_TMPDIR" | "PATH" | "HOSTNAME" | "HOME")
 }
 
 fn container(sh: &Shell, compose: &Compose) -> Result<String> {
@@ -134,6 +147,22 @@ fn hardening_checks(sh: &Shell, compose: &Compose, container: &str, checks: &mut
         );
         Ok(())
     })?;
+    checks.run(
+        "the service's environment holds only its own settings (no other secret of the stack)",
+        || {
+            let env = process::query(sh, &docker::inspect_format(container, "{{json .Config.Env}}"))?;
+            let env: Vec<String> = serde_json::from_str(&env).context("docker inspect printed bad JSON")?;
+            let names: Vec<&str> =
+                env.iter().map(|pair| pair.split_once('=').map_or(pair.as_str(), |(k, _)| k)).collect();
+            ensure!(
+                !env.iter().any(|pair| pair.contains(CANARY)),
+                "{CANARY_VAR}'s value reached the service"
+            );
+            let foreign: Vec<&&str> = names.iter().filter(|name| !allowed_in_service_env(name)).collect();
+            ensure!(foreign.is_empty(), "the service received {foreign:?}");
+            Ok(())
+        },
+    )?;
     checks.run("writes outside /data and /tmp fail", || {
         let backup_to =
             |path: &str| Cmd::new("docker").args(["exec", container, "/logbook", "backup", "--to", path]);

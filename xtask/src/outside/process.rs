@@ -233,8 +233,13 @@ impl Runner {
         if !self.change(&format!("{cmd} > {}", quote(&file.display().to_string()))) {
             return Ok(());
         }
-        let mut expression =
-            duct::cmd(&cmd.program, &cmd.args).stdout_path(file).stderr_capture().unchecked();
+        // Created new (O_EXCL): never over an existing file, nor through a planted symlink.
+        let out = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(file)
+            .with_context(|| format!("cannot create {} (it must not exist yet)", file.display()))?;
+        let mut expression = duct::cmd(&cmd.program, &cmd.args).stdout_file(out).stderr_capture().unchecked();
         for (k, v) in &cmd.env {
             expression = expression.env(k, v);
         }
@@ -348,14 +353,49 @@ pub fn write_file(path: &Path, contents: &str) -> Result<()> {
     let write = || -> std::io::Result<()> {
         use std::io::Write;
         std::fs::create_dir_all(dir)?;
-        let partial = path.with_extension("partial");
-        let mut file = std::fs::File::create(&partial)?;
-        file.write_all(contents.as_bytes())?;
-        file.sync_all()?;
-        std::fs::rename(&partial, path)?;
+        // A fresh name, created exclusively: ours alone, whatever else is in the directory.
+        let partial = unique_beside(path, "partial");
+        let mut file = std::fs::OpenOptions::new().write(true).create_new(true).open(&partial)?;
+        let written = file.write_all(contents.as_bytes()).and_then(|()| file.sync_all());
+        let placed = written.and_then(|()| std::fs::rename(&partial, path));
+        if placed.is_err() {
+            let _ = std::fs::remove_file(&partial);
+        }
+        placed?;
         std::fs::File::open(dir)?.sync_all()
     };
     write().with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// `<path>.<tag>-<pid>-<nanos>`: a name no earlier or concurrent run has.
+pub fn unique_beside(path: &Path, tag: &str) -> std::path::PathBuf {
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
+    std::path::PathBuf::from(format!("{}.{tag}-{}-{nanos:x}", path.display(), std::process::id()))
+}
+
+/// Gives the complete file `from` the name `to`, only if nothing has that name yet
+/// (a hard link cannot replace a file), then drops the name `from` (not under --dry-run).
+pub fn place_new(from: &Path, to: &Path) -> Result<()> {
+    if !runner().change(&format!(
+        "mv -n {} {}",
+        quote(&from.display().to_string()),
+        quote(&to.display().to_string())
+    )) {
+        return Ok(());
+    }
+    std::fs::hard_link(from, to).with_context(|| {
+        format!("cannot name the copy {} (a file of that name appeared meanwhile?)", to.display())
+    })?;
+    std::fs::remove_file(from).with_context(|| format!("cannot remove {}", from.display()))
+}
+
+/// Removes a file this run created (not under --dry-run, where it was never created).
+pub fn remove_file(path: &Path) -> Result<()> {
+    if runner().change(&format!("rm {}", quote(&path.display().to_string()))) && path.exists() {
+        std::fs::remove_file(path).with_context(|| format!("cannot remove {}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// What `main` makes of a subcommand's result: its exit code, and the error printed as a

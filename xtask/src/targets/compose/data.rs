@@ -2,7 +2,7 @@
 //! service, and a verified backup put back in, both through the image's own binary so
 //! the host needs no SQLite.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -22,7 +22,8 @@ pub struct FileReport {
 }
 
 /// Streams `logbook backup --to -` out of the running service into `out` (through a
-/// `.partial` file), verifies the copy with the same image, then renames it into place.
+/// partial file of its own), verifies the copy with the same image, then gives it its
+/// final name with a hard link, which never replaces a file that appeared meanwhile.
 pub fn backup(sh: &Shell, compose: &Compose, out: &Path) -> Result<FileReport> {
     if out.exists() {
         bail!("{} already exists; choose another --out", out.display());
@@ -33,15 +34,16 @@ pub fn backup(sh: &Shell, compose: &Compose, out: &Path) -> Result<FileReport> {
     let image = super::running_image(sh, compose)?.unwrap_or_default();
     let dir = out.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     process::create_dir_all(dir)?;
-    let partial = PathBuf::from(format!("{}.partial", out.display()));
-    let result = process::run_to_file(&exec_backup(&container), &partial)
-        .and_then(|()| verify(sh, &image, &partial))
-        .and_then(|report| {
-            std::fs::rename(&partial, out).with_context(|| format!("cannot rename to {}", out.display()))?;
-            Ok(report)
-        });
-    if result.is_err() {
-        let _ = std::fs::remove_file(&partial);
+    let partial = process::unique_beside(out, "partial");
+    let written = process::run_to_file(&exec_backup(&container), &partial);
+    let result = written.as_ref().map_err(|e| anyhow::anyhow!("{e:#}")).and_then(|()| {
+        let report = verify(sh, &image, &partial)?;
+        process::place_new(&partial, out)?;
+        Ok(report)
+    });
+    // Only a partial file this run created is removed: not one that was there before.
+    if written.is_ok() && result.is_err() {
+        let _ = process::remove_file(&partial);
     }
     result
 }

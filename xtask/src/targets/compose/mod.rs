@@ -47,6 +47,32 @@ pub fn setting(sh: &Shell, compose: &Compose, key: &str, default: &str) -> Strin
         .unwrap_or_else(|| default.to_owned())
 }
 
+/// A warning line when the stack would take anyone's writes from beyond this host: the
+/// compose file lets the service accept writes without a token (it is reachable only
+/// through the proxy, on loopback by default), which is wrong once the proxy publishes
+/// further. None with a token, on loopback, or when the user chose it explicitly.
+pub fn open_writes_warning(sh: &Shell, compose: &Compose) -> Option<String> {
+    let get = |key: &str| setting(sh, compose, key, "");
+    open_writes(
+        &get("LOGBOOK_HOST_BIND"),
+        &get("LOGBOOK_DOMAIN"),
+        !get("LOGBOOK_API_TOKEN").is_empty() || !get("LOGBOOK_API_TOKEN_FILE").is_empty(),
+        &get("LOGBOOK_ALLOW_UNAUTHENTICATED"),
+    )
+}
+
+fn open_writes(host_bind: &str, domain: &str, has_token: bool, allow: &str) -> Option<String> {
+    let loopback = host_bind.is_empty() || host_bind.starts_with("127.") || host_bind == "::1";
+    if has_token || !allow.is_empty() || (loopback && domain.is_empty()) {
+        return None;
+    }
+    let reach = if domain.is_empty() { format!("on {host_bind}") } else { format!("as {domain}") };
+    Some(format!(
+        "warning: the stack is published {reach} and accepts writes from anyone who reaches it: \
+         set LOGBOOK_API_TOKEN (or LOGBOOK_ALLOW_UNAUTHENTICATED=1 to say that is intended)"
+    ))
+}
+
 /// Fails, naming the port and the variable, when something else holds the host port that
 /// `compose` would publish.
 pub fn ensure_host_port_free(sh: &Shell, compose: &Compose) -> Result<()> {
@@ -246,6 +272,18 @@ mod tests {
         drop(held);
         ensure_port_free("127.0.0.1", port).unwrap();
         assert!(ensure_port_free("localhost", port).is_err());
+    }
+
+    #[test]
+    fn publishing_writes_beyond_loopback_without_a_token_is_warned_about() {
+        assert_eq!(open_writes("", "", false, ""), None, "the default: loopback");
+        assert_eq!(open_writes("127.0.0.1", "", false, ""), None);
+        let wide = open_writes("0.0.0.0", "", false, "").unwrap();
+        assert!(wide.contains("on 0.0.0.0") && wide.contains("LOGBOOK_API_TOKEN"), "{wide}");
+        let domain = open_writes("", "logbook.example.com", false, "").unwrap();
+        assert!(domain.contains("as logbook.example.com"), "{domain}");
+        assert_eq!(open_writes("0.0.0.0", "", true, ""), None, "a token");
+        assert_eq!(open_writes("0.0.0.0", "", false, "1"), None, "chosen explicitly");
     }
 
     #[test]

@@ -42,6 +42,9 @@ pub fn up(
         None => image::ensure(sh, no_build)?,
     };
     let stack = super::stack(sh, program);
+    if let Some(warning) = super::open_writes_warning(sh, &stack) {
+        process::say(&warning);
+    }
     let history = super::history_path(sh, &stack);
     let addr = switch(sh, &stack, &history, &image, Gate { timeout, restore_previous })?;
     process::result(&format!("{} is ready at http://{addr} (image {image})", project::NAME));
