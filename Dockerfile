@@ -4,6 +4,8 @@
 ARG RUST_IMAGE=rust:1.95-slim-bookworm
 
 FROM ${RUST_IMAGE} AS build
+# Pipelines in RUN fail when any part fails, not only the last.
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 WORKDIR /src
 # 0. cargo-auditable embeds the dependency list in the binary, so scanners (Trivy) can see
 #    the Rust crates inside a static binary. Installed from crates.io, before anything of

@@ -34,6 +34,7 @@ pub enum Command {
     MonitoringSmoke(MonitoringSmoke),
     Lint(Lint),
     Scan(Scan),
+    Sbom(Sbom),
     Publish(Publish),
     Deploy(Deploy),
     SwarmDrill(SwarmDrill),
@@ -139,6 +140,12 @@ pub struct Smoke {
     /// Test this image (a tag, or a full name; pulled if it is not here) instead of this tree's.
     #[arg(long, conflicts_with = "no_build")]
     pub tag: Option<String>,
+
+    /// Check a running deployment at this plain-HTTP address instead (http://HOST:PORT):
+    /// health, readiness, version, a write/read round trip (with LOGBOOK_API_TOKEN from
+    /// the environment when set) and metrics. Starts and changes nothing else.
+    #[arg(long, conflicts_with_all = ["no_build", "tag"])]
+    pub url: Option<String>,
 }
 
 /// Measure the service: GET and durable POST rates with wrk, p50/p99 latency, the same
@@ -350,6 +357,31 @@ pub struct Scan {
     /// The file of suppressed finding ids (inside the project when Trivy runs from its image).
     #[arg(long, default_value = ".trivyignore")]
     pub ignorefile: String,
+
+    /// Fail, rather than skip the vulnerability scan, when Trivy's database cannot be had.
+    #[arg(long)]
+    pub require_database: bool,
+
+    /// Prove the vulnerability gate instead, with a local trivy and the Trivy cache DIR,
+    /// which holds a test database of chosen advisories for crates in the image: the scan
+    /// must fail on them, then pass once they are in an ignore file. DIR is read for this
+    /// run only; nothing of it is kept or shipped.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["format", "output", "require_database"])]
+    pub gate_self_test: Option<std::path::PathBuf>,
+}
+
+/// Write the image's CycloneDX SBOM (every crate in the binary, which cargo-auditable
+/// records) to target/sbom/<tag>.cdx.json, with Trivy; prints its component count. Scan
+/// it later, when new advisories appear, with `trivy sbom <file>`.
+#[derive(Debug, Args)]
+pub struct Sbom {
+    /// The image, instead of this tree's.
+    #[arg(long)]
+    pub tag: Option<String>,
+
+    /// Where to write it.
+    #[arg(long)]
+    pub output: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -382,11 +414,13 @@ pub struct AuditImage {
 #[derive(Debug, Args)]
 pub struct Advisories {}
 
-/// Push this tree's image to a registry: tagged with the git revision, plus X.Y.Z, X.Y and X
-/// for a vX.Y.Z tag, or `main` for the main branch. Log in to the registry first.
+/// Push the image built (and tested) for this tree to a registry, never rebuilding it:
+/// tagged with the git revision, plus X.Y.Z, X.Y and X for a vX.Y.Z tag, or `main` for the
+/// main branch. Prints the digest, by which releases deploy it. Log in to the registry
+/// first (`docker login`); credentials never pass through the runner.
 #[derive(Debug, Args)]
 pub struct Publish {
-    /// Where to push, for example ghcr.io/owner/logbook.
+    /// Where to push, for example ghcr.io/owner/logbook (lower-cased, as registries need).
     #[arg(long)]
     pub repository: String,
 
@@ -394,7 +428,11 @@ pub struct Publish {
     #[arg(long)]
     pub git_ref: Option<String>,
 
-    /// Also write `image=<repository>:<revision>` to $GITHUB_OUTPUT, for later jobs.
+    /// Push this local image instead of this tree's (which must have been built already).
+    #[arg(long)]
+    pub image: Option<String>,
+
+    /// Also write `image=<repository>@<digest>` to $GITHUB_OUTPUT, for later jobs.
     #[arg(long)]
     pub github_output: bool,
 }

@@ -48,6 +48,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::MonitoringSmoke(cmd) => cmd.run(&sh),
         Command::Lint(cmd) => cmd.run(&sh),
         Command::Scan(cmd) => cmd.run(&sh),
+        Command::Sbom(cmd) => cmd.run(&sh),
         Command::Publish(cmd) => cmd.run(&sh),
         Command::Deploy(cmd) => cmd.run(&sh),
         Command::SwarmDrill(cmd) => cmd.run(&sh),

@@ -186,7 +186,7 @@ fn up_prints_the_exact_commands_and_stops_before_waiting() {
     let up = output.lines().find(|l| l.contains(" up --detach")).expect("no compose up printed");
     assert_eq!(
         up,
-        "$ LOGBOOK_IMAGE=logbook:0123456789ab docker compose --project-name logbook --file docker-compose.yml up --detach"
+        "$ LOGBOOK_IMAGE=logbook:0123456789ab docker compose --project-name logbook --file docker-compose.yml up --detach --no-build"
     );
     assert!(
         output.contains("dry run ends here: next the runner would wait for the service to be ready"),

@@ -10,10 +10,15 @@ use std::process::Command;
 use support::FakePrograms;
 
 const STANDIN_TRIVY: &str = r#"
+case "$1 $2" in
+  "image --download-db-only")
+    [ -z "$STANDIN_NO_DB" ] && exit 0
+    echo "FATAL init error: failed to download vulnerability DB" >&2; exit 1 ;;
+esac
 case "$1" in
-  --version) echo "Version: 0.67.2"; exit 0 ;;
+  --version) echo "Version: 0.76.0"; exit 0 ;;
   image) report="$STANDIN_IMAGE_REPORT" ;;
-  config) report="$STANDIN_CONFIG_REPORT" ;;
+  fs) report="$STANDIN_CONFIG_REPORT" ;;
   convert) report="$STANDIN_SARIF" ;;
   *) echo "unexpected trivy call: $*" >&2; exit 2 ;;
 esac
@@ -49,8 +54,13 @@ impl Standins {
     }
 
     fn scan(&self, image_report: &str, args: &[&str]) -> Run {
+        self.scan_with(image_report, args, &[])
+    }
+
+    fn scan_with(&self, image_report: &str, args: &[&str], env: &[(&str, &str)]) -> Run {
         let _ = std::fs::remove_file(self.0.dir.join("calls.log"));
         let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+            .envs(env.iter().copied())
             .arg("scan")
             .args(["--tag", "logbook:standin"])
             .args(args)
@@ -103,17 +113,37 @@ fn a_critical_finding_fails_the_gate_and_is_listed() {
     assert!(run.stderr.contains("1 finding(s) at or above the gate"), "{}", run.stderr);
 
     // The stand-in got Trivy's real argv: JSON out, our own gate (exit code 0), the ignore file.
-    let image_call = run.calls.iter().find(|c| c.starts_with("image ")).unwrap();
+    let image_call = run.calls.iter().find(|c| c.starts_with("image --format")).unwrap();
     assert!(
-        image_call.starts_with("image --format json --exit-code 0 --ignorefile .trivyignore --output "),
+        image_call.starts_with(
+            "image --format json --exit-code 0 --scanners vuln,secret --image-config-scanners misconfig,secret \
+             --ignorefile .trivyignore --output "
+        ),
         "{image_call}"
     );
     assert!(image_call.ends_with("/image.json logbook:standin"), "{image_call}");
-    let config_call = run.calls.iter().find(|c| c.starts_with("config ")).unwrap();
-    assert!(config_call.starts_with(
-        "config --format json --exit-code 0 --ignorefile .trivyignore --skip-dirs target --output "
+    let repo_call = run.calls.iter().find(|c| c.starts_with("fs ")).unwrap();
+    assert!(repo_call.starts_with(
+        "fs --format json --exit-code 0 --scanners misconfig,secret --ignorefile .trivyignore --skip-dirs target --output "
     ));
-    assert!(config_call.ends_with("/config.json ."), "{config_call}");
+    assert!(repo_call.ends_with("/repo.json ."), "{repo_call}");
+}
+
+#[test]
+fn without_a_database_vulnerabilities_are_said_to_be_unscanned_never_zero() {
+    let standins = Standins::new("no-db");
+    let run = standins.scan_with("none.json", &[], &[("STANDIN_NO_DB", "1")]);
+    assert!(run.ok, "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr.contains("vulnerability scan skipped: Trivy's database cannot be had here"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stdout.contains("vulnerabilities not scanned (no database)"), "{}", run.stdout);
+    let image_call = run.calls.iter().find(|c| c.starts_with("image --format")).unwrap();
+    assert!(image_call.contains(" --scanners secret "), "{image_call}");
+    let required = standins.scan_with("none.json", &["--require-database"], &[("STANDIN_NO_DB", "1")]);
+    assert!(!required.ok && required.stderr.contains("--require-database"), "{}", required.stderr);
 }
 
 #[test]
@@ -144,7 +174,12 @@ fn no_findings_pass() {
     assert!(run.stdout.contains(
         "image logbook:standin: 0 CRITICAL, 0 HIGH, 0 MEDIUM, 0 LOW, 0 UNKNOWN; gate HIGH,CRITICAL: pass"
     ));
-    assert!(run.stdout.contains("config (Dockerfile, compose, manifests): 0 CRITICAL"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("repository (Dockerfile, compose, manifests, workflows, secrets): 0 CRITICAL"),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("0 vulnerabilities, 0 secrets, 0 misconfigurations"), "{}", run.stdout);
 }
 
 #[test]

@@ -28,6 +28,8 @@ fn run_steps(doc: &Yaml) -> Vec<(String, String, String)> {
     found
 }
 
+const WORKFLOWS: [&str; 2] = ["ci.yml", "rollback.yml"];
+
 fn xtask(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_xtask")).args(args).output().unwrap()
 }
@@ -35,7 +37,7 @@ fn xtask(args: &[&str]) -> std::process::Output {
 #[test]
 fn every_run_step_is_an_existing_xtask_subcommand() {
     let mut checked = 0;
-    for file in ["ci.yml", "release.yml"] {
+    for file in WORKFLOWS {
         for (job, name, script) in run_steps(&workflow(file)) {
             if name.starts_with("setup:") {
                 continue;
@@ -63,7 +65,7 @@ fn every_run_step_is_an_existing_xtask_subcommand() {
 
 #[test]
 fn permissions_are_least_privilege_and_checkouts_keep_no_credentials() {
-    for file in ["ci.yml", "release.yml"] {
+    for file in WORKFLOWS {
         let doc = workflow(file);
         assert_eq!(doc["permissions"]["contents"].as_str(), Some("read"), "{file}: top-level permissions");
         assert_eq!(doc["permissions"].as_hash().unwrap().len(), 1, "{file}: only contents: read at the top");
@@ -78,4 +80,57 @@ fn permissions_are_least_privilege_and_checkouts_keep_no_credentials() {
     let ci = workflow("ci.yml");
     assert!(ci["concurrency"]["group"].as_str().is_some());
     assert_eq!(ci["jobs"]["image"]["permissions"]["security-events"].as_str(), Some("write"));
+}
+
+/// Every action is pinned to a full commit, with its version in a comment; no build cache
+/// in a workflow that publishes; no trigger that runs with secrets on others' code.
+#[test]
+fn actions_are_pinned_and_nothing_cached_is_published() {
+    for file in WORKFLOWS {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.github/workflows").join(file);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut pinned = 0;
+        for line in text.lines().map(str::trim).filter(|l| l.starts_with("uses:") || l.starts_with("- uses:"))
+        {
+            let reference = line.split_whitespace().find(|w| w.contains('@')).unwrap();
+            let (_, sha) = reference.split_once('@').unwrap();
+            assert!(
+                sha.len() == 40 && sha.chars().all(|c| c.is_ascii_hexdigit()),
+                "{file}: `{reference}` is not pinned to a commit"
+            );
+            assert!(line.contains(" # "), "{file}: `{line}` does not say which version the commit is");
+            pinned += 1;
+        }
+        assert!(pinned >= 3, "{file}: only {pinned} actions found");
+        assert!(!text.contains("rust-cache") && !text.contains("actions/cache"), "{file}: a build cache");
+        assert!(
+            !text.contains("workflow_run") && !text.contains("pull_request_target"),
+            "{file}: a dangerous trigger"
+        );
+    }
+}
+
+/// The release jobs deploy what the image job published, by digest, check the deployed
+/// service, and roll production back only when its own checks fail.
+#[test]
+fn releases_deploy_the_tested_image_and_check_the_deployment() {
+    let ci = workflow("ci.yml");
+    let image = &ci["jobs"]["image"];
+    assert_eq!(image["outputs"]["image"].as_str(), Some("${{ steps.publish.outputs.image }}"));
+    for job in ["staging", "production"] {
+        let spec = &ci["jobs"][job];
+        assert_eq!(spec["env"]["IMAGE"].as_str(), Some("${{ needs.image.outputs.image }}"), "{job}");
+        let runs: Vec<String> = spec["steps"]
+            .as_vec()
+            .unwrap()
+            .iter()
+            .filter_map(|s| s["run"].as_str())
+            .map(str::to_owned)
+            .collect();
+        assert!(runs[0].starts_with("cargo xtask up --tag \"$IMAGE\""), "{job}: {runs:?}");
+        assert!(runs[1].starts_with("cargo xtask smoke --url "), "{job}: {runs:?}");
+    }
+    let steps = ci["jobs"]["production"]["steps"].as_vec().unwrap();
+    let rollback = steps.iter().find(|s| s["run"].as_str() == Some("cargo xtask rollback")).unwrap();
+    assert_eq!(rollback["if"].as_str(), Some("failure() && steps.check.outcome == 'failure'"));
 }

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 use xshell::Shell;
 
@@ -55,9 +55,28 @@ impl Severity {
     }
 }
 
-/// One vulnerability or failed configuration check.
+/// What a finding is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Kind {
+    Vulnerability,
+    Misconfiguration,
+    Secret,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Vulnerability => "vulnerabilities",
+            Kind::Misconfiguration => "misconfigurations",
+            Kind::Secret => "secrets",
+        }
+    }
+}
+
+/// One vulnerability, failed configuration check or secret.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Finding {
+    pub kind: Kind,
     pub id: String,
     pub severity: Severity,
     /// The package, or for a configuration check its title.
@@ -92,6 +111,7 @@ pub fn parse_report(text: &str) -> Result<Vec<Finding>> {
         let target = text_of(&result["Target"]);
         for v in result["Vulnerabilities"].as_array().into_iter().flatten() {
             findings.push(Finding {
+                kind: Kind::Vulnerability,
                 id: text_of(&v["VulnerabilityID"]),
                 severity: Severity::parse(v["Severity"].as_str().unwrap_or_default())
                     .unwrap_or(Severity::Unknown),
@@ -105,21 +125,30 @@ pub fn parse_report(text: &str) -> Result<Vec<Finding>> {
             if m["Status"] != "FAIL" {
                 continue;
             }
-            findings.push(Finding {
-                id: text_of(&m["ID"]),
-                severity: Severity::parse(m["Severity"].as_str().unwrap_or_default())
-                    .unwrap_or(Severity::Unknown),
-                package: text_of(&m["Title"]),
-                installed: String::new(),
-                fixed: String::new(),
-                target: target.clone(),
-            });
+            findings.push(check_finding(Kind::Misconfiguration, m, "ID", &target));
+        }
+        for secret in result["Secrets"].as_array().into_iter().flatten() {
+            findings.push(check_finding(Kind::Secret, secret, "RuleID", &target));
         }
     }
     if findings.iter().any(|f| f.id.is_empty()) {
         bail!("the Trivy report has a finding without an id");
     }
     Ok(findings)
+}
+
+/// A failed configuration check or a secret: an id, a severity and a title, no versions.
+fn check_finding(kind: Kind, item: &Value, id_field: &str, target: &str) -> Finding {
+    let text_of = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+    Finding {
+        kind,
+        id: text_of(&item[id_field]),
+        severity: Severity::parse(item["Severity"].as_str().unwrap_or_default()).unwrap_or(Severity::Unknown),
+        package: text_of(&item["Title"]),
+        installed: String::new(),
+        fixed: String::new(),
+        target: target.to_owned(),
+    }
 }
 
 /// `.trivyignore`: one id per line, `#` comments (put the reason there), and an optional
@@ -248,15 +277,22 @@ pub fn summary(what: &str, verdict: &Verdict, gate: &[Severity]) -> String {
 /// How to run Trivy: installed, or from its image with the Docker socket mounted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Trivy {
-    Local,
-    Image { image: String, root: String },
+    /// The `trivy` on PATH; with a cache directory, it uses the database there as it is
+    /// (no update, no download).
+    Local {
+        cache: Option<std::path::PathBuf>,
+    },
+    Image {
+        image: String,
+        root: String,
+    },
 }
 
 impl Trivy {
     /// A local `trivy`, else the `TRIVY_IMAGE` image if present or pullable; None otherwise.
     pub fn find(sh: &Shell) -> Option<Trivy> {
         if tools::TRIVY.installed(sh) {
-            return Some(Trivy::Local);
+            return Some(Trivy::Local { cache: None });
         }
         let image = std::env::var("TRIVY_IMAGE").unwrap_or_else(|_| DEFAULT_TRIVY_IMAGE.to_owned());
         let available = docker::image_exists(sh, &image)
@@ -267,7 +303,13 @@ impl Trivy {
     /// `trivy <args>`; in the container, the project is /src and reports go to /out.
     fn cmd(&self, out_dir: &Path, args: Vec<String>) -> Cmd {
         match self {
-            Trivy::Local => Cmd::new("trivy").args(args),
+            Trivy::Local { cache: None } => Cmd::new("trivy").args(args),
+            Trivy::Local { cache: Some(dir) } => Cmd::new("trivy")
+                .args(args)
+                .env("TRIVY_CACHE_DIR", dir.display().to_string())
+                .env("TRIVY_SKIP_DB_UPDATE", "true")
+                .env("TRIVY_SKIP_JAVA_DB_UPDATE", "true")
+                .env("TRIVY_OFFLINE_SCAN", "true"),
             Trivy::Image { image, root } => Cmd::new("docker")
                 .args(["run", "--rm", "--volume", "/var/run/docker.sock:/var/run/docker.sock"])
                 .args(["--volume", "logbook-trivy-cache:/root/.cache/trivy"])
@@ -285,17 +327,41 @@ impl Trivy {
 
     fn out_path(&self, out_dir: &Path, name: &str) -> String {
         match self {
-            Trivy::Local => out_dir.join(name).display().to_string(),
+            Trivy::Local { .. } => out_dir.join(name).display().to_string(),
             Trivy::Image { .. } => format!("/out/{name}"),
         }
     }
 
-    pub fn image_scan(&self, out_dir: &Path, image: &str, ignorefile: &str, ignore_unfixed: bool) -> Cmd {
-        let mut args =
-            vec!["image", "--format", "json", "--exit-code", "0", "--ignorefile", ignorefile, "--output"]
-                .into_iter()
-                .map(str::to_owned)
-                .collect::<Vec<_>>();
+    /// Fetches the vulnerability database (or finds it current), and nothing else.
+    pub fn download_db(&self, out_dir: &Path) -> Cmd {
+        self.cmd(out_dir, strings(&["image", "--download-db-only", "--no-progress", "--quiet"]))
+    }
+
+    /// The image: its packages' vulnerabilities (when `vulnerabilities`), secrets in its
+    /// layers, and misconfigurations and secrets in its configuration.
+    pub fn image_scan(
+        &self,
+        out_dir: &Path,
+        image: &str,
+        ignorefile: &str,
+        ignore_unfixed: bool,
+        vulnerabilities: bool,
+    ) -> Cmd {
+        let scanners = if vulnerabilities { "vuln,secret" } else { "secret" };
+        let mut args = strings(&[
+            "image",
+            "--format",
+            "json",
+            "--exit-code",
+            "0",
+            "--scanners",
+            scanners,
+            "--image-config-scanners",
+            "misconfig,secret",
+            "--ignorefile",
+            ignorefile,
+            "--output",
+        ]);
         args.push(self.out_path(out_dir, "image.json"));
         if ignore_unfixed {
             args.push("--ignore-unfixed".into());
@@ -304,38 +370,46 @@ impl Trivy {
         self.cmd(out_dir, args)
     }
 
-    pub fn config_scan(&self, out_dir: &Path, ignorefile: &str) -> Cmd {
-        let mut args: Vec<String> = [
-            "config",
+    /// The repository: misconfigurations (Dockerfile, compose files, manifests, workflows)
+    /// and secrets, build output left out.
+    pub fn repo_scan(&self, out_dir: &Path, ignorefile: &str) -> Cmd {
+        let mut args = strings(&[
+            "fs",
             "--format",
             "json",
             "--exit-code",
             "0",
+            "--scanners",
+            "misconfig,secret",
             "--ignorefile",
             ignorefile,
             "--skip-dirs",
             "target",
             "--output",
-        ]
-        .into_iter()
-        .map(str::to_owned)
-        .collect();
-        args.push(self.out_path(out_dir, "config.json"));
+        ]);
+        args.push(self.out_path(out_dir, "repo.json"));
         args.push(".".into());
         self.cmd(out_dir, args)
     }
 
     pub fn to_sarif(&self, out_dir: &Path) -> Cmd {
-        let args = vec![
-            "convert".to_owned(),
-            "--format".to_owned(),
-            "sarif".to_owned(),
-            "--output".to_owned(),
-            self.out_path(out_dir, "image.sarif"),
-            self.out_path(out_dir, "image.json"),
-        ];
+        let mut args = strings(&["convert", "--format", "sarif", "--output"]);
+        args.push(self.out_path(out_dir, "image.sarif"));
+        args.push(self.out_path(out_dir, "image.json"));
         self.cmd(out_dir, args)
     }
+
+    /// A CycloneDX SBOM of `image` (the crates cargo-auditable recorded in the binary).
+    pub fn sbom(&self, out_dir: &Path, image: &str) -> Cmd {
+        let mut args = strings(&["image", "--format", "cyclonedx", "--output"]);
+        args.push(self.out_path(out_dir, "sbom.cdx.json"));
+        args.push(image.to_owned());
+        self.cmd(out_dir, args)
+    }
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|a| (*a).to_owned()).collect()
 }
 
 /// Checks SARIF 2.1.0's top-level shape, so a broken conversion is not uploaded as a pass.
@@ -370,8 +444,9 @@ impl Scan {
             format!("trivy not found: install it (https://trivy.dev), or make its image available and set TRIVY_IMAGE (default {DEFAULT_TRIVY_IMAGE})")
         })?;
         let gate = parse_gate(&self.severity)?;
-        let out = sh.create_temp_dir()?;
-        let out_dir = out.path();
+        if let Some(dir) = &self.gate_self_test {
+            return gate_self_test(sh, &image, dir, &gate);
+        }
         let today = crate::time::now_rfc3339();
         let ignores = parse_ignores(
             &self.ignorefile,
@@ -381,57 +456,185 @@ impl Scan {
         for warning in &ignores.warnings {
             process::say(&format!("warning: {warning}"));
         }
-
-        process::run(sh, &trivy.image_scan(out_dir, &image, &self.ignorefile, self.ignore_unfixed))?;
-        process::run(sh, &trivy.config_scan(out_dir, &self.ignorefile))?;
-        process::needs_effects("read Trivy's reports")?;
-        let read = |name: &str| -> Result<String> {
-            std::fs::read_to_string(out_dir.join(name)).with_context(|| format!("trivy wrote no {name}"))
-        };
-        let image_report = read("image.json")?;
-        let image_verdict = judge(
-            parse_report(&image_report).context("reading the image scan")?,
-            &ignores,
-            &gate,
-            self.ignore_unfixed,
-        );
-        let config_verdict = judge(
-            parse_report(&read("config.json")?).context("reading the config scan")?,
-            &ignores,
-            &gate,
-            false,
-        );
+        let out = sh.create_temp_dir()?;
+        let out_dir = out.path();
+        let database = vulnerability_database(sh, &trivy, out_dir);
+        if let Err(why) = &database {
+            if self.require_database {
+                bail!("scan: the vulnerability scan cannot run, and --require-database was given: {why}");
+            }
+            process::say(&format!(
+                "scan: vulnerability scan skipped: {why}; secrets and misconfigurations are still scanned"
+            ));
+        }
+        let options =
+            ScanOptions { ignorefile: &self.ignorefile, ignore_unfixed: self.ignore_unfixed, gate: &gate };
+        let scanned = scan_once(sh, &trivy, out_dir, &image, &options, &ignores, database.is_ok())?;
 
         match self.format {
             ScanFormat::Table => {}
-            ScanFormat::Json => emit(self.output.as_deref(), &image_report)?,
+            ScanFormat::Json => emit(self.output.as_deref(), &scanned.image_report)?,
             ScanFormat::Sarif => {
                 process::run(sh, &trivy.to_sarif(out_dir))?;
-                let sarif = read("image.sarif")?;
+                let sarif =
+                    std::fs::read_to_string(out_dir.join("image.sarif")).context("trivy wrote no SARIF")?;
                 check_sarif(&sarif)?;
                 emit(self.output.as_deref(), &sarif)?;
             }
         }
-        let summaries = format!(
-            "{}\n{}",
-            summary(&format!("image {image}"), &image_verdict, &gate),
-            summary("config (Dockerfile, compose, manifests)", &config_verdict, &gate)
-        );
+        let summaries = scanned.summary(&image, &gate, database.as_ref().err());
         // With a report on stdout, the summary goes to stderr.
         if self.output.is_none() && self.format != ScanFormat::Table {
             process::say(&summaries);
         } else {
             process::result(&summaries);
         }
-        let blocking = image_verdict.blocking.len() + config_verdict.blocking.len();
-        if blocking > 0 {
+        if scanned.blocking() > 0 {
             bail!(
-                "scan: {blocking} finding(s) at or above the gate; fix them, or suppress one with a reason in {}",
+                "scan: {} finding(s) at or above the gate; fix them, or suppress one with a reason in {}",
+                scanned.blocking(),
                 self.ignorefile
             );
         }
         Ok(())
     }
+}
+
+struct ScanOptions<'a> {
+    ignorefile: &'a str,
+    ignore_unfixed: bool,
+    gate: &'a [Severity],
+}
+
+/// Both scans' verdicts, and the image's raw report (for `--format json`).
+struct Scanned {
+    image: Verdict,
+    repo: Verdict,
+    image_report: String,
+    by_kind: BTreeMap<Kind, usize>,
+}
+
+impl Scanned {
+    fn blocking(&self) -> usize {
+        self.image.blocking.len() + self.repo.blocking.len()
+    }
+
+    /// The per-target summaries, then the findings by kind, saying what did not run.
+    fn summary(&self, image: &str, gate: &[Severity], skipped_vulnerabilities: Option<&String>) -> String {
+        let kinds: Vec<String> = [Kind::Vulnerability, Kind::Secret, Kind::Misconfiguration]
+            .iter()
+            .map(|kind| match (kind, skipped_vulnerabilities) {
+                (Kind::Vulnerability, Some(_)) => "vulnerabilities not scanned (no database)".to_owned(),
+                _ => format!("{} {}", self.by_kind.get(kind).copied().unwrap_or(0), kind.name()),
+            })
+            .collect();
+        format!(
+            "{}\n{}\nfindings by kind (before the ignore file): {}",
+            summary(&format!("image {image}"), &self.image, gate),
+            summary("repository (Dockerfile, compose, manifests, workflows, secrets)", &self.repo, gate),
+            kinds.join(", ")
+        )
+    }
+}
+
+/// The vulnerability gate, proven with the real Trivy and a test database: the advisories
+/// it holds must fail the scan, and pass it once they are in an ignore file (with a reason).
+fn gate_self_test(sh: &Shell, image: &str, cache: &Path, gate: &[Severity]) -> Result<()> {
+    ensure!(tools::TRIVY.installed(sh), "--gate-self-test needs a local trivy: {}", tools::TRIVY.fix());
+    process::needs_effects("read the test database")?;
+    let database = cache.join("db/trivy.db");
+    ensure!(
+        database.is_file(),
+        "{} holds no Trivy database ({} is missing)",
+        cache.display(),
+        database.display()
+    );
+    let trivy = Trivy::Local { cache: Some(cache.to_owned()) };
+    let out = sh.create_temp_dir()?;
+    let no_ignores = out.path().join("none.trivyignore");
+    std::fs::write(&no_ignores, "").context("cannot write an empty ignore file")?;
+    let no_ignores = no_ignores.display().to_string();
+    let options = ScanOptions { ignorefile: &no_ignores, ignore_unfixed: false, gate };
+    let before = scan_once(sh, &trivy, out.path(), image, &options, &parse_ignores("", "", ""), true)?;
+    let advisories: Vec<&Finding> =
+        before.image.blocking.iter().filter(|f| f.kind == Kind::Vulnerability).collect();
+    ensure!(
+        !advisories.is_empty(),
+        "gate self-test: the test database reported no vulnerability at the gate in {image}, so the gate was not proven"
+    );
+    for f in &advisories {
+        process::say(&format!(
+            "gate self-test: blocked by {} {} on {} {}",
+            f.severity.name(),
+            f.id,
+            f.package,
+            f.installed
+        ));
+    }
+    let ignore_text: String = advisories
+        .iter()
+        .map(|f| {
+            format!("# {}: a test advisory, suppressed to prove the ignore file works\n{}\n", f.package, f.id)
+        })
+        .collect();
+    let ignorefile = out.path().join("test.trivyignore");
+    std::fs::write(&ignorefile, &ignore_text).context("cannot write the test ignore file")?;
+    let ignorefile = ignorefile.display().to_string();
+    let today = crate::time::now_rfc3339();
+    let ignores = parse_ignores(&ignorefile, &ignore_text, &today[..10]);
+    let options = ScanOptions { ignorefile: &ignorefile, ignore_unfixed: false, gate };
+    let after = scan_once(sh, &trivy, out.path(), image, &options, &ignores, true)?;
+    ensure!(
+        after.blocking() == 0,
+        "gate self-test: {} finding(s) still block with the test advisories ignored",
+        after.blocking()
+    );
+    process::result(&format!(
+        "gate self-test: the real Trivy with a test database failed the scan on {} advisory(ies) at the gate and passed it once they were ignored",
+        advisories.len()
+    ));
+    Ok(())
+}
+
+/// Ok when Trivy has a vulnerability database (already, or fetched now); else why not.
+/// Fetching changes the cache, so a dry run only prints it.
+fn vulnerability_database(sh: &Shell, trivy: &Trivy, out_dir: &Path) -> std::result::Result<(), String> {
+    process::run(sh, &trivy.download_db(out_dir))
+        .map_err(|e| format!("Trivy's database cannot be had here ({e:#}; Trivy said why above)"))
+}
+
+/// Runs the image and repository scans and judges them against the gate.
+fn scan_once(
+    sh: &Shell,
+    trivy: &Trivy,
+    out_dir: &Path,
+    image: &str,
+    options: &ScanOptions<'_>,
+    ignores: &Ignores,
+    vulnerabilities: bool,
+) -> Result<Scanned> {
+    process::run(
+        sh,
+        &trivy.image_scan(out_dir, image, options.ignorefile, options.ignore_unfixed, vulnerabilities),
+    )?;
+    process::run(sh, &trivy.repo_scan(out_dir, options.ignorefile))?;
+    process::needs_effects("read Trivy's reports")?;
+    let read = |name: &str| -> Result<String> {
+        std::fs::read_to_string(out_dir.join(name)).with_context(|| format!("trivy wrote no {name}"))
+    };
+    let image_report = read("image.json")?;
+    let image_findings = parse_report(&image_report).context("reading the image scan")?;
+    let repo_findings = parse_report(&read("repo.json")?).context("reading the repository scan")?;
+    let mut by_kind = BTreeMap::new();
+    for finding in image_findings.iter().chain(&repo_findings) {
+        *by_kind.entry(finding.kind).or_insert(0) += 1;
+    }
+    Ok(Scanned {
+        image: judge(image_findings, ignores, options.gate, options.ignore_unfixed),
+        repo: judge(repo_findings, ignores, options.gate, false),
+        image_report,
+        by_kind,
+    })
 }
 
 fn emit(output: Option<&Path>, text: &str) -> Result<()> {
@@ -454,12 +657,22 @@ pub fn parse_gate(text: &str) -> Result<Vec<Severity>> {
         .collect()
 }
 
+/// How many components a CycloneDX document lists; an SBOM with none is an error.
+pub fn sbom_components(text: &str) -> Result<usize> {
+    let doc: Value = serde_json::from_str(text).context("the SBOM is not valid JSON")?;
+    ensure!(doc["bomFormat"] == "CycloneDX", "the SBOM is not CycloneDX (bomFormat {})", doc["bomFormat"]);
+    let count = doc["components"].as_array().map_or(0, Vec::len);
+    ensure!(count > 0, "the SBOM lists no components: was the binary built with cargo-auditable?");
+    Ok(count)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn finding(id: &str, severity: Severity, fixed: &str) -> Finding {
         Finding {
+            kind: Kind::Vulnerability,
             id: id.into(),
             severity,
             package: "openssl".into(),
@@ -536,20 +749,41 @@ mod tests {
     #[test]
     fn commands_are_exact() {
         let out = Path::new("/tmp/out");
+        let local = Trivy::Local { cache: None };
         assert_eq!(
-            Trivy::Local.image_scan(out, "logbook:abc", ".trivyignore", true).to_string(),
-            "trivy image --format json --exit-code 0 --ignorefile .trivyignore --output /tmp/out/image.json --ignore-unfixed logbook:abc"
+            local.image_scan(out, "logbook:abc", ".trivyignore", true, true).to_string(),
+            "trivy image --format json --exit-code 0 --scanners vuln,secret --image-config-scanners misconfig,secret \
+             --ignorefile .trivyignore --output /tmp/out/image.json --ignore-unfixed logbook:abc"
         );
+        assert!(local.image_scan(out, "x", "i", false, false).to_string().contains(" --scanners secret "));
         let image = Trivy::Image { image: "aquasec/trivy:0.67.2".into(), root: "/src/lb".into() };
         assert_eq!(
-            image.config_scan(out, ".trivyignore").to_string(),
+            image.repo_scan(out, ".trivyignore").to_string(),
             "docker run --rm --volume /var/run/docker.sock:/var/run/docker.sock --volume logbook-trivy-cache:/root/.cache/trivy \
-             --volume /src/lb:/src:ro --workdir /src --volume /tmp/out:/out aquasec/trivy:0.67.2 config --format json \
-             --exit-code 0 --ignorefile .trivyignore --skip-dirs target --output /out/config.json ."
+             --volume /src/lb:/src:ro --workdir /src --volume /tmp/out:/out aquasec/trivy:0.67.2 fs --format json \
+             --exit-code 0 --scanners misconfig,secret --ignorefile .trivyignore --skip-dirs target --output /out/repo.json ."
         );
         assert_eq!(
-            Trivy::Local.to_sarif(out).to_string(),
+            local.to_sarif(out).to_string(),
             "trivy convert --format sarif --output /tmp/out/image.sarif /tmp/out/image.json"
         );
+        assert_eq!(
+            local.download_db(out).to_string(),
+            "trivy image --download-db-only --no-progress --quiet"
+        );
+        assert_eq!(
+            local.sbom(out, "logbook:abc").to_string(),
+            "trivy image --format cyclonedx --output /tmp/out/sbom.cdx.json logbook:abc"
+        );
+        let cached = Trivy::Local { cache: Some("/tmp/db".into()) }.download_db(out);
+        assert!(cached.env.iter().any(|(k, v)| k == "TRIVY_SKIP_DB_UPDATE" && v == "true"), "{cached:?}");
+    }
+
+    #[test]
+    fn sboms_are_counted_and_an_empty_one_is_an_error() {
+        let sbom = r#"{"bomFormat":"CycloneDX","components":[{"name":"hyper"},{"name":"serde"}]}"#;
+        assert_eq!(sbom_components(sbom).unwrap(), 2);
+        assert!(sbom_components(r#"{"bomFormat":"CycloneDX","components":[]}"#).is_err());
+        assert!(sbom_components(r#"{"bomFormat":"SPDX"}"#).is_err());
     }
 }

@@ -15,6 +15,9 @@ use crate::targets::compose::{self, OnDrop, StackGuard, switch};
 
 impl Smoke {
     pub fn run(self, sh: &Shell) -> Result<()> {
+        if let Some(url) = &self.url {
+            return deployment_checks(&host_port(url)?);
+        }
         let program = docker::connect(sh)?;
         let image = match &self.tag {
             Some(tag) => image::resolve(sh, tag)?,
@@ -51,6 +54,59 @@ impl Smoke {
         ));
         Ok(())
     }
+}
+
+/// `HOST:PORT` of a plain-HTTP URL.
+fn host_port(url: &str) -> Result<String> {
+    let rest = url.strip_prefix("http://").with_context(|| {
+        format!(
+            "--url {url:?}: give the plain-HTTP address, http://HOST:PORT (with LOGBOOK_DOMAIN the proxy keeps one on 127.0.0.1:$LOGBOOK_HOST_PORT for this host)"
+        )
+    })?;
+    let host_port = rest.trim_end_matches('/');
+    ensure!(
+        !host_port.is_empty() && !host_port.contains('/') && host_port.contains(':'),
+        "--url {url:?}: expected http://HOST:PORT, with no path"
+    );
+    Ok(host_port.to_owned())
+}
+
+/// The checks a deployment gets after a release: read-only ones, and one round trip
+/// (an entry tagged `smoke`: the journal is append-only, so it stays).
+fn deployment_checks(addr: &str) -> Result<()> {
+    let started = Instant::now();
+    let mut checks = Checks::stop_at_first();
+    let token = std::env::var("LOGBOOK_API_TOKEN").ok().filter(|t| !t.is_empty());
+    checks.run(&format!("{addr}: /healthz and /readyz answer 200"), || {
+        harness::expect_status(addr, "/healthz", 200)?;
+        harness::expect_status(addr, "/readyz", 200)
+    })?;
+    checks.run("/version names a revision", || {
+        let body = http::get(addr, "/version", REQUEST_TIMEOUT)?.body;
+        let version: serde_json::Value =
+            serde_json::from_str(&body).with_context(|| format!("/version: {body}"))?;
+        let revision = version["revision"].as_str().unwrap_or_default();
+        ensure!(!revision.is_empty() && revision != "unknown", "/version answered {body}");
+        process::say(&format!("the deployment runs revision {revision}"));
+        Ok(())
+    })?;
+    checks.run("a write then a read round-trips", || {
+        let text = format!("smoke check of the deployment at {}", crate::time::now_rfc3339());
+        let id = harness::append(addr, &text, token.as_deref())?;
+        harness::expect_entry(addr, id, &text)
+    })?;
+    checks.run("/metrics counts the write", || {
+        let metrics = http::get(addr, "/metrics", REQUEST_TIMEOUT)?.body;
+        let needle = r#"logbook_http_requests_total{method="POST",route="/api/entries",status="201"}"#;
+        ensure!(metrics.contains(needle), "no `{needle}` in /metrics");
+        Ok(())
+    })?;
+    process::result(&format!(
+        "smoke: all {} checks of the deployment at {addr} passed in {:.1}s",
+        checks.passed(),
+        started.elapsed().as_secs_f64()
+    ));
+    Ok(())
 }
 
 /// A secret the stack's environment holds that is not the service's.
@@ -295,4 +351,18 @@ fn broken_image_is_refused(sh: &Shell, program: docker::ComposeProgram, image: &
         message.lines().next().unwrap_or_default()
     ));
     Ok(())
+}
+
+#[cfg(test)]
+mod url_tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_http_addresses_are_taken() {
+        assert_eq!(host_port("http://127.0.0.1:8080").unwrap(), "127.0.0.1:8080");
+        assert_eq!(host_port("http://staging.internal:8080/").unwrap(), "staging.internal:8080");
+        assert!(host_port("https://logbook.example.com").unwrap_err().to_string().contains("plain-HTTP"));
+        assert!(host_port("http://127.0.0.1:8080/api").is_err());
+        assert!(host_port("http://127.0.0.1").is_err());
+    }
 }

@@ -59,33 +59,49 @@ impl CiStep {
             CiStep::Coverage => done(coverage::run(sh, DEFAULT_FAIL_UNDER, true)),
             CiStep::BuildClassic => done(Build { builder: Builder::Classic }.run(sh)),
             CiStep::Build => done(Build { builder: Builder::Buildkit }.run(sh)),
-            CiStep::Smoke => done(Smoke { no_build: true, tag: None }.run(sh)),
+            CiStep::Smoke => done(Smoke { no_build: true, tag: None, url: None }.run(sh)),
             CiStep::Drill => done(Drill { no_build: true }.run(sh)),
             CiStep::MonitoringSmoke => done(MonitoringSmoke { no_build: true }.run(sh)),
             CiStep::SwarmDrill => done(SwarmDrill { no_build: true, timeout: 120 }.run(sh)),
             CiStep::AuditImage => done(AuditImage { tag: None, self_test: true }.run(sh)),
             CiStep::Advisories => advisories::check(sh, true).map(Outcome::Pass),
-            CiStep::Scan => {
-                if Trivy::find(sh).is_none() {
-                    if required {
-                        bail!(
-                            "trivy not found, and --require scan was given: install trivy or set TRIVY_IMAGE"
-                        );
-                    }
-                    return Ok(Outcome::Skipped("trivy not found".into()));
-                }
-                done(
-                    Scan {
-                        tag: None,
-                        severity: "HIGH,CRITICAL".into(),
-                        ignore_unfixed: false,
-                        format: ScanFormat::Table,
-                        output: None,
-                        ignorefile: ".trivyignore".into(),
-                    }
-                    .run(sh),
-                )
-            }
+            CiStep::Scan => scan_step(sh, required),
+        }
+    }
+}
+
+/// Where `ci` finds a Trivy cache holding a test database, for the gate's self-test.
+pub const TRIVY_TEST_DB_VAR: &str = "LOGBOOK_TRIVY_TEST_DB";
+
+/// The real scan (Trivy installed first when missing), then, where a test database is
+/// given, the proof that the vulnerability gate blocks and that the ignore file works.
+fn scan_step(sh: &Shell, required: bool) -> Result<Outcome> {
+    if Trivy::find(sh).is_none()
+        && let Err(e) = tools::TRIVY.require(sh, true)
+    {
+        if required {
+            bail!("trivy is missing, and --require scan was given: {e:#}");
+        }
+        return Ok(Outcome::Skipped(format!("trivy not found: {e:#}")));
+    }
+    let scan = |gate_self_test| Scan {
+        tag: None,
+        severity: "HIGH,CRITICAL".into(),
+        ignore_unfixed: false,
+        format: ScanFormat::Table,
+        output: None,
+        ignorefile: ".trivyignore".into(),
+        require_database: required,
+        gate_self_test,
+    };
+    scan(None).run(sh)?;
+    match std::env::var_os(TRIVY_TEST_DB_VAR) {
+        Some(dir) => {
+            scan(Some(dir.into())).run(sh)?;
+            Ok(Outcome::Pass("the gate proven with a test database".into()))
+        }
+        None => {
+            Ok(Outcome::Pass(format!("gate self-test not run: no test database (set {TRIVY_TEST_DB_VAR})")))
         }
     }
 }

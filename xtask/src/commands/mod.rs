@@ -12,5 +12,6 @@ pub mod logs;
 pub mod monitoring;
 pub mod publish;
 pub mod restore;
+pub mod sbom;
 pub mod status;
 pub mod up;

