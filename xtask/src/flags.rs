@@ -38,6 +38,7 @@ pub enum Command {
     Publish(Publish),
     Deploy(Deploy),
     SwarmDrill(SwarmDrill),
+    ReleaseDrill(ReleaseDrill),
     Doctor(Doctor),
     Coverage(Coverage),
     Completions(Completions),
@@ -269,6 +270,18 @@ pub struct Restore {
 #[derive(Debug, Args)]
 pub struct Drill {
     /// Use the existing image for this tree as v1; fail if it has not been built.
+    #[arg(long)]
+    pub no_build: bool,
+}
+
+/// Rehearse the release path of the workflow, offline: start a container registry on
+/// loopback ($REGISTRY_IMAGE, default registry:2.8.2), publish the tested image and a
+/// second release to it, remove the local copies, then run the workflow's own staging and
+/// production job commands (up by digest, smoke --url) and its rollback job's, on a
+/// throwaway project, under writes. Checks that no entry is lost; always tears down.
+#[derive(Debug, Args)]
+pub struct ReleaseDrill {
+    /// Use the existing image for this tree; fail if it has not been built.
     #[arg(long)]
     pub no_build: bool,
 }
@@ -601,6 +614,8 @@ pub enum CiStep {
     MonitoringSmoke,
     /// cargo xtask swarm-drill: rolling updates and rollback on a live one-node swarm
     SwarmDrill,
+    /// cargo xtask release-drill: the workflow's release jobs against a local registry
+    ReleaseDrill,
     /// cargo xtask scan: Trivy (skipped when Trivy is not available, unless required)
     Scan,
 }

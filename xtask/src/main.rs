@@ -52,6 +52,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Publish(cmd) => cmd.run(&sh),
         Command::Deploy(cmd) => cmd.run(&sh),
         Command::SwarmDrill(cmd) => cmd.run(&sh),
+        Command::ReleaseDrill(cmd) => cmd.run(&sh),
         Command::Doctor(cmd) => cmd.run(&sh),
         Command::Coverage(cmd) => cmd.run(&sh),
         Command::Completions(cmd) => cmd.run(&sh),

@@ -119,6 +119,8 @@ fn every_subcommand_dry_runs_without_changing_anything() {
         ("monitoring-smoke --no-build", present),
         ("lint", &[]),
         ("scan", present),
+        ("sbom", present),
+        ("release-drill --no-build", present),
         ("publish --repository registry.example/logbook --git-ref v1.2.3", present),
         ("deploy compose --tag aaaaaaaaaaaa", present),
         ("deploy swarm --tag aaaaaaaaaaaa", present),

@@ -8,6 +8,7 @@ pub mod drill;
 pub mod harness;
 pub mod lint;
 pub mod monitoring_smoke;
+pub mod release_drill;
 pub mod scan;
 pub mod smoke;
 pub mod swarm_drill;

@@ -90,6 +90,8 @@ fn deployment_checks(addr: &str) -> Result<()> {
         process::say(&format!("the deployment runs revision {revision}"));
         Ok(())
     })?;
+    // The reads above are queries; the write is a change, which a dry run does not make.
+    process::needs_effects("append a smoke entry to the deployment")?;
     checks.run("a write then a read round-trips", || {
         let text = format!("smoke check of the deployment at {}", crate::time::now_rfc3339());
         let id = harness::append(addr, &text, token.as_deref())?;

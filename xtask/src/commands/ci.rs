@@ -10,8 +10,8 @@ use clap::ValueEnum;
 
 use crate::checks::{advisories, coverage, lint, scan::Trivy};
 use crate::flags::{
-    AuditImage, Build, Builder, Ci, CiStep, DEFAULT_FAIL_UNDER, Drill, MonitoringSmoke, Scan, ScanFormat,
-    Smoke, SwarmDrill,
+    AuditImage, Build, Builder, Ci, CiStep, DEFAULT_FAIL_UNDER, Drill, MonitoringSmoke, ReleaseDrill, Scan,
+    ScanFormat, Smoke, SwarmDrill,
 };
 use crate::outside::process::{self, Cmd};
 use crate::outside::tools::{self, cargo};
@@ -43,6 +43,7 @@ impl CiStep {
             | CiStep::Drill
             | CiStep::MonitoringSmoke
             | CiStep::SwarmDrill
+            | CiStep::ReleaseDrill
             | CiStep::AuditImage
             | CiStep::Scan => &[CiStep::Build],
         }
@@ -63,6 +64,7 @@ impl CiStep {
             CiStep::Drill => done(Drill { no_build: true }.run(sh)),
             CiStep::MonitoringSmoke => done(MonitoringSmoke { no_build: true }.run(sh)),
             CiStep::SwarmDrill => done(SwarmDrill { no_build: true, timeout: 120 }.run(sh)),
+            CiStep::ReleaseDrill => done(ReleaseDrill { no_build: true }.run(sh)),
             CiStep::AuditImage => done(AuditImage { tag: None, self_test: true }.run(sh)),
             CiStep::Advisories => advisories::check(sh, true).map(Outcome::Pass),
             CiStep::Scan => scan_step(sh, required),

@@ -171,16 +171,39 @@ pub fn ensure(sh: &Shell, no_build: bool) -> Result<String> {
 
 /// The image a `--tag` names: `abc` is `logbook:abc`; one from a registry is pulled when
 /// it is not here yet.
+///
+/// A registry reference may carry a digest (`ghcr.io/o/logbook@sha256:…`, or
+/// `…:tag@sha256:…`): the engine then pulls exactly that image and refuses content that
+/// does not match it. Credentials are Docker's own (`docker login`), never the runner's.
 pub fn resolve(sh: &Shell, tag: &str) -> Result<String> {
     let image = project::image_name(tag);
     if docker::image_exists(sh, &image) {
         return Ok(image);
     }
     if image.contains('/') {
-        process::run(sh, &Cmd::new("docker").args(["pull", &image]))?;
+        process::say(&format!("pulling {image}"));
+        process::run(sh, &pull(&image)).with_context(|| {
+            let registry = registry_of(&image);
+            format!(
+                "cannot pull {image} from {registry}: check the reference and its digest, that {registry} is reachable, \
+                 and that you are logged in (`docker login {registry}`); nothing was changed"
+            )
+        })?;
         return Ok(image);
     }
     bail!("image {image} does not exist: `docker image ls {}` lists what there is", project::NAME)
+}
+
+pub fn pull(image: &str) -> Cmd {
+    Cmd::new("docker").args(["pull", image])
+}
+
+/// The registry host of an image reference or repository (`docker.io` when it names none).
+pub fn registry_of(reference: &str) -> &str {
+    match reference.split_once('/') {
+        Some((host, _)) if host.contains(['.', ':']) || host == "localhost" => host,
+        _ => "docker.io",
+    }
 }
 
 /// The image a `--tag` names, or this tree's (built if needed) without one.
@@ -205,6 +228,15 @@ mod tests {
             rust_image: rust_image.map(Into::into),
             tag_latest: true,
         }
+    }
+
+    #[test]
+    fn registries_are_named_from_references() {
+        assert_eq!(registry_of("ghcr.io/o/logbook@sha256:ab"), "ghcr.io");
+        assert_eq!(registry_of("127.0.0.1:5000/logbook:v1"), "127.0.0.1:5000");
+        assert_eq!(registry_of("localhost/logbook"), "localhost");
+        assert_eq!(registry_of("owner/logbook:1"), "docker.io");
+        assert_eq!(pull("ghcr.io/o/l@sha256:ab").to_string(), "docker pull ghcr.io/o/l@sha256:ab");
     }
 
     #[test]

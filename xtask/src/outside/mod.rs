@@ -6,4 +6,5 @@ pub mod docker;
 pub mod http;
 pub mod image;
 pub mod process;
+pub mod registry;
 pub mod tools;

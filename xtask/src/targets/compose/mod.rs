@@ -19,9 +19,15 @@ use crate::outside::process::{self, Cmd};
 use crate::project;
 
 /// This host's app stack: the compose file, and the HTTPS file layered on when
-/// LOGBOOK_DOMAIN is set (in the environment or `.env`).
+/// LOGBOOK_DOMAIN is set (in the environment or `.env`). From the environment only,
+/// LOGBOOK_PROJECT names another project (a second stack on one host: staging beside
+/// production, a rehearsal) and LOGBOOK_ENV_FILE another settings file than `.env`.
 pub fn stack(sh: &Shell, program: docker::ComposeProgram) -> Compose {
-    let compose = Compose::app(program);
+    let mut compose = Compose::app(program);
+    if let Some(project) = std::env::var("LOGBOOK_PROJECT").ok().filter(|p| !p.is_empty()) {
+        compose = compose.project(&project);
+    }
+    compose.env_file = std::env::var("LOGBOOK_ENV_FILE").ok().filter(|f| !f.is_empty());
     if setting(sh, &compose, "LOGBOOK_DOMAIN", "").is_empty() {
         compose
     } else {
@@ -30,7 +36,7 @@ pub fn stack(sh: &Shell, program: docker::ComposeProgram) -> Compose {
 }
 
 /// A variable as `compose` will see it: set on the command, else in the environment, else
-/// in `.env`, else `default`.
+/// in `.env` (or the compose project's own env file), else `default`.
 pub fn setting(sh: &Shell, compose: &Compose, key: &str, default: &str) -> String {
     if let Some((_, value)) = compose.env.iter().find(|(k, _)| k == key) {
         return value.clone();
@@ -38,7 +44,7 @@ pub fn setting(sh: &Shell, compose: &Compose, key: &str, default: &str) -> Strin
     if let Ok(value) = std::env::var(key) {
         return value;
     }
-    let dotenv = sh.read_file(".env").unwrap_or_default();
+    let dotenv = sh.read_file(compose.env_file.as_deref().unwrap_or(".env")).unwrap_or_default();
     dotenv
         .lines()
         .filter_map(|l| l.trim().split_once('='))

@@ -292,8 +292,11 @@ pub fn rollback(
     let history = History::load(history_file)?;
     let running = super::running_image(sh, compose)?;
     let scope = format!("project {} ({})", compose.project, history_file.display());
-    let target =
-        history.rollback_target(&scope, running.as_deref(), to, |image| docker::image_exists(sh, image))?;
+    // A release from a registry that is no longer here is pulled again (by its digest).
+    let present = |image: &str| {
+        docker::image_exists(sh, image) || (image.contains('/') && image::resolve(sh, image).is_ok())
+    };
+    let target = history.rollback_target(&scope, running.as_deref(), to, present)?;
     switch(sh, compose, history_file, &target, Gate { timeout, restore_previous: true })?;
     Ok(target)
 }

@@ -1,0 +1,299 @@
+//! `cargo xtask release-drill`: the release path of the workflow, run here. A registry on
+//! loopback stands in for GHCR; the workflow's own job commands, read from the workflow
+//! files, deploy by digest to a throwaway project, check it, and roll it back.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use xshell::Shell;
+use yaml_rust2::YamlLoader;
+
+use super::harness::{self, Checks, Traffic};
+use crate::flags::{Builder, ReleaseDrill};
+use crate::outside::image::{self, ImagePlan};
+use crate::outside::process::{self, Cmd};
+use crate::outside::{docker, http, registry};
+use crate::project;
+use crate::targets::compose::{OnDrop, StackGuard};
+
+/// The workflow whose release jobs are rehearsed, and the one that rolls back by hand.
+const RELEASE_WORKFLOW: &str = ".github/workflows/ci.yml";
+const ROLLBACK_WORKFLOW: &str = ".github/workflows/rollback.yml";
+const DEFAULT_REGISTRY_IMAGE: &str = "registry:2.8.2";
+/// The token the rehearsed deployment requires, as production's would.
+const DRILL_TOKEN: &str = "release-drill-token";
+
+impl ReleaseDrill {
+    pub fn run(self, sh: &Shell) -> Result<()> {
+        let started = Instant::now();
+        let program = docker::connect(sh)?;
+        let v1 = image::ensure(sh, self.no_build)?;
+        let v1_revision = image::revision(sh, &v1);
+        let v2 = ImagePlan::from_repo(sh)?.variant("release-v2");
+        let compose = harness::throwaway_project(program, "release")?;
+        let port = compose.env.iter().find(|(k, _)| k == "LOGBOOK_HOST_PORT").map(|(_, v)| v.clone());
+        let addr = format!("127.0.0.1:{}", port.context("the throwaway project has no port")?);
+        let mut guard = StackGuard::new(sh, &compose, OnDrop::RemoveWithVolumes);
+        guard.remove_image(&v2.tag);
+        let _history = HistoryCleanup(crate::targets::compose::history_path(sh, &compose));
+        image::build(sh, &v2, Builder::Buildkit)?;
+        let registry = LocalRegistry::start(sh)?;
+        let repository = format!("{}/{}", registry.addr, project::NAME);
+
+        let mut checks = Checks::stop_at_first();
+        let (d1, _) = checks
+            .step("the tested image is published to the registry, and its digest read", || {
+                registry::push(sh, &v1, &repository, Some("main"))
+            })?;
+        let (d2, _) = checks
+            .step("a second release is published", || registry::push(sh, &v2.tag, &repository, None))?;
+        let _copies = checks.step("the local copies are removed, so every deploy must pull", || {
+            LocalCopies::remove(sh, &[v1.as_str(), v2.tag.as_str()])
+        })?;
+        let jobs = JobEnv { sh, project: &compose.project, addr: &addr };
+        checks.run(
+            "staging: the workflow's job pulls the tested image by digest, deploys and checks it",
+            || jobs.run(RELEASE_WORKFLOW, "staging", &[("IMAGE", &d1)]),
+        )?;
+        let mut acknowledged = Vec::new();
+        for n in 0..10 {
+            let text = format!("release drill entry {n}");
+            acknowledged.push((harness::append(&addr, &text, Some(DRILL_TOKEN))?, text));
+        }
+        let traffic = Traffic::start(&addr, "release drill", Some(DRILL_TOKEN));
+        checks.run("production: the workflow's job deploys the second release under writes", || {
+            jobs.run(RELEASE_WORKFLOW, "production", &[("IMAGE", &d2)])
+        })?;
+        checks.run("the rollback workflow brings the first release back by digest", || {
+            jobs.run(ROLLBACK_WORKFLOW, "rollback", &[("ROLLBACK_TO", &d1)])?;
+            harness::expect_revision(&addr, &v1_revision)
+        })?;
+        let report = traffic.stop()?;
+        checks.run("no request failed during the releases, and every acknowledged entry is there", || {
+            report.expect_no_failures("the releases")?;
+            acknowledged.extend(report.acknowledged.iter().cloned());
+            harness::expect_acknowledged(&addr, &acknowledged)
+        })?;
+        guard.succeeded();
+        process::result(&format!(
+            "release-drill: all {} checks passed in {:.1}s: publish, pull by digest, staging, production, rollback; \
+             {} requests during the releases, {} failed, longest wait {} ms; 0 of {} acknowledged entries lost",
+            checks.passed(),
+            started.elapsed().as_secs_f64(),
+            report.requests,
+            report.failed,
+            report.longest.as_millis(),
+            acknowledged.len()
+        ));
+        Ok(())
+    }
+}
+
+/// What the release jobs find on their hosts, here: the throwaway project on its own port,
+/// with no `.env`, and a token required for writes.
+struct JobEnv<'a> {
+    sh: &'a Shell,
+    project: &'a str,
+    addr: &'a str,
+}
+
+impl JobEnv<'_> {
+    /// Runs the `run:` lines of `job` in `workflow`, in order, as GitHub's bash would, with
+    /// `cargo xtask` being this runner; steps that run only on failure are left out.
+    fn run(&self, workflow: &str, job: &str, inputs: &[(&str, &str)]) -> Result<()> {
+        let text = self.sh.read_file(workflow).with_context(|| format!("cannot read {workflow}"))?;
+        let exe = std::env::current_exe().context("cannot find this runner's executable")?;
+        let port = self.addr.rsplit_once(':').map_or("8080", |(_, port)| port);
+        for line in job_commands(&text, job).with_context(|| format!("{workflow}: job {job}"))? {
+            let rest = line
+                .strip_prefix("cargo xtask ")
+                .with_context(|| format!("{workflow} job {job}: `{line}` is not `cargo xtask …`"))?;
+            let script = format!("{} {rest}", shell_quote(&exe.display().to_string()));
+            let mut cmd = Cmd::new("bash")
+                .args(["-c", script.as_str()])
+                .env("LOGBOOK_PROJECT", self.project)
+                .env("LOGBOOK_ENV_FILE", "/dev/null")
+                .env("LOGBOOK_HOST_BIND", "127.0.0.1")
+                .env("LOGBOOK_HOST_PORT", port)
+                .env("LOGBOOK_API_TOKEN", DRILL_TOKEN);
+            for (key, value) in inputs {
+                cmd = cmd.env(*key, *value);
+            }
+            process::say(&format!("{workflow} job {job}: {line}"));
+            process::run(self.sh, &cmd).with_context(|| format!("{workflow} job {job}: `{line}` failed"))?;
+        }
+        Ok(())
+    }
+}
+
+/// The `run:` lines of a job's steps, in order, leaving out steps that run only when an
+/// earlier one failed (`if: failure() …`).
+pub fn job_commands(workflow: &str, job: &str) -> Result<Vec<String>> {
+    let docs = YamlLoader::load_from_str(workflow).context("the workflow is not valid YAML")?;
+    let steps = docs
+        .first()
+        .and_then(|doc| doc["jobs"][job]["steps"].as_vec())
+        .with_context(|| format!("no job {job} with steps"))?;
+    let mut commands = Vec::new();
+    for step in steps {
+        let on_failure = step["if"].as_str().is_some_and(|c| c.contains("failure()"));
+        if let (Some(script), false) = (step["run"].as_str(), on_failure) {
+            commands.extend(script.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned));
+        }
+    }
+    ensure!(!commands.is_empty(), "job {job} runs nothing");
+    Ok(commands)
+}
+
+fn shell_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', r"'\''"))
+}
+
+/// A container registry on a free loopback port, removed (with its storage) when dropped.
+struct LocalRegistry<'a> {
+    sh: &'a Shell,
+    name: String,
+    addr: String,
+}
+
+impl<'a> LocalRegistry<'a> {
+    fn start(sh: &'a Shell) -> Result<Self> {
+        let image = std::env::var("REGISTRY_IMAGE").unwrap_or_else(|_| DEFAULT_REGISTRY_IMAGE.to_owned());
+        let port = http::free_port()?;
+        let name = format!("{}-registry-{}", project::NAME, std::process::id());
+        let registry = LocalRegistry { sh, name, addr: format!("127.0.0.1:{port}") };
+        process::run(sh, &run_registry(&image, &registry.name, port)).with_context(|| {
+            format!("cannot start the registry {image} (set REGISTRY_IMAGE to one you can reach)")
+        })?;
+        process::wait_for(
+            "the registry to answer",
+            Duration::from_secs(20),
+            Duration::from_millis(50),
+            || {
+                Ok(http::get(&registry.addr, "/v2/", Duration::from_secs(1))
+                    .is_ok_and(|r| r.status == 200)
+                    .then_some(()))
+            },
+        )?;
+        Ok(registry)
+    }
+}
+
+impl Drop for LocalRegistry<'_> {
+    fn drop(&mut self) {
+        let _ = process::run_cleanup(
+            self.sh,
+            &Cmd::new("docker").args(["rm", "--force", "--volumes", &self.name]),
+        );
+    }
+}
+
+pub fn run_registry(image: &str, name: &str, port: u16) -> Cmd {
+    Cmd::new("docker")
+        .args(["run", "--detach", "--name", name, "--publish"])
+        .arg(format!("127.0.0.1:{port}:5000"))
+        .arg(image)
+}
+
+/// Local images taken off the engine (saved first), so that deploys must pull them; put
+/// back, with all their tags, however the drill ends.
+struct LocalCopies<'a> {
+    sh: &'a Shell,
+    archive: std::path::PathBuf,
+    _dir: xshell::TempDir,
+}
+
+impl<'a> LocalCopies<'a> {
+    fn remove(sh: &'a Shell, images: &[&str]) -> Result<Self> {
+        let dir = sh.create_temp_dir()?;
+        let archive = dir.path().join("images.tar");
+        process::run(sh, &save(images, &archive))?;
+        let copies = LocalCopies { sh, archive, _dir: dir };
+        for image in images {
+            // Every tag of the image goes (the pushed ones too), so nothing is left to reuse.
+            process::run(sh, &Cmd::new("docker").args(["image", "rm", "--force", image]))?;
+            process::needs_effects("check that the image is gone")?;
+            if docker::image_exists(sh, image) {
+                bail!("{image} is still on the engine after removal");
+            }
+        }
+        Ok(copies)
+    }
+}
+
+impl Drop for LocalCopies<'_> {
+    fn drop(&mut self) {
+        let _ = process::run_cleanup(self.sh, &load(&self.archive));
+    }
+}
+
+pub fn save(images: &[&str], archive: &Path) -> Cmd {
+    Cmd::new("docker")
+        .args(["save", "--output"])
+        .arg(archive.display().to_string())
+        .args(images.iter().copied())
+}
+
+pub fn load(archive: &Path) -> Cmd {
+    Cmd::new("docker").args(["load", "--quiet", "--input"]).arg(archive.display().to_string())
+}
+
+/// The throwaway project's release history and lock, removed with it.
+struct HistoryCleanup(std::path::PathBuf);
+
+impl Drop for HistoryCleanup {
+    fn drop(&mut self) {
+        for path in [self.0.clone(), self.0.with_extension("lock")] {
+            if path.exists() {
+                let _ = process::remove_file(&path);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_jobs_commands_are_read_in_order_without_failure_steps() {
+        let workflow = "jobs:\n  production:\n    steps:\n      - uses: x@y\n      - run: cargo xtask up --tag \"$IMAGE\"\n      - id: check\n        run: cargo xtask smoke --url http://127.0.0.1:8080\n      - if: failure() && steps.check.outcome == 'failure'\n        run: cargo xtask rollback\n";
+        assert_eq!(
+            job_commands(workflow, "production").unwrap(),
+            ["cargo xtask up --tag \"$IMAGE\"", "cargo xtask smoke --url http://127.0.0.1:8080"]
+        );
+        assert!(job_commands(workflow, "staging").is_err());
+    }
+
+    #[test]
+    fn the_real_release_jobs_deploy_then_check() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        for (file, job) in
+            [(RELEASE_WORKFLOW, "staging"), (RELEASE_WORKFLOW, "production"), (ROLLBACK_WORKFLOW, "rollback")]
+        {
+            let text = std::fs::read_to_string(root.join(file)).unwrap();
+            let commands = job_commands(&text, job).unwrap();
+            assert!(commands.len() >= 2, "{file} {job}: {commands:?}");
+            assert!(
+                commands.last().unwrap().starts_with("cargo xtask smoke --url "),
+                "{file} {job}: {commands:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn commands_are_exact() {
+        assert_eq!(
+            run_registry("registry:2.8.2", "logbook-registry-1", 5000).to_string(),
+            "docker run --detach --name logbook-registry-1 --publish 127.0.0.1:5000:5000 registry:2.8.2"
+        );
+        let archive = Path::new("/tmp/x/images.tar");
+        assert_eq!(
+            save(&["a:1", "b:2"], archive).to_string(),
+            "docker save --output /tmp/x/images.tar a:1 b:2"
+        );
+        assert_eq!(load(archive).to_string(), "docker load --quiet --input /tmp/x/images.tar");
+        assert_eq!(shell_quote("/a b/it's"), r"'/a b/it'\''s'");
+    }
+}
