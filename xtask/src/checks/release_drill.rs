@@ -48,8 +48,10 @@ impl ReleaseDrill {
             })?;
         let (d2, _) = checks
             .step("a second release is published", || registry::push(sh, &v2.tag, &repository, None))?;
+        // The second release is throwaway: what the pull brings back goes with the stack.
+        guard.remove_image(&d2);
         let _copies = checks.step("the local copies are removed, so every deploy must pull", || {
-            LocalCopies::remove(sh, &[v1.as_str(), v2.tag.as_str()])
+            LocalCopies::remove(sh, &v1, &repository, &[v2.tag.as_str()])
         })?;
         let jobs = JobEnv { sh, project: &compose.project, addr: &addr };
         checks.run(
@@ -196,8 +198,8 @@ pub fn run_registry(image: &str, name: &str, port: u16) -> Cmd {
         .arg(image)
 }
 
-/// Local images taken off the engine (saved first), so that deploys must pull them; put
-/// back, with all their tags, however the drill ends.
+/// Local images taken off the engine, so that deploys must pull them. The tested one is
+/// saved first, with its local tags, and put back however the drill ends.
 struct LocalCopies<'a> {
     sh: &'a Shell,
     archive: std::path::PathBuf,
@@ -205,17 +207,23 @@ struct LocalCopies<'a> {
 }
 
 impl<'a> LocalCopies<'a> {
-    fn remove(sh: &'a Shell, images: &[&str]) -> Result<Self> {
+    /// Saves `kept` (with its tags but those of `repository`), then removes it and each of
+    /// `discarded` by image id: every tag goes, and the image itself.
+    fn remove(sh: &'a Shell, kept: &str, repository: &str, discarded: &[&str]) -> Result<Self> {
+        process::needs_effects("read the tested image's tags")?;
+        let tags = process::query(sh, &docker::inspect_format(kept, "{{json .RepoTags}}"))?;
+        let tags: Vec<String> = serde_json::from_str(&tags).context("docker inspect printed bad RepoTags")?;
+        let pushed = format!("{repository}:");
+        let local: Vec<&str> = tags.iter().map(String::as_str).filter(|t| !t.starts_with(&pushed)).collect();
         let dir = sh.create_temp_dir()?;
         let archive = dir.path().join("images.tar");
-        process::run(sh, &save(images, &archive))?;
+        process::run(sh, &save(&local, &archive))?;
         let copies = LocalCopies { sh, archive, _dir: dir };
-        for image in images {
-            // Every tag of the image goes (the pushed ones too), so nothing is left to reuse.
-            process::run(sh, &Cmd::new("docker").args(["image", "rm", "--force", image]))?;
-            process::needs_effects("check that the image is gone")?;
-            if docker::image_exists(sh, image) {
-                bail!("{image} is still on the engine after removal");
+        for image in std::iter::once(kept).chain(discarded.iter().copied()) {
+            let id = process::query(sh, &docker::inspect_format(image, "{{.Id}}"))?;
+            process::run(sh, &Cmd::new("docker").args(["image", "rm", "--force", &id]))?;
+            if docker::image_exists(sh, &id) {
+                bail!("{image} ({id}) is still on the engine after removal: is a container using it?");
             }
         }
         Ok(copies)
