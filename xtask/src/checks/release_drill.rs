@@ -51,7 +51,7 @@ impl ReleaseDrill {
         // The second release is throwaway: what the pull brings back goes with the stack.
         guard.remove_image(&d2);
         let _copies = checks.step("the local copies are removed, so every deploy must pull", || {
-            LocalCopies::remove(sh, &v1, &repository, &[v2.tag.as_str()])
+            LocalCopies::remove(sh, &v1, &repository, &[v2.tag.as_str()], &d1)
         })?;
         let jobs = JobEnv { sh, project: &compose.project, addr: &addr };
         checks.run(
@@ -203,13 +203,21 @@ pub fn run_registry(image: &str, name: &str, port: u16) -> Cmd {
 struct LocalCopies<'a> {
     sh: &'a Shell,
     archive: std::path::PathBuf,
+    /// The reference the deploys pull `kept` by, dropped again once its tags are back.
+    pulled_as: String,
     _dir: xshell::TempDir,
 }
 
 impl<'a> LocalCopies<'a> {
     /// Saves `kept` (with its tags but those of `repository`), then removes it and each of
     /// `discarded` by image id: every tag goes, and the image itself.
-    fn remove(sh: &'a Shell, kept: &str, repository: &str, discarded: &[&str]) -> Result<Self> {
+    fn remove(
+        sh: &'a Shell,
+        kept: &str,
+        repository: &str,
+        discarded: &[&str],
+        pulled_as: &str,
+    ) -> Result<Self> {
         process::needs_effects("read the tested image's tags")?;
         let tags = process::query(sh, &docker::inspect_format(kept, "{{json .RepoTags}}"))?;
         let tags: Vec<String> = serde_json::from_str(&tags).context("docker inspect printed bad RepoTags")?;
@@ -218,7 +226,7 @@ impl<'a> LocalCopies<'a> {
         let dir = sh.create_temp_dir()?;
         let archive = dir.path().join("images.tar");
         process::run(sh, &save(&local, &archive))?;
-        let copies = LocalCopies { sh, archive, _dir: dir };
+        let copies = LocalCopies { sh, archive, pulled_as: pulled_as.to_owned(), _dir: dir };
         for image in std::iter::once(kept).chain(discarded.iter().copied()) {
             let id = process::query(sh, &docker::inspect_format(image, "{{.Id}}"))?;
             process::run(sh, &Cmd::new("docker").args(["image", "rm", "--force", &id]))?;
@@ -233,6 +241,9 @@ impl<'a> LocalCopies<'a> {
 impl Drop for LocalCopies<'_> {
     fn drop(&mut self) {
         let _ = process::run_cleanup(self.sh, &load(&self.archive));
+        if docker::image_exists(self.sh, &self.pulled_as) {
+            let _ = process::run_cleanup(self.sh, &Cmd::new("docker").args(["image", "rm", &self.pulled_as]));
+        }
     }
 }
 

@@ -38,6 +38,10 @@ impl Smoke {
         checks.run("a broken image fails to come up within the deadline, with its logs shown", || {
             broken_image_is_refused(sh, program.clone(), &image)
         })?;
+        checks.run(
+            "`docker compose up --build` alone builds the image and serves it (no Rust toolchain)",
+            || compose_builds_and_serves(sh, program.clone()),
+        )?;
         if tools::CURL.installed(sh) {
             checks.run(
                 "with LOGBOOK_DOMAIN, HTTPS is served (the proxy's own CA here) and HTTP redirects",
@@ -54,6 +58,20 @@ impl Smoke {
         ));
         Ok(())
     }
+}
+
+/// The path for someone with Docker alone: Compose builds the image from the tree and
+/// starts the stack. (Under its own image name, so this tree's tags are left alone.)
+fn compose_builds_and_serves(sh: &Shell, program: docker::ComposeProgram) -> Result<()> {
+    let tag = format!("{}:compose-build-{}", project::NAME, std::process::id());
+    let compose = harness::throwaway_project(program, "compose-build")?.var("LOGBOOK_IMAGE", &tag);
+    let mut guard = StackGuard::new(sh, &compose, OnDrop::RemoveWithVolumes);
+    guard.remove_image(&tag);
+    process::run(sh, &compose.cmd(&["up", "--build", "--detach", "--wait"]))?;
+    let addr = compose::wait_ready(sh, &compose, Duration::from_secs(30))?;
+    harness::expect_status(&addr, "/healthz", 200)?;
+    guard.succeeded();
+    Ok(())
 }
 
 /// `HOST:PORT` of a plain-HTTP URL.
