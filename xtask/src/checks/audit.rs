@@ -115,7 +115,19 @@ pub fn check_user(config: &Value) -> Result<()> {
 
 fn check_running_uid(sh: &Shell, image: &str) -> Result<()> {
     let name = format!("{}-audit-{}", project::NAME, std::process::id());
-    let run = Cmd::new("docker").args(["run", "--detach", "--rm", "--name", &name, "--tmpfs", "/tmp", image]);
+    // With a token, as the image refuses to take anyone's writes on 0.0.0.0 without one.
+    let run = Cmd::new("docker").args([
+        "run",
+        "--detach",
+        "--rm",
+        "--name",
+        &name,
+        "--tmpfs",
+        "/tmp",
+        "--env",
+        "LOGBOOK_API_TOKEN=audit-only",
+        image,
+    ]);
     process::capture(sh, &run).context("the image does not start")?;
     let top = process::wait_for(
         "the audited container's process",

@@ -108,14 +108,18 @@ pub fn build_image(plan: &ImagePlan, builder: Builder) -> Cmd {
 }
 
 /// The variable a broken test image sets to a value the service refuses. None of the
-/// compose file, the swarm stack or the manifests sets it, so it cannot be overridden.
-pub const BROKEN_SETTING: &str = "LOGBOOK_LOG_FORMAT";
+/// compose file, the swarm stack or the manifests names it, so the image's value stands
+/// (a name listed in compose's `environment` without a value would unset it).
+pub const BROKEN_SETTING: &str = "LOGBOOK_BIND";
 
 /// Builds `tag` from `image` with a setting the service rejects, so it never gets ready:
 /// the stand-in for a bad release in smoke tests and drills.
 pub fn build_broken_image(sh: &Shell, image: &str, tag: &str) -> Result<()> {
     let dir = sh.create_temp_dir()?;
-    sh.write_file(dir.path().join("Dockerfile"), format!("FROM {image}\nENV {BROKEN_SETTING}=yaml\n"))?;
+    sh.write_file(
+        dir.path().join("Dockerfile"),
+        format!("FROM {image}\nENV {BROKEN_SETTING}=not-an-address\n"),
+    )?;
     let context = dir.path().display().to_string();
     process::run(sh, &Cmd::new("docker").args(["build", "--quiet", "--tag", tag, &context]))
 }
