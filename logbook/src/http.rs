@@ -48,6 +48,8 @@ pub struct AppState {
     pub api_token: Option<Secret>,
     pub metrics: PrometheusHandle,
     pub started: Instant,
+    /// The database file, whose size and free space `/metrics` reports.
+    pub db_path: std::path::PathBuf,
     /// LOGBOOK_BODY_TIMEOUT and LOGBOOK_REQUEST_TIMEOUT.
     pub body_timeout: Duration,
     pub request_timeout: Duration,
@@ -401,6 +403,7 @@ async fn version(State(state): State<AppState>) -> Response {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
+    crate::telemetry::record_disk(&state.db_path);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render())
         .into_response()
 }

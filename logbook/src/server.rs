@@ -70,6 +70,7 @@ pub async fn serve(
         storage_wait: config.lock_wait,
         metrics,
         started,
+        db_path: config.db_path.clone(),
         body_timeout: config.body_timeout,
         request_timeout: config.request_timeout,
     };

@@ -98,10 +98,39 @@ fn describe() {
         "Times the open connections reached LOGBOOK_MAX_CONNECTIONS and new ones had to wait."
     );
     describe_gauge!("logbook_build_info", "Always 1; labelled with the running version and git revision.");
+    describe_gauge!(
+        "logbook_database_size_bytes",
+        Unit::Bytes,
+        "Size of the database file and its write-ahead log, at the last scrape."
+    );
+    describe_gauge!(
+        "logbook_data_volume_free_bytes",
+        Unit::Bytes,
+        "Space left for the database on its filesystem (for unprivileged writers), at the last scrape."
+    );
+    describe_gauge!(
+        "logbook_data_volume_size_bytes",
+        Unit::Bytes,
+        "Size of the filesystem that holds the database."
+    );
     // Export zeroes from the start, so rate() and alerts see the series before the first event.
     metrics::counter!("logbook_entries_appended_total").absolute(0);
     metrics::counter!("logbook_http_connection_cap_reached_total").absolute(0);
     for op in ["append", "read"] {
         metrics::counter!("logbook_storage_errors_total", "op" => op).absolute(0);
+    }
+}
+
+/// Sets the disk gauges for the database at `db`: its size (with its WAL), and the free
+/// space and size of the filesystem holding it. Measured when scraped, so always current;
+/// a figure that cannot be read is left as it was.
+pub fn record_disk(db: &std::path::Path) {
+    let size =
+        |suffix: &str| std::fs::metadata(format!("{}{suffix}", db.display())).map(|m| m.len()).unwrap_or(0);
+    metrics::gauge!("logbook_database_size_bytes").set((size("") + size("-wal")) as f64);
+    let dir = db.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    if let Ok(fs) = rustix::fs::statvfs(dir) {
+        metrics::gauge!("logbook_data_volume_free_bytes").set((fs.f_bavail * fs.f_frsize) as f64);
+        metrics::gauge!("logbook_data_volume_size_bytes").set((fs.f_blocks * fs.f_frsize) as f64);
     }
 }

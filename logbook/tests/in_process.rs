@@ -31,7 +31,8 @@ impl App {
         let dir = TempDir::new("router");
         let db = dir.path().join("logbook.db");
         let (storage, writer) = storage::open_locked(&db, storage::lock(&db).unwrap()).unwrap();
-        App { state: state(Some(storage), token), writer: Some(writer), _dir: dir }
+        let state = AppState { db_path: db, ..state(Some(storage), token) };
+        App { state, writer: Some(writer), _dir: dir }
     }
 
     async fn call(&self, request: Request<Body>) -> (StatusCode, Value) {
@@ -73,6 +74,7 @@ fn state(storage: Option<Storage>, token: Option<&str>) -> AppState {
         api_token: token.map(Secret::new),
         metrics: logbook::telemetry::init_metrics().unwrap(),
         started: Instant::now(),
+        db_path: std::path::PathBuf::from("logbook.db"),
         body_timeout: Duration::from_secs(10),
         request_timeout: Duration::from_secs(30),
     }
@@ -252,6 +254,26 @@ async fn version_and_metrics_describe_the_build() {
     assert!(content_type.starts_with("text/plain"), "{content_type}");
     let text = axum::body::to_bytes(response.into_body(), MAX_BODY_BYTES).await.unwrap();
     assert!(String::from_utf8_lossy(&text).contains("logbook_build_info"));
+}
+
+#[tokio::test]
+async fn metrics_report_the_database_size_and_the_space_left_for_it() {
+    let app = App::new(None);
+    assert_eq!(app.post(r#"{"text": "weighs something"}"#, None).await.0, StatusCode::CREATED);
+    let response = router(app.state.clone()).oneshot(Request::get("/metrics").body(Body::empty()).unwrap());
+    let bytes = axum::body::to_bytes(response.await.unwrap().into_body(), MAX_BODY_BYTES).await.unwrap();
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    let gauge = |name: &str| -> f64 {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name}:\n{text}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let on_disk = std::fs::metadata(app._dir.path().join("logbook.db")).unwrap().len() as f64;
+    assert!(gauge("logbook_database_size_bytes") >= on_disk, "{text}");
+    let (free, size) = (gauge("logbook_data_volume_free_bytes"), gauge("logbook_data_volume_size_bytes"));
+    assert!(free > 0.0 && free <= size, "free {free} of {size}");
 }
 
 #[tokio::test]

@@ -106,7 +106,17 @@ fn every_alert_explains_itself() {
             names.push(name.to_owned());
         }
     }
-    assert_eq!(names, ["LogbookDown", "LogbookHighErrorRatio", "LogbookHighLatency", "LogbookStorageErrors"]);
+    assert_eq!(
+        names,
+        [
+            "LogbookDown",
+            "LogbookHighErrorRatio",
+            "LogbookHighLatency",
+            "LogbookStorageErrors",
+            "LogbookDiskLow",
+            "LogbookDiskFillingUp"
+        ]
+    );
     // The runbook covers each one.
     let runbook = std::fs::read_to_string(root().join("docs/OPERATIONS.md")).unwrap();
     for name in names {
