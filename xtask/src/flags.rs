@@ -312,11 +312,14 @@ pub struct MonitoringUp {
 pub enum MonitoringService {
     /// Prometheus: scrapes the service, evaluates the alert rules
     Prometheus,
+    /// Alertmanager: routes firing alerts to the webhook at ALERT_WEBHOOK_URL
+    Alertmanager,
     /// Grafana: the provisioned dashboard
     Grafana,
 }
 
-/// Stop and remove Prometheus and Grafana; the app keeps running and their volumes are kept.
+/// Stop and remove Prometheus, Alertmanager and Grafana; the app keeps running and their
+/// volumes are kept.
 #[derive(Debug, Args)]
 pub struct MonitoringDown {}
 

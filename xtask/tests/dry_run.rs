@@ -51,6 +51,7 @@ fn read_only(call: &str) -> bool {
             false
         }
         ["docker", "run", "--rm", "--network", "none", .., "verify", _] => true,
+        ["docker", "run", "--rm", "--network", "none", .., "check-config", _] => true,
         [
             "docker",
             "run",
@@ -73,7 +74,13 @@ fn read_only(call: &str) -> bool {
                     .any(|q| call.starts_with(&format!("docker {q}")))
         }
         ["kubectl", "version", "--client"] | ["kubectl", "kustomize", _] => true,
-        ["git", ..] | ["promtool", ..] | ["kubernetes-validate", ..] | ["actionlint", ..] => true,
+        ["git", ..]
+        | ["promtool", ..]
+        | ["kubernetes-validate", ..]
+        | ["actionlint", ..]
+        | ["zizmor", ..]
+        | ["hadolint", ..]
+        | ["shellcheck", ..] => true,
         [.., "--version"] => true,
         _ => false,
     }

@@ -68,6 +68,9 @@ pub fn lint(sh: &Shell, install_missing: bool) -> Result<()> {
         ensure_local(sh, &image, "CADDY_IMAGE")?;
         switch::validate_proxy_config(sh, &image)
     })?;
+    checks.run("Alertmanager's configuration, as Compose renders it (amtool check-config)", || {
+        check_alertmanager_config(sh, &everything)
+    })?;
     match find_promtool(sh, &everything) {
         Ok(promtool) => {
             for (name, args) in promtool_checks() {
@@ -188,6 +191,29 @@ fn find_promtool(sh: &Shell, compose: &Compose) -> Result<Promtool> {
     Ok(Promtool::Image { image, root: sh.current_dir().display().to_string() })
 }
 
+/// Renders the `alertmanager` config of the monitoring compose file (its settings come
+/// from the environment) and checks it with amtool, from the Alertmanager image.
+fn check_alertmanager_config(sh: &Shell, compose: &Compose) -> Result<()> {
+    let config: serde_json::Value =
+        serde_json::from_str(&process::query(sh, &compose.cmd(&["config", "--format", "json"]))?)?;
+    let content = config["configs"]["alertmanager"]["content"]
+        .as_str()
+        .context("docker-compose.monitoring.yml has no `alertmanager` config")?;
+    let image = compose_image(sh, compose, "alertmanager")?;
+    ensure_local(sh, &image, "ALERTMANAGER_IMAGE")?;
+    let dir = sh.create_temp_dir()?;
+    std::fs::write(dir.path().join("alertmanager.yml"), content)
+        .context("cannot write the rendered config")?;
+    process::check(sh, &amtool_check(&image, dir.path()))
+}
+
+pub fn amtool_check(image: &str, dir: &std::path::Path) -> Cmd {
+    Cmd::new("docker")
+        .args(["run", "--rm", "--network", "none", "--volume"])
+        .arg(format!("{}:/check:ro", dir.display()))
+        .args(["--entrypoint", "amtool", image, "check-config", "/check/alertmanager.yml"])
+}
+
 /// The image `service` runs, as the compose files resolve it.
 fn compose_image(sh: &Shell, compose: &Compose, service: &str) -> Result<String> {
     let config: serde_json::Value =
@@ -280,6 +306,15 @@ pub fn referenced_names(text: &str) -> BTreeSet<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn amtool_checks_the_rendered_config_without_a_network() {
+        assert_eq!(
+            amtool_check("prom/alertmanager:v0.25.0", std::path::Path::new("/tmp/am")).to_string(),
+            "docker run --rm --network none --volume /tmp/am:/check:ro --entrypoint amtool prom/alertmanager:v0.25.0 \
+             check-config /check/alertmanager.yml"
+        );
+    }
 
     #[test]
     fn the_judges_run_on_every_workflow_and_fail_on_warnings() {

@@ -28,18 +28,21 @@ impl MonitoringSmoke {
     pub fn run(self, sh: &Shell) -> Result<()> {
         let program = docker::connect(sh)?;
         let image = image::ensure(sh, self.no_build)?;
-        let prometheus_port = http::free_port()?.to_string();
-        let app =
-            harness::throwaway_project(program, "monitoring")?.var("PROMETHEUS_HOST_PORT", &prometheus_port);
+        let receiver = http::WebhookReceiver::start()?;
+        let app = harness::throwaway_project(program, "monitoring")?
+            .var("PROMETHEUS_HOST_PORT", &http::free_port()?.to_string())
+            .var("ALERTMANAGER_HOST_PORT", &http::free_port()?.to_string())
+            .var(monitoring::WEBHOOK_VAR, &format!("http://host.docker.internal:{}/alerts", receiver.port));
         let everything = monitoring::interpolable(sh, app.clone());
         let guard = StackGuard::new(sh, &everything, OnDrop::RemoveWithVolumes);
         let state = sh.create_temp_dir()?;
         let history = state.path().join("releases.json");
         let mut checks = Checks::stop_at_first();
-        let urls = checks.step("monitoring-up --services prometheus: app ready, target up", || {
-            let services = [MonitoringService::Prometheus];
-            monitoring::monitoring_up(sh, &app, &history, &image, &services, Duration::from_secs(90))
-        })?;
+        let urls =
+            checks.step("monitoring-up --services prometheus,alertmanager: app ready, target up", || {
+                let services = [MonitoringService::Prometheus, MonitoringService::Alertmanager];
+                monitoring::monitoring_up(sh, &app, &history, &image, &services, Duration::from_secs(90))
+            })?;
         let prometheus = urls
             .0
             .iter()
@@ -59,10 +62,43 @@ impl MonitoringSmoke {
                 },
             )
         })?;
-        checks.run("monitoring-down stops Prometheus and leaves the app serving", || {
+        checks.run("Prometheus sends its alerts to Alertmanager", || {
+            process::wait_for(
+                "Prometheus to find Alertmanager",
+                Duration::from_secs(60),
+                Duration::from_millis(500),
+                || {
+                    let body = http::get(&prometheus, "/api/v1/alertmanagers", Duration::from_secs(5))?.body;
+                    Ok(body.contains("alertmanager:9093").then_some(()))
+                },
+            )
+        })?;
+        checks.run(
+            "with the service stopped, LogbookDown reaches the webhook through Alertmanager",
+            || {
+                process::run(sh, &app.cmd(&["stop", crate::project::NAME]))?;
+                process::needs_effects("wait for the alert")?;
+                let stopped = std::time::Instant::now();
+                let arrived = process::wait_for(
+                    "LogbookDown at the webhook (it fires after 1 minute down)",
+                    Duration::from_secs(240),
+                    Duration::from_millis(250),
+                    || Ok(receiver.arrived(&["\"LogbookDown\"", "\"firing\""])),
+                )?;
+                process::say(&format!(
+                    "  LogbookDown reached the webhook {:.1}s after the service stopped",
+                    arrived.saturating_duration_since(stopped).as_secs_f64()
+                ));
+                process::run(sh, &app.cmd(&["start", crate::project::NAME]))
+            },
+        )?;
+        checks.run("monitoring-down stops Prometheus and Alertmanager and leaves the app serving", || {
             monitoring::monitoring_down(sh, &everything)?;
             let running = compose::containers(sh, &everything)?;
-            ensure!(!running.iter().any(|c| c.service == "prometheus"), "prometheus is still there");
+            ensure!(
+                !running.iter().any(|c| c.service == "prometheus" || c.service == "alertmanager"),
+                "prometheus or alertmanager is still there"
+            );
             compose::wait_ready(sh, &app, Duration::from_secs(10)).map(drop)
         })?;
         guard.succeeded();

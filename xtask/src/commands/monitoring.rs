@@ -16,7 +16,7 @@ impl MonitoringUp {
         let image = image::ensure(sh, self.no_build)?;
         let stack = compose::stack(sh, program);
         let services = if self.services.is_empty() {
-            vec![MonitoringService::Prometheus, MonitoringService::Grafana]
+            vec![MonitoringService::Prometheus, MonitoringService::Alertmanager, MonitoringService::Grafana]
         } else {
             self.services.clone()
         };

@@ -1,4 +1,4 @@
-//! Prometheus and Grafana beside the app, in the same compose project: what
+//! Prometheus, Alertmanager and Grafana beside the app, in the same compose project: what
 //! `monitoring-up`, `monitoring-down` and `monitoring-smoke` drive.
 
 use std::time::Duration;
@@ -15,6 +15,8 @@ use crate::outside::process::{self, Cmd};
 use crate::project;
 
 const PASSWORD_VAR: &str = "GRAFANA_ADMIN_PASSWORD";
+/// Where Alertmanager sends every alert.
+pub const WEBHOOK_VAR: &str = "ALERT_WEBHOOK_URL";
 /// Stands in for the password when Grafana is not being started: Compose interpolates the
 /// whole file for any command, and the file deliberately has no default password.
 const PASSWORD_UNUSED: &str = "unused-grafana-is-not-started";
@@ -23,6 +25,7 @@ impl MonitoringService {
     pub fn name(self) -> &'static str {
         match self {
             MonitoringService::Prometheus => "prometheus",
+            MonitoringService::Alertmanager => "alertmanager",
             MonitoringService::Grafana => "grafana",
         }
     }
@@ -43,7 +46,7 @@ pub fn interpolable(sh: &Shell, compose: Compose) -> Compose {
 }
 
 pub fn monitoring_down(sh: &Shell, compose: &Compose) -> Result<()> {
-    process::run(sh, &compose.cmd(&["rm", "--stop", "--force", "prometheus", "grafana"]))
+    process::run(sh, &compose.cmd(&["rm", "--stop", "--force", "prometheus", "alertmanager", "grafana"]))
 }
 
 /// Starts (or updates) the app, then the chosen monitoring services; waits until the app
@@ -78,6 +81,16 @@ pub fn monitoring_up(
             Ok(logbook_target_up(&targets.body).then_some(()))
         })?;
         urls.0.push(("prometheus", format!("http://{prometheus}")));
+    }
+    if services.contains(&MonitoringService::Alertmanager) {
+        let alertmanager = published(sh, &compose, "alertmanager", 9093, timeout)?;
+        wait_http(&alertmanager, "/-/ready", "Alertmanager to be ready", timeout)?;
+        if super::setting(sh, app, WEBHOOK_VAR, "").is_empty() {
+            process::say(&format!(
+                "note: {WEBHOOK_VAR} is not set, so Alertmanager has nobody to tell: set it (in the environment or .env) to your webhook's URL"
+            ));
+        }
+        urls.0.push(("alertmanager", format!("http://{alertmanager}")));
     }
     if grafana {
         let grafana = published(sh, &compose, "grafana", 3000, timeout)?;
