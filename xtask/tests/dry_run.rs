@@ -121,7 +121,7 @@ fn every_subcommand_dry_runs_without_changing_anything() {
         ("backup", present),
         (&restore, present),
         ("drill --no-build", present),
-        ("monitoring-up --services prometheus --no-build", present),
+        ("monitoring-up --services prometheus,alertmanager --no-build", present),
         ("monitoring-down", &[]),
         ("monitoring-smoke --no-build", present),
         ("lint", &[]),
