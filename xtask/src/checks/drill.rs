@@ -3,14 +3,14 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail, ensure};
+use anyhow::{Context, Result, bail, ensure};
 use xshell::Shell;
 
 use super::harness::{self, Checks, Traffic, TrafficReport};
 use crate::flags::{Builder, Drill};
 use crate::outside::docker::{self, Compose};
 use crate::outside::image::{self, ImagePlan};
-use crate::outside::process;
+use crate::outside::process::{self, Cmd};
 use crate::release::History;
 use crate::targets::compose::switch::{self, Gate};
 use crate::targets::compose::{self, OnDrop, StackGuard, data};
@@ -58,6 +58,7 @@ impl Drill {
         image::build_broken_image(sh, &drill.v1, &drill.broken)?;
         let mut checks = Checks::stop_at_first();
         let (rollback_took, traffic) = drill.releases(&mut checks)?;
+        drill.crash_and_restart(&mut checks)?;
         drill.backup_and_restore(&mut checks, &state.path().join("drill-backup.db"))?;
         guard.succeeded();
         process::result(&format!(
@@ -158,6 +159,54 @@ impl Rehearsal<'_> {
             harness::expect_acknowledged(&addr, &seen.acknowledged)
         })?;
         Ok((took, seen))
+    }
+
+    /// `kill -9` of the service's process from the host: an unexpected death, not a stop
+    /// (`docker kill` would count as one, and no restart policy applies to it). Docker's
+    /// restart policy brings it back under traffic; nothing acknowledged may be lost.
+    fn crash_and_restart(&self, checks: &mut Checks) -> Result<()> {
+        let name =
+            "kill -9 of the service process: Docker restarts it, it gets ready, nothing acknowledged is lost";
+        // Signalling another user's process (the service runs as UID 10001) needs root.
+        if process::query(self.sh, &Cmd::new("id").arg("-u"))? != "0" {
+            checks.skip(name, "the runner is not root, so it cannot signal the container's process");
+            return Ok(());
+        }
+        checks.run(name, || {
+            let addr = compose::published_addr(self.sh, &self.compose)?;
+            let container = compose::container_id(self.sh, &self.compose)?.context("no service container")?;
+            let state = |field: &str| process::query(self.sh, &docker::inspect_format(&container, field));
+            let restarts = state("{{.RestartCount}}")?;
+            let pid = state("{{.State.Pid}}")?;
+            // Requests in flight when the process dies may fail (it is a crash); what was
+            // acknowledged may not be lost.
+            let traffic = Traffic::start(&addr, "a crash", None);
+            let restarted = (|| {
+                process::run(self.sh, &Cmd::new("kill").args(["-KILL", &pid]))?;
+                let killed = Instant::now();
+                process::wait_for(
+                    "Docker to restart the service",
+                    Duration::from_secs(60),
+                    Duration::from_millis(100),
+                    || {
+                        let now = state("{{.RestartCount}} {{.State.Running}}")?;
+                        Ok((now != format!("{restarts} true") && now.ends_with(" true")).then_some(()))
+                    },
+                )?;
+                compose::wait_ready(self.sh, &self.compose, Duration::from_secs(30))?;
+                Ok::<_, anyhow::Error>(killed.elapsed())
+            })();
+            let report = traffic.stop()?;
+            let took = restarted?;
+            process::say(&format!(
+                "  restarted by Docker and ready {:.1}s after the kill; traffic: {}",
+                took.as_secs_f64(),
+                report.summary()
+            ));
+            harness::expect_acknowledged(&addr, &report.acknowledged)?;
+            ensure!(!report.acknowledged.is_empty(), "no entry was acknowledged around the crash");
+            Ok(())
+        })
     }
 
     fn backup_and_restore(&self, checks: &mut Checks, file: &Path) -> Result<()> {

@@ -430,16 +430,22 @@ pub fn check_sarif(text: &str) -> Result<()> {
     Ok(())
 }
 
+/// The image a `--tag` names, else this tree's, which must have been built already.
+pub fn built_image(sh: &Shell, tag: Option<&str>) -> Result<String> {
+    let image = match tag {
+        Some(tag) => crate::project::image_name(tag),
+        None => ImagePlan::from_repo(sh)?.tag,
+    };
+    docker::check_engine(sh)?;
+    if !docker::image_exists(sh, &image) {
+        bail!("image {image} does not exist: run `cargo xtask build` first");
+    }
+    Ok(image)
+}
+
 impl Scan {
     pub fn run(self, sh: &Shell) -> Result<()> {
-        let image = match &self.tag {
-            Some(tag) => crate::project::image_name(tag),
-            None => ImagePlan::from_repo(sh)?.tag,
-        };
-        docker::check_engine(sh)?;
-        if !docker::image_exists(sh, &image) {
-            bail!("image {image} does not exist: run `cargo xtask build` first");
-        }
+        let image = built_image(sh, self.tag.as_deref())?;
         let trivy = Trivy::find(sh).with_context(|| {
             format!("trivy not found: install it (https://trivy.dev), or make its image available and set TRIVY_IMAGE (default {DEFAULT_TRIVY_IMAGE})")
         })?;

@@ -6,11 +6,12 @@ use xshell::Shell;
 use crate::flags::Logs;
 use crate::outside::docker;
 use crate::outside::process;
-use crate::targets::compose;
+use crate::targets::compose::{self, monitoring};
 
 impl Logs {
     pub fn run(self, sh: &Shell) -> Result<()> {
-        let compose = compose::stack(sh, docker::connect(sh)?);
+        // The monitoring services too, which share the project.
+        let compose = monitoring::interpolable(sh, compose::stack(sh, docker::connect(sh)?));
         // Runs with the terminal's stdin, so Ctrl-C and paging behave as in a shell; Ctrl-C
         // is how following ends, not a failure.
         match process::run(sh, &compose.logs(self.service.as_deref(), self.follow, Some(self.tail))) {

@@ -1,24 +1,16 @@
 //! `cargo xtask sbom`: the image's CycloneDX SBOM, written by Trivy from what
 //! cargo-auditable recorded in the binary.
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use xshell::Shell;
 
-use crate::checks::scan::{Trivy, sbom_components};
+use crate::checks::scan::{Trivy, built_image, sbom_components};
 use crate::flags::Sbom;
-use crate::outside::image::ImagePlan;
-use crate::outside::{docker, process, tools};
+use crate::outside::{process, tools};
 
 impl Sbom {
     pub fn run(self, sh: &Shell) -> Result<()> {
-        let image = match &self.tag {
-            Some(tag) => crate::project::image_name(tag),
-            None => ImagePlan::from_repo(sh)?.tag,
-        };
-        docker::check_engine(sh)?;
-        if !docker::image_exists(sh, &image) {
-            bail!("image {image} does not exist: run `cargo xtask build` first");
-        }
+        let image = built_image(sh, self.tag.as_deref())?;
         let trivy = Trivy::find(sh)
             .with_context(|| format!("the SBOM is written by Trivy: {}", tools::TRIVY.fix()))?;
         let output = self.output.clone().unwrap_or_else(|| {

@@ -10,7 +10,7 @@ use xshell::Shell;
 use crate::flags::Status;
 use crate::outside::docker;
 use crate::outside::process::{self, Cmd};
-use crate::targets::compose;
+use crate::targets::compose::{self, monitoring};
 use crate::time;
 
 /// One container, as `docker inspect` describes it.
@@ -26,7 +26,8 @@ pub struct Row {
 
 impl Status {
     pub fn run(self, sh: &Shell) -> Result<()> {
-        let stack = compose::stack(sh, docker::connect(sh)?);
+        // The monitoring services too, which share the project.
+        let stack = monitoring::interpolable(sh, compose::stack(sh, docker::connect(sh)?));
         let ids: Vec<String> = compose::containers(sh, &stack)?.into_iter().map(|c| c.id).collect();
         if ids.is_empty() {
             process::result(&format!(
