@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Path, Query, Request, State};
+use axum::handler::Handler;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -77,7 +78,12 @@ impl AppState {
 pub fn router(state: AppState) -> Router {
     let (body_timeout, request_timeout) = (state.body_timeout, state.request_timeout);
     Router::new()
-        .route("/api/entries", get(list_entries).post(append_entry))
+        // From the request's arrival: a body trickled in byte by byte still ends in time.
+        // Only where a body is read, so other requests carry no timer for it.
+        .route(
+            "/api/entries",
+            get(list_entries).post(append_entry.layer(RequestBodyDeadlineLayer::new(body_timeout))),
+        )
         .route("/api/entries/{id}", get(get_entry))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -87,12 +93,10 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(CatchPanicLayer::custom(panic_response))
-        // From the request's arrival: a body trickled in byte by byte still ends in time.
-        .layer(RequestBodyDeadlineLayer::new(body_timeout))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, request_timeout))
-        // Before any body is read, so a refused upload costs nothing (and gets no 100 Continue).
+        // Before any body is read, so a refused upload costs nothing (and gets no 100
+        // Continue); and error answers made without a body get a JSON one.
         .layer(middleware::from_fn(refuse_early))
-        .layer(middleware::from_fn(json_errors))
         // Outermost, so 404s, 405s, 408s, 413s and panics are all counted.
         .layer(middleware::from_fn(track_request))
         .with_state(state)
@@ -430,7 +434,7 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
 async fn refuse_early(request: Request, next: Next) -> Response {
     match refusal(&request) {
         Some(refused) => refused.into_response(),
-        None => next.run(request).await,
+        None => json_errors(next.run(request).await),
     }
 }
 
@@ -464,8 +468,7 @@ fn refusal(request: &Request) -> Option<ApiError> {
 
 /// Gives a JSON body to error answers made without one (the request timeout's 408, say),
 /// so every error a client gets reads the same way.
-async fn json_errors(request: Request, next: Next) -> Response {
-    let response = next.run(request).await;
+fn json_errors(response: Response) -> Response {
     let status = response.status();
     if !(status.is_client_error() || status.is_server_error())
         || response.headers().contains_key(header::CONTENT_TYPE)
