@@ -259,3 +259,22 @@ fn tempdir(name: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// A release from a registry that cannot be pulled (a wrong digest, a failed login, an
+/// unreachable registry) is refused in a line naming the reference and the registry, and
+/// the running release is left alone: no compose command that changes anything runs.
+#[test]
+fn an_image_that_cannot_be_pulled_changes_nothing() {
+    let state = tempdir("pull-fails");
+    let fakes = fakes("pull-fails", &state);
+    let reference =
+        "ghcr.io/owner/logbook@sha256:0000000000000000000000000000000000000000000000000000000000000000";
+    let (ok, output) =
+        fakes.xtask_with(&["up", "--tag", reference], &[("FAKE_PULL_FAILS", "1"), ("FAKE_RUNNING", "1")]);
+    assert!(!ok, "{output}");
+    assert!(output.contains(&format!("cannot pull {reference} from ghcr.io")), "{output}");
+    assert!(output.contains("docker login ghcr.io") && output.contains("nothing was changed"), "{output}");
+    let changed: Vec<String> =
+        fakes.calls().into_iter().filter(|c| !read_only(c) && !c.starts_with("docker pull")).collect();
+    assert!(changed.is_empty(), "a failed pull went on to change things: {changed:#?}");
+}

@@ -34,6 +34,7 @@ case "$*" in
   'node ls'*) echo node1 ;;
   'service inspect'*) exit 1 ;;
   'run --rm --network none '*' verify '*) echo '{"entries":3,"bytes":4096}' ;;
+  'pull '*) [ -n "$FAKE_PULL_FAILS" ] && { echo 'Error response from daemon: manifest unknown' >&2; exit 1; } ;;
 esac
 exit 0
 "#;
