@@ -241,12 +241,12 @@ impl Server {
             if room {
                 tracing::info!(max_connections = self.max_connections, "below the connection cap again");
             } else {
+                metrics::counter!("logbook_http_connection_cap_reached_total").increment(1);
                 tracing::warn!(
                     max_connections = self.max_connections,
                     "connection cap reached (LOGBOOK_MAX_CONNECTIONS); new connections wait until one closes"
                 );
             }
-            metrics::counter!("logbook_http_connection_cap_reached_total").increment(u64::from(!room));
         }
         room
     }

@@ -484,15 +484,6 @@ impl Storage {
         .await
     }
 
-    /// Entries with an id above `after`, oldest first.
-    pub async fn list(&self, after: i64, limit: u32) -> Result<Vec<Entry>, StorageError> {
-        self.fold(after, limit, Vec::new(), |entries, entry| {
-            entries.push(entry);
-            true
-        })
-        .await
-    }
-
     /// True when the writer is running and a read answers.
     pub async fn ready(&self) -> bool {
         !self.writer.is_closed() && self.read(|conn| conn.query_row("SELECT 1", [], |_| Ok(()))).await.is_ok()
@@ -613,8 +604,14 @@ mod tests {
                 .unwrap();
             assert_eq!(e.id, i + 1);
         }
-        let page = storage.list(2, 2).await.unwrap();
-        assert_eq!(page.iter().map(|e| e.id).collect::<Vec<_>>(), vec![3, 4]);
+        let page = storage
+            .fold(2, 2, Vec::new(), |ids, entry| {
+                ids.push(entry.id);
+                true
+            })
+            .await
+            .unwrap();
+        assert_eq!(page, vec![3, 4]);
         tokio::task::spawn_blocking(move || writer.close()).await.unwrap();
         assert!(matches!(
             storage.append(NewEntry { text: "late".into(), tags: vec![] }).await,

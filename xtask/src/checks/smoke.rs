@@ -374,7 +374,7 @@ fn broken_image_is_refused(sh: &Shell, program: docker::ComposeProgram, image: &
 }
 
 #[cfg(test)]
-mod url_tests {
+mod tests {
     use super::*;
 
     #[test]

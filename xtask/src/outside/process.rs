@@ -243,15 +243,21 @@ impl Runner {
         for (k, v) in &cmd.env {
             expression = expression.env(k, v);
         }
-        let output = expression.run().map_err(|e| spawn_error(cmd, &e))?;
-        if !output.status.success() {
+        let ran = expression.run().map_err(|e| spawn_error(cmd, &e)).and_then(|output| {
+            if output.status.success() {
+                return Ok(());
+            }
             bail!(
                 "`{cmd}` failed ({}): {}",
                 exit_description(output.status),
                 String::from_utf8_lossy(&output.stderr).trim()
-            );
+            )
+        });
+        // The file is this run's (created new above): a failed command leaves nothing behind.
+        if ran.is_err() {
+            let _ = std::fs::remove_file(file);
         }
-        Ok(())
+        ran
     }
 
     /// Wraps `body` in a GitHub Actions log group, or a plain header line elsewhere.

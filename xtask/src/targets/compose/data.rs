@@ -35,14 +35,13 @@ pub fn backup(sh: &Shell, compose: &Compose, out: &Path) -> Result<FileReport> {
     let dir = out.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     process::create_dir_all(dir)?;
     let partial = process::unique_beside(out, "partial");
-    let written = process::run_to_file(&exec_backup(&container), &partial);
-    let result = written.as_ref().map_err(|e| anyhow::anyhow!("{e:#}")).and_then(|()| {
-        let report = verify(sh, &image, &partial)?;
+    // Created new under a name of its own, so from here on the partial file is this run's.
+    process::run_to_file(&exec_backup(&container), &partial)?;
+    let result = verify(sh, &image, &partial).and_then(|report| {
         process::place_new(&partial, out)?;
         Ok(report)
     });
-    // Only a partial file this run created is removed: not one that was there before.
-    if written.is_ok() && result.is_err() {
+    if result.is_err() {
         let _ = process::remove_file(&partial);
     }
     result
