@@ -68,10 +68,28 @@ pub fn verify_file(path: &Path) -> Result<FileReport, ArchiveError> {
     if &header != b"SQLite format 3\0" {
         return Err(ArchiveError::Unusable(format!("{shown} is not an SQLite database")));
     }
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .map_err(|e| ArchiveError::Unusable(format!("cannot open {shown}: {e}")))?;
+    let conn =
+        open_to_check(path).map_err(|e| ArchiveError::Unusable(format!("cannot open {shown}: {e}")))?;
     let report = check(&conn).map_err(|e| ArchiveError::Unusable(format!("{shown}: {e}")))?;
     Ok(FileReport { bytes, ..report })
+}
+
+/// Opens `path` read-only. A file alone, with no `-wal` beside it, is opened as immutable:
+/// a WAL-mode file (as a replica restore writes it) then needs no `-shm` created beside
+/// it, so it can be checked where it lies, on a read-only mount too.
+fn open_to_check(path: &Path) -> rusqlite::Result<Connection> {
+    if Path::new(&format!("{}-wal", path.display())).exists() {
+        return Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY);
+    }
+    let mut uri = String::from("file:");
+    for c in path.display().to_string().chars() {
+        match c {
+            '%' | '?' | '#' => uri.push_str(&format!("%{:02X}", c as u32)),
+            c => uri.push(c),
+        }
+    }
+    uri.push_str("?immutable=1");
+    Connection::open_with_flags(uri, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI)
 }
 
 /// The reasons `verify_file` gives, without the file's name.

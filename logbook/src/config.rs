@@ -27,6 +27,7 @@ pub const KNOWN: &[&str] = &[
     "LOGBOOK_BODY_TIMEOUT",
     "LOGBOOK_REQUEST_TIMEOUT",
     "LOGBOOK_WRITE_TIMEOUT",
+    "LOGBOOK_WAL_AUTOCHECKPOINT",
 ];
 
 /// Default cap on open connections. Each may hold a 64 KiB header buffer, a 1 MiB body
@@ -56,6 +57,9 @@ pub struct Config {
     /// Longest a write to a client may wait for it to read; a client that stops reading
     /// is disconnected after that.
     pub write_timeout: Duration,
+    /// WAL pages after which a commit folds the WAL into the database (SQLite's
+    /// `wal_autocheckpoint`); 0 leaves checkpoints to a replication sidecar.
+    pub wal_autocheckpoint: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -185,6 +189,12 @@ impl Config {
             ));
         }
         let write_timeout = positive_duration(&get, "LOGBOOK_WRITE_TIMEOUT", Duration::from_secs(10))?;
+        let wal_autocheckpoint = match get("LOGBOOK_WAL_AUTOCHECKPOINT") {
+            None => crate::storage::DEFAULT_WAL_AUTOCHECKPOINT,
+            Some((var, v)) => v
+                .parse()
+                .map_err(|_| invalid(var, &v, "a number of pages (0 turns automatic checkpoints off)"))?,
+        };
         Ok(Config {
             bind,
             port,
@@ -200,6 +210,7 @@ impl Config {
             body_timeout,
             request_timeout,
             write_timeout,
+            wal_autocheckpoint,
         })
     }
 }
@@ -335,6 +346,7 @@ mod tests {
         assert_eq!(c.bind.to_string(), "127.0.0.1");
         assert_eq!(c.max_connections, DEFAULT_MAX_CONNECTIONS);
         assert_eq!(c.request_timeout, c.lock_wait + Duration::from_secs(30));
+        assert_eq!(c.wal_autocheckpoint, 1000);
         assert_eq!(c.log_format, LogFormat::Json);
         assert_eq!(c.shutdown_timeout, Duration::from_secs(10));
         assert_eq!(c.drain_delay, Duration::ZERO);
@@ -391,6 +403,9 @@ mod tests {
     fn limits_are_checked() {
         assert_eq!(config(&[("LOGBOOK_MAX_CONNECTIONS", "0")]).unwrap_err().var, "LOGBOOK_MAX_CONNECTIONS");
         assert_eq!(config(&[("LOGBOOK_BODY_TIMEOUT", "0s")]).unwrap_err().var, "LOGBOOK_BODY_TIMEOUT");
+        let err = config(&[("LOGBOOK_WAL_AUTOCHECKPOINT", "-1")]).unwrap_err();
+        assert!(err.var == "LOGBOOK_WAL_AUTOCHECKPOINT" && err.to_string().contains("0 turns"), "{err}");
+        assert_eq!(config(&[("LOGBOOK_WAL_AUTOCHECKPOINT", "0")]).unwrap().wal_autocheckpoint, 0);
         let err = config(&[("LOGBOOK_LOCK_WAIT", "30s"), ("LOGBOOK_REQUEST_TIMEOUT", "30s")]).unwrap_err();
         assert_eq!(err.var, "LOGBOOK_REQUEST_TIMEOUT");
         assert!(err.to_string().contains("above LOGBOOK_LOCK_WAIT"), "{err}");

@@ -62,7 +62,8 @@ pub async fn serve(
     let local = listener.local_addr().map_err(|e| ServeError::Runtime(e.to_string()))?;
     let draining = Arc::new(AtomicBool::new(false));
     let (opened, storage) = tokio::sync::watch::channel(None);
-    let mut opening = tokio::spawn(open_storage(config.db_path.clone(), config.lock_wait));
+    let mut opening =
+        tokio::spawn(open_storage(config.db_path.clone(), config.lock_wait, config.wal_autocheckpoint));
     let state = AppState {
         storage,
         draining: draining.clone(),
@@ -162,7 +163,11 @@ async fn drain(
 
 /// Takes the database lock, waiting up to `lock_wait` for another process (the previous
 /// release, still draining) to let go of it, then opens and migrates the database.
-async fn open_storage(path: PathBuf, lock_wait: Duration) -> Result<(Storage, WriterHandle), ServeError> {
+async fn open_storage(
+    path: PathBuf,
+    lock_wait: Duration,
+    wal_autocheckpoint: u32,
+) -> Result<(Storage, WriterHandle), ServeError> {
     let unusable = |e: StorageError| {
         let shown = path.display().to_string();
         ServeError::Config(match e {
@@ -191,7 +196,7 @@ async fn open_storage(path: PathBuf, lock_wait: Duration) -> Result<(Storage, Wr
         }
     };
     let opening = path.clone();
-    tokio::task::spawn_blocking(move || storage::open_locked(&opening, lock))
+    tokio::task::spawn_blocking(move || storage::open_locked(&opening, lock, wal_autocheckpoint))
         .await
         .map_err(|e| ServeError::Runtime(e.to_string()))?
         .map_err(unusable)

@@ -178,14 +178,24 @@ pub struct WriterHandle {
     _lock: std::fs::File,
 }
 
+/// SQLite's own default: a commit that leaves this many WAL pages folds them back.
+pub const DEFAULT_WAL_AUTOCHECKPOINT: u32 = 1000;
+
 /// Opens (creating if needed) the database, migrates it and starts the writer thread.
 pub fn open(path: &Path) -> Result<(Storage, WriterHandle), StorageError> {
-    open_locked(path, lock(path)?)
+    open_locked(path, lock(path)?, DEFAULT_WAL_AUTOCHECKPOINT)
 }
 
-/// [`open`], with the database's lock (see [`lock`]) already taken.
-pub fn open_locked(path: &Path, lock: std::fs::File) -> Result<(Storage, WriterHandle), StorageError> {
+/// [`open`], with the database's lock (see [`lock`]) already taken. `wal_autocheckpoint`
+/// is in pages; 0 leaves checkpoints to someone else (Litestream, which must see every
+/// WAL frame before it is folded back: its own checkpoints are timed to its syncs).
+pub fn open_locked(
+    path: &Path,
+    lock: std::fs::File,
+    wal_autocheckpoint: u32,
+) -> Result<(Storage, WriterHandle), StorageError> {
     let mut conn = open_writer(path)?;
+    conn.pragma_update(None, "wal_autocheckpoint", wal_autocheckpoint)?;
     migrate(&mut conn)?;
     let conns = (0..READERS).map(|_| open_reader(path).map(Mutex::new)).collect::<Result<Vec<_>, _>>()?;
     let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
@@ -655,6 +665,30 @@ mod tests {
         assert_eq!(storage.health(Duration::from_millis(200)).await, Health::Ready);
         drop(storage);
         tokio::task::spawn_blocking(move || writer.close()).await.unwrap();
+    }
+
+    /// With automatic checkpoints off (a replication sidecar checkpoints instead), the WAL
+    /// keeps every frame; with them on, it is folded back and reused.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn automatic_checkpoints_can_be_left_to_a_sidecar() {
+        async fn wal_after_appends(name: &str, autocheckpoint: u32) -> u64 {
+            let path = temp_db(name);
+            let (storage, writer) = open_locked(&path, lock(&path).unwrap(), autocheckpoint).unwrap();
+            for i in 0..300 {
+                storage
+                    .append(NewEntry { text: format!("entry {i} {}", "x".repeat(3000)), tags: vec![] })
+                    .await
+                    .unwrap();
+            }
+            let wal = std::fs::metadata(format!("{}-wal", path.display())).unwrap().len();
+            drop(storage);
+            tokio::task::spawn_blocking(move || writer.close()).await.unwrap();
+            wal
+        }
+        let kept = wal_after_appends("autocheckpoint-off", 0).await;
+        let folded = wal_after_appends("autocheckpoint-on", 20).await;
+        assert!(kept > 300 * 4096, "every frame stays in the WAL: {kept} bytes");
+        assert!(folded < kept / 4, "checkpoints fold the WAL back: {folded} against {kept} bytes");
     }
 
     #[test]

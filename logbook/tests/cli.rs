@@ -272,6 +272,31 @@ fn verify_refuses_missing_truncated_foreign_and_non_sqlite_files() {
     }
 }
 
+/// A replica restore writes a WAL-mode file with no `-wal` beside it; it is checked where
+/// it lies, creating nothing there (so a read-only mount works).
+#[test]
+fn verify_checks_a_wal_mode_file_alone_without_creating_files_beside_it() {
+    let dir = TempDir::new("verify-wal");
+    let live = dir.path().join("live.db");
+    let mut server = Server::start_with_db(&live, &[]);
+    for i in 0..3 {
+        server.post_json("/api/entries", &format!(r#"{{"text":"entry {i}"}}"#));
+    }
+    server.signal("TERM");
+    assert!(server.wait_exit(std::time::Duration::from_secs(10)).success());
+    let alone_dir = dir.path().join("restored");
+    std::fs::create_dir(&alone_dir).unwrap();
+    let alone = alone_dir.join("logbook.db");
+    std::fs::copy(&live, &alone).unwrap();
+    assert_eq!(std::fs::read(&alone).unwrap()[18], 2, "the copy must be a WAL-mode file");
+
+    let (code, stdout, stderr) = run(&["verify", alone.to_str().unwrap()], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains(r#""entries":3"#), "{stdout}");
+    let beside: Vec<_> = std::fs::read_dir(&alone_dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(beside, ["logbook.db"], "verify created files beside the checked one");
+}
+
 #[test]
 fn restore_replaces_the_database_and_keeps_the_old_one() {
     let dir = TempDir::new("restore");

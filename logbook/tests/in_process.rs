@@ -30,7 +30,9 @@ impl App {
     fn new(token: Option<&str>) -> Self {
         let dir = TempDir::new("router");
         let db = dir.path().join("logbook.db");
-        let (storage, writer) = storage::open_locked(&db, storage::lock(&db).unwrap()).unwrap();
+        let (storage, writer) =
+            storage::open_locked(&db, storage::lock(&db).unwrap(), storage::DEFAULT_WAL_AUTOCHECKPOINT)
+                .unwrap();
         let state = AppState { db_path: db, ..state(Some(storage), token) };
         App { state, writer: Some(writer), _dir: dir }
     }
