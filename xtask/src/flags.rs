@@ -241,27 +241,52 @@ pub struct RollbackK8s {
 
 /// Copy the live database out of the running stack, consistently and without stopping it,
 /// then verify the copy (integrity check, entry count) and print its path and size.
+///
+/// With --check-replica, check the off-host replica instead: restore it into a scratch
+/// file, verify that, and print its age and entry count (a daily job: docs/OPERATIONS.md).
 #[derive(Debug, Args)]
 pub struct Backup {
     /// Where to write the copy (default: backups/logbook-<UTC time>.db). Never overwritten.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "check_replica")]
     pub out: Option<std::path::PathBuf>,
+
+    /// Restore the replica (LOGBOOK_REPLICA_URL) into a scratch file and verify it; changes
+    /// nothing. Fails if it cannot be restored or does not verify.
+    #[arg(long)]
+    pub check_replica: bool,
 }
 
-/// Replace the stack's database with a backup file.
+/// Replace the stack's database with a backup file, or with the off-host replica.
 ///
-/// The file is verified first; a missing, truncated, foreign or damaged file is refused
-/// before anything is stopped. Then the service stops, the file goes into the data volume
-/// (the replaced database is kept there as a timestamped .bak), and the service starts
-/// again; prints the restored entry count once it is ready.
+/// The file (or the replica's restored copy) is verified first; a missing, truncated,
+/// foreign or damaged file is refused before anything is stopped. Then the service (and
+/// its replication sidecar) stops, the file goes into the data volume (the replaced
+/// database is kept there as a timestamped .bak), and the service starts again; prints
+/// the restored entry count once it is ready. The proxy keeps running throughout.
 #[derive(Debug, Args)]
 pub struct Restore {
     /// The backup file, as written by `cargo xtask backup`.
-    pub file: std::path::PathBuf,
+    #[arg(required_unless_present = "from_replica", conflicts_with = "from_replica")]
+    pub file: Option<std::path::PathBuf>,
+
+    /// Restore from the replica that LOGBOOK_REPLICA_URL names, instead of a file.
+    #[arg(long)]
+    pub from_replica: bool,
+
+    /// With --from-replica: the state at this moment (RFC 3339 in UTC, e.g.
+    /// 2026-12-01T09:30:00Z) instead of the newest. Refused, with the range the replica
+    /// holds, when it is before the first snapshot or in the future.
+    #[arg(long, requires = "from_replica", value_parser = parse_point_in_time)]
+    pub at: Option<std::time::SystemTime>,
 
     /// Seconds to wait for /readyz to answer 200 after the restore.
     #[arg(long, default_value_t = 60)]
     pub timeout: u64,
+}
+
+fn parse_point_in_time(text: &str) -> Result<std::time::SystemTime, String> {
+    crate::time::parse_rfc3339(text)
+        .ok_or_else(|| format!("expected an RFC 3339 time in UTC, e.g. 2026-12-01T09:30:00Z, not {text:?}"))
 }
 
 /// Rehearse release safety on a throwaway stack: deploy v1 and write entries, switch to v2,

@@ -18,6 +18,9 @@ pub const COMPOSE_FILE: &str = "docker-compose.yml";
 pub const COMPOSE_PROJECT: &str = NAME;
 /// HTTPS for a domain, layered on the app stack when LOGBOOK_DOMAIN is set.
 pub const TLS_COMPOSE_FILE: &str = "docker-compose.tls.yml";
+/// Continuous replication of the database, layered on the app stack when
+/// LOGBOOK_REPLICA_URL is set.
+pub const REPLICA_COMPOSE_FILE: &str = "docker-compose.replica.yml";
 /// Prometheus and Grafana, layered on the app stack.
 pub const MONITORING_COMPOSE_FILE: &str = "docker-compose.monitoring.yml";
 /// The most the runtime image may weigh, in MB (checked by `cargo xtask audit-image`).

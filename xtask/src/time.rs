@@ -6,6 +6,16 @@ pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }
 
+/// `time` as the runner shows it: RFC 3339 in UTC, whole seconds.
+pub fn format(time: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(time).to_string()
+}
+
+/// `time` with milliseconds, for points in time given to tools.
+pub fn format_millis(time: SystemTime) -> String {
+    humantime::format_rfc3339_millis(time).to_string()
+}
+
 pub fn unix_to_rfc3339(unix_seconds: u64) -> String {
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(unix_seconds)).to_string()
 }

@@ -437,6 +437,17 @@ pub fn finish(result: Result<()>) -> std::process::ExitCode {
     }
 }
 
+/// A check that has to start a container (a one-off that reads, say): echoed, then run
+/// for its trimmed stdout. Under --dry-run it is shown and not run (None), and the dry run
+/// goes on: it changes nothing the commands after it depend on.
+pub fn probe(sh: &Shell, cmd: &Cmd) -> Result<Option<String>> {
+    say(&format!("$ {cmd}"));
+    if runner().dry_run {
+        return Ok(None);
+    }
+    query(sh, cmd).map(Some)
+}
+
 /// Runs a read-only command silently and returns its trimmed stdout. Runs even under
 /// `--dry-run`, since it changes nothing; a failure includes the command's stderr.
 pub fn query(sh: &Shell, cmd: &Cmd) -> Result<String> {

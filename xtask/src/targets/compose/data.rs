@@ -72,6 +72,19 @@ pub fn verify(sh: &Shell, image: &str, file: &Path) -> Result<FileReport> {
     serde_json::from_str(&output).context("logbook verify printed bad JSON")
 }
 
+/// The image to run one-off checks with: the running release's, else the last recorded.
+pub fn image_for(sh: &Shell, compose: &Compose, history_file: &Path) -> Result<String> {
+    match super::running_image(sh, compose) {
+        Ok(Some(image)) => Ok(image),
+        _ => History::load(history_file)?.current().map(|r| r.image.clone()).with_context(|| {
+            format!(
+                "project {} has no running service and no release history: `cargo xtask up` first",
+                compose.project
+            )
+        }),
+    }
+}
+
 /// What `logbook restore` reports.
 #[derive(Debug, Deserialize)]
 struct RestoreReport {
@@ -95,19 +108,18 @@ pub fn restore(
     if size == 0 {
         bail!("{} is empty; nothing was changed", file.display());
     }
-    let image = match super::running_image(sh, compose) {
-        Ok(Some(image)) => image,
-        _ => History::load(history_file)?.current().map(|r| r.image.clone()).with_context(|| {
-            format!(
-                "project {} has no running service and no release history: `cargo xtask up` first",
-                compose.project
-            )
-        })?,
-    };
+    let image = image_for(sh, compose, history_file)?;
     verify(sh, &image, file).map_err(|e| e.context("refused; nothing was changed"))?;
     let volume = format!("{}_data", compose.project);
 
-    process::run(sh, &compose.cmd(&["stop", project::NAME]))?;
+    // The replication sidecar holds the database open too; SQLite's lock refuses the
+    // restore while it does. `up` starts both again, and Litestream, finding the database
+    // behind its replica, snapshots the restored state.
+    let mut stop = vec!["stop", project::NAME];
+    if super::replica::is_on(compose) {
+        stop.push(super::replica::SERVICE);
+    }
+    process::run(sh, &compose.cmd(&stop))?;
     let restored = process::capture(sh, &restore_in_container(&image, &volume, file)?);
     // Whatever happened, the service comes back: on the restored data, or on the old data
     // (a failed restore changes nothing).

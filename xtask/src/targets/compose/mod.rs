@@ -5,6 +5,7 @@
 
 pub mod data;
 pub mod monitoring;
+pub mod replica;
 pub mod switch;
 
 use std::net::{IpAddr, TcpListener};
@@ -18,8 +19,9 @@ use crate::outside::http;
 use crate::outside::process::{self, Cmd};
 use crate::project;
 
-/// This host's app stack: the compose file, and the HTTPS file layered on when
-/// LOGBOOK_DOMAIN is set (in the environment or `.env`). From the environment only,
+/// This host's app stack: the compose file, the HTTPS file layered on when
+/// LOGBOOK_DOMAIN is set (in the environment or `.env`), and the replication file when
+/// LOGBOOK_REPLICA_URL is. From the environment only,
 /// LOGBOOK_PROJECT names another project (a second stack on one host: staging beside
 /// production, a rehearsal) and LOGBOOK_ENV_FILE another settings file than `.env`.
 pub fn stack(sh: &Shell, program: docker::ComposeProgram) -> Compose {
@@ -28,11 +30,13 @@ pub fn stack(sh: &Shell, program: docker::ComposeProgram) -> Compose {
         compose = compose.project(&project);
     }
     compose.env_file = std::env::var("LOGBOOK_ENV_FILE").ok().filter(|f| !f.is_empty());
-    if setting(sh, &compose, "LOGBOOK_DOMAIN", "").is_empty() {
-        compose
-    } else {
-        compose.with_file(project::TLS_COMPOSE_FILE)
+    if !setting(sh, &compose, "LOGBOOK_DOMAIN", "").is_empty() {
+        compose = compose.with_file(project::TLS_COMPOSE_FILE);
     }
+    if !setting(sh, &compose, replica::URL_VAR, "").is_empty() {
+        compose = compose.with_file(project::REPLICA_COMPOSE_FILE);
+    }
+    compose
 }
 
 /// A variable as `compose` will see it: set on the command, else in the environment, else

@@ -63,6 +63,12 @@ pub fn switch(sh: &Shell, compose: &Compose, history_file: &Path, image: &str, g
     let _lock = process::exclusive_lock(&history_file.with_extension("lock"), "switching")?;
     let mut history = History::load(history_file)?;
     check_proxy_config(sh, compose)?;
+    let replica = super::replica::Settings::of(sh, compose);
+    let listing = match &replica {
+        Some(settings) => super::replica::preflight(sh, compose, settings)?,
+        None => None,
+    };
+    process::say(&super::replica::state_line(replica.as_ref(), listing.as_ref()));
     let running = super::running(sh, compose)?;
     let plan = release::plan_switch(
         running.as_ref().map(|(_, i)| i.as_str()),
