@@ -39,6 +39,7 @@ pub enum Command {
     Deploy(Deploy),
     SwarmDrill(SwarmDrill),
     ReleaseDrill(ReleaseDrill),
+    RecoveryDrill(RecoveryDrill),
     Doctor(Doctor),
     Coverage(Coverage),
     Completions(Completions),
@@ -295,6 +296,19 @@ fn parse_point_in_time(text: &str) -> Result<std::time::SystemTime, String> {
 #[derive(Debug, Args)]
 pub struct Drill {
     /// Use the existing image for this tree as v1; fail if it has not been built.
+    #[arg(long)]
+    pub no_build: bool,
+}
+
+/// Rehearse the loss of the host's data: on a throwaway stack replicating to a local S3
+/// endpoint ($RCLONE_IMAGE, default rclone/rclone:1.75.2), append under load, kill -9 the
+/// service and its sidecar, remove the data volume, and `up` again: every entry
+/// acknowledged more than one sync interval before the kill must come back. Then a
+/// point-in-time restore, and a replica outage. Reports the replication lag (p50, p99),
+/// the restore time and what was lost; always tears down.
+#[derive(Debug, Args)]
+pub struct RecoveryDrill {
+    /// Use the existing image for this tree; fail if it has not been built.
     #[arg(long)]
     pub no_build: bool,
 }
@@ -644,6 +658,8 @@ pub enum CiStep {
     SwarmDrill,
     /// cargo xtask release-drill: the workflow's release jobs against a local registry
     ReleaseDrill,
+    /// cargo xtask recovery-drill: volume loss, point-in-time restore and a replica outage
+    RecoveryDrill,
     /// cargo xtask scan: Trivy (skipped when Trivy is not available, unless required)
     Scan,
 }

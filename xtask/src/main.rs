@@ -53,6 +53,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Deploy(cmd) => cmd.run(&sh),
         Command::SwarmDrill(cmd) => cmd.run(&sh),
         Command::ReleaseDrill(cmd) => cmd.run(&sh),
+        Command::RecoveryDrill(cmd) => cmd.run(&sh),
         Command::Doctor(cmd) => cmd.run(&sh),
         Command::Coverage(cmd) => cmd.run(&sh),
         Command::Completions(cmd) => cmd.run(&sh),

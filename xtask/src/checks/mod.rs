@@ -8,6 +8,7 @@ pub mod drill;
 pub mod harness;
 pub mod lint;
 pub mod monitoring_smoke;
+pub mod recovery_drill;
 pub mod release_drill;
 pub mod scan;
 pub mod smoke;

@@ -10,7 +10,7 @@ use clap::ValueEnum;
 
 use crate::checks::{advisories, coverage, lint, scan::Trivy};
 use crate::flags::{
-    AuditImage, Build, Builder, Ci, CiStep, DEFAULT_FAIL_UNDER, Drill, MonitoringSmoke, ReleaseDrill, Scan,
+    AuditImage, Build, Builder, Ci, CiStep, DEFAULT_FAIL_UNDER, Drill, MonitoringSmoke, RecoveryDrill, ReleaseDrill, Scan,
     ScanFormat, Smoke, SwarmDrill,
 };
 use crate::outside::process::{self, Cmd};
@@ -44,6 +44,7 @@ impl CiStep {
             | CiStep::MonitoringSmoke
             | CiStep::SwarmDrill
             | CiStep::ReleaseDrill
+            | CiStep::RecoveryDrill
             | CiStep::AuditImage
             | CiStep::Scan => &[CiStep::Build],
         }
@@ -65,6 +66,7 @@ impl CiStep {
             CiStep::MonitoringSmoke => done(MonitoringSmoke { no_build: true }.run(sh)),
             CiStep::SwarmDrill => done(SwarmDrill { no_build: true, timeout: 120 }.run(sh)),
             CiStep::ReleaseDrill => done(ReleaseDrill { no_build: true }.run(sh)),
+            CiStep::RecoveryDrill => done(RecoveryDrill { no_build: true }.run(sh)),
             CiStep::AuditImage => done(AuditImage { tag: None, self_test: true }.run(sh)),
             CiStep::Advisories => advisories::check(sh, true).map(Outcome::Pass),
             CiStep::Scan => scan_step(sh, required),

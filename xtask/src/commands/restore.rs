@@ -3,14 +3,13 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use xshell::Shell;
 
 use crate::flags::Restore;
 use crate::outside::docker;
 use crate::outside::process;
 use crate::targets::compose;
-use crate::targets::compose::replica::{self, Scratch, Settings};
 
 impl Restore {
     pub fn run(self, sh: &Shell) -> Result<()> {
@@ -19,22 +18,7 @@ impl Restore {
         let timeout = Duration::from_secs(self.timeout);
         let report = match &self.file {
             Some(file) => compose::data::restore(sh, &stack, &history, file, timeout)?,
-            None => {
-                let settings = Settings::of(sh, &stack).with_context(|| {
-                    format!("--from-replica: replication is off; set {} (docs/OPERATIONS.md)", replica::URL_VAR)
-                })?;
-                let scratch = Scratch::new(sh)?;
-                let file = replica::restore_into(sh, &stack, &settings, self.at, &scratch)?;
-                let from = match self.at {
-                    Some(at) => format!("the replica at {}", crate::time::format_millis(at)),
-                    None => "the replica's newest state".to_owned(),
-                };
-                process::needs_effects("restore the replica's copy")?;
-                compose::data::restore(sh, &stack, &history, &file, timeout)?.replace(
-                    &file.display().to_string(),
-                    &format!("{from} ({})", settings.url),
-                )
-            }
+            None => compose::replica::restore_stack(sh, &stack, &history, self.at, timeout)?,
         };
         process::result(&report);
         Ok(())

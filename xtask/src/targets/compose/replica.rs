@@ -323,6 +323,29 @@ pub fn restore_into(
     Ok(scratch.database())
 }
 
+/// `restore --from-replica [--at]`: the replica's copy, restored into a scratch file, goes
+/// through [`super::data::restore`]'s steps (verified, only the service and its sidecar
+/// stopped, the old database kept as `.bak`). Returns the report line.
+pub fn restore_stack(
+    sh: &Shell,
+    compose: &Compose,
+    history: &Path,
+    at: Option<SystemTime>,
+    timeout: Duration,
+) -> Result<String> {
+    let settings = Settings::of(sh, compose)
+        .with_context(|| format!("--from-replica: replication is off; set {URL_VAR} (docs/OPERATIONS.md)"))?;
+    let scratch = Scratch::new(sh)?;
+    let file = restore_into(sh, compose, &settings, at, &scratch)?;
+    let from = match at {
+        Some(at) => format!("the replica at {}", crate::time::format_millis(at)),
+        None => "the replica's newest state".to_owned(),
+    };
+    process::needs_effects("restore the replica's copy")?;
+    let report = super::data::restore(sh, compose, history, &file, timeout)?;
+    Ok(report.replace(&file.display().to_string(), &format!("{from} ({})", settings.url)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

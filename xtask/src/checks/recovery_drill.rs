@@ -1,0 +1,478 @@
+//! `cargo xtask recovery-drill`: the data survives the loss of its volume. On a throwaway
+//! stack replicating to a local S3 endpoint, writers append under load; the service and
+//! its sidecar are killed (`kill -9`) and the volume removed; `up` restores it from the
+//! replica. Then a point-in-time restore, and a replica outage the service rides out.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, Result, ensure};
+use xshell::Shell;
+
+use super::harness::{self, Checks};
+use crate::flags::RecoveryDrill;
+use crate::outside::docker::{self, Compose};
+use crate::outside::process::{self, Cmd};
+use crate::outside::{http, image};
+use crate::project;
+use crate::targets::compose::switch::{self, Gate};
+use crate::targets::compose::{self, OnDrop, StackGuard, replica};
+
+const DEFAULT_RCLONE_IMAGE: &str = "rclone/rclone:1.75.2";
+const BUCKET: &str = "logbook-drill";
+const REPLICA_PATH: &str = "logbook";
+/// Litestream's sync interval in the drill (the compose file's default): the window an
+/// acknowledged entry may still be only on the host.
+const SYNC_INTERVAL: Duration = Duration::from_secs(1);
+const WRITERS: usize = 4;
+const LOAD_FOR: Duration = Duration::from_secs(10);
+/// Test credentials for the throwaway endpoint, which listens on the Docker bridge only.
+const ACCESS_KEY: &str = "drill-key";
+const SECRET_KEY: &str = "drill-secret";
+
+impl RecoveryDrill {
+    pub fn run(self, sh: &Shell) -> Result<()> {
+        let program = docker::connect(sh)?;
+        let image = image::ensure(sh, self.no_build)?;
+        let state = sh.create_temp_dir()?;
+        let store = ObjectStore::start(sh, state.path())?;
+        let compose = harness::throwaway_project(program, "recovery")?
+            .with_file(project::REPLICA_COMPOSE_FILE)
+            .var(replica::URL_VAR, &format!("s3://{BUCKET}/{REPLICA_PATH}"))
+            .var(replica::ENDPOINT_VAR, &store.endpoint)
+            .var(replica::CREDENTIALS_VAR, &store.credentials.display().to_string());
+        let drill = Recovery {
+            sh,
+            compose,
+            store,
+            image,
+            history: state.path().join("releases.json"),
+            gate: Gate { timeout: Duration::from_secs(90), restore_previous: false },
+        };
+        let guard = StackGuard::new(sh, &drill.compose, OnDrop::RemoveWithVolumes);
+        let mut checks = Checks::stop_at_first();
+        let addr = checks.step("the stack deploys with replication on", || drill.up())?;
+        let loss = checks.step(
+            "kill -9 under load and the volume removed: `up` restores every entry acknowledged a sync interval before the kill",
+            || drill.lose_the_volume(&addr),
+        )?;
+        checks.run("a point-in-time restore brings back exactly the entries up to that time", || {
+            drill.point_in_time(&addr)
+        })?;
+        checks.run("the replica unreachable: the service keeps serving; replication catches up", || {
+            drill.outage(&addr)
+        })?;
+        guard.succeeded();
+        process::result(&format!(
+            "recovery-drill: all {} checks passed; {} entries acknowledged under load ({:.0}/s), {} lost beyond the {}s sync window, {} within it; \
+             replication lag p50 {} ms, p99 {} ms, max {} ms; restored {} entries ({} bytes in the bucket) and ready {:.1}s after `up`",
+            checks.passed(),
+            loss.acknowledged,
+            loss.rate,
+            loss.lost_beyond_window,
+            SYNC_INTERVAL.as_secs(),
+            loss.lost_within_window,
+            loss.lag.p50.as_millis(),
+            loss.lag.p99.as_millis(),
+            loss.lag.max.as_millis(),
+            loss.restored,
+            loss.bucket_bytes,
+            loss.recovered_in.as_secs_f64(),
+        ));
+        Ok(())
+    }
+}
+
+struct Recovery<'a> {
+    sh: &'a Shell,
+    compose: Compose,
+    store: ObjectStore<'a>,
+    image: String,
+    history: PathBuf,
+    gate: Gate,
+}
+
+/// What the volume's loss cost.
+struct Loss {
+    acknowledged: usize,
+    rate: f64,
+    lost_beyond_window: usize,
+    lost_within_window: usize,
+    lag: Lag,
+    restored: usize,
+    bucket_bytes: u64,
+    recovered_in: Duration,
+}
+
+impl Recovery<'_> {
+    fn up(&self) -> Result<String> {
+        switch::switch(self.sh, &self.compose, &self.history, &self.image, self.gate)
+    }
+
+    fn lose_the_volume(&self, addr: &str) -> Result<Loss> {
+        let load = Load::start(addr, "recovery");
+        std::thread::sleep(LOAD_FOR);
+        // The host dies: both processes at once, with no chance to flush anything.
+        let ids: Vec<String> = compose::containers(self.sh, &self.compose)?
+            .into_iter()
+            .filter(|c| c.state == "running" && (c.service == project::NAME || c.service == replica::SERVICE))
+            .map(|c| c.id)
+            .collect();
+        ensure!(ids.len() == 2, "expected the service and its sidecar running, found {}", ids.len());
+        let mut kill = Cmd::new("docker").args(["kill", "--signal", "KILL"]);
+        kill = kill.args(ids.iter().cloned());
+        process::run(self.sh, &kill)?;
+        let killed_at = SystemTime::now();
+        let acks = load.stop();
+        ensure!(!acks.is_empty(), "no entry was acknowledged under load");
+        let synced = self.store.synced()?;
+        let lag = Lag::of(&acks, &synced);
+        process::run(self.sh, &self.compose.down(false))?;
+        process::run(
+            self.sh,
+            &Cmd::new("docker").args(["volume", "rm", &format!("{}_data", self.compose.project)]),
+        )?;
+
+        let started = Instant::now();
+        let addr = self.up()?;
+        let recovered_in = started.elapsed();
+        let held: std::collections::BTreeMap<i64, String> =
+            harness::all_entries(&addr)?.into_iter().map(|e| (e.id, e.text)).collect();
+        let window_start = killed_at - SYNC_INTERVAL;
+        let (mut lost_beyond_window, mut lost_within_window) = (0, 0);
+        for ack in &acks {
+            if held.get(&ack.id) != Some(&ack.text) {
+                if ack.at < window_start { lost_beyond_window += 1 } else { lost_within_window += 1 }
+            }
+        }
+        let rate = acks.len() as f64 / LOAD_FOR.as_secs_f64();
+        process::say(&format!(
+            "  {} acknowledged, {} restored in {:.1}s; lost: {lost_beyond_window} beyond the sync window, {lost_within_window} within it",
+            acks.len(),
+            held.len(),
+            recovered_in.as_secs_f64()
+        ));
+        ensure!(
+            lost_beyond_window == 0,
+            "{lost_beyond_window} entries acknowledged more than {}s before the kill are lost",
+            SYNC_INTERVAL.as_secs()
+        );
+        let bucket_bytes = self.store.bytes()?;
+        Ok(Loss {
+            acknowledged: acks.len(),
+            rate,
+            lost_beyond_window,
+            lost_within_window,
+            lag,
+            restored: held.len(),
+            bucket_bytes,
+            recovered_in,
+        })
+    }
+
+    /// Entries before a moment, entries after it, then `restore --from-replica --at` that
+    /// moment: the first set exactly. The moment is kept a second clear of both, since
+    /// object listings have whole-second times.
+    fn point_in_time(&self, addr: &str) -> Result<()> {
+        let before = self.append_replicated(addr, "before the moment", 10)?;
+        std::thread::sleep(Duration::from_millis(1200));
+        let moment = SystemTime::now();
+        std::thread::sleep(Duration::from_millis(1200));
+        let after = self.append_replicated(addr, "after the moment", 10)?;
+        let expected: Vec<i64> = harness::all_entries(addr)?
+            .into_iter()
+            .map(|e| e.id)
+            .filter(|id| !after.contains(id))
+            .collect();
+        let report = replica::restore_stack(self.sh, &self.compose, &self.history, Some(moment), self.gate.timeout)?;
+        process::say(&format!("  {report}"));
+        let addr = compose::published_addr(self.sh, &self.compose)?;
+        let held: Vec<i64> = harness::all_entries(&addr)?.into_iter().map(|e| e.id).collect();
+        ensure!(
+            held == expected,
+            "the restore at the moment holds {} entries (last {:?}), expected {} (last {:?})",
+            held.len(),
+            held.last(),
+            expected.len(),
+            expected.last()
+        );
+        ensure!(before.iter().all(|id| held.contains(id)), "entries from before the moment are missing");
+        Ok(())
+    }
+
+    /// Appends `n` entries and waits until the replica holds a sync taken after the last.
+    fn append_replicated(&self, addr: &str, label: &str, n: usize) -> Result<Vec<i64>> {
+        let ids = (1..=n).map(|i| harness::append(addr, &format!("{label} {i}"), None)).collect::<Result<Vec<_>>>()?;
+        let acked = SystemTime::now();
+        process::wait_for("the replica to hold the last entry", Duration::from_secs(30), Duration::from_millis(100), || {
+            Ok(self.store.synced()?.iter().any(|s| s.taken >= acked).then_some(()))
+        })?;
+        Ok(ids)
+    }
+
+    fn outage(&self, addr: &str) -> Result<()> {
+        process::run(self.sh, &Cmd::new("docker").args(["stop", &self.store.name]))?;
+        let during = (|| {
+            let ids =
+                (1..=10).map(|i| harness::append(addr, &format!("outage {i}"), None)).collect::<Result<Vec<_>>>()?;
+            harness::expect_status(addr, "/readyz", 200)?;
+            Ok::<_, anyhow::Error>(ids)
+        })();
+        process::run(self.sh, &Cmd::new("docker").args(["start", &self.store.name]))?;
+        let ids = during.context("the service stopped serving while the replica was unreachable")?;
+        self.store.wait_listening()?;
+        let settings = replica::Settings::of(self.sh, &self.compose).context("replication is off")?;
+        let count = harness::all_entries(addr)?.len() as i64;
+        process::wait_for("the replica to catch up", Duration::from_secs(60), Duration::from_millis(500), || {
+            let scratch = replica::Scratch::new(self.sh)?;
+            let file = replica::restore_into(self.sh, &self.compose, &settings, None, &scratch)?;
+            let report = compose::data::verify(self.sh, &self.image, &file)?;
+            Ok((report.entries == count).then_some(()))
+        })
+        .with_context(|| format!("entries {ids:?}, written during the outage, never reached the replica"))
+    }
+}
+
+/// One acknowledged append.
+struct Ack {
+    id: i64,
+    text: String,
+    at: SystemTime,
+}
+
+/// Writers appending as fast as the service acknowledges.
+struct Load {
+    running: Arc<AtomicBool>,
+    writers: Vec<std::thread::JoinHandle<Vec<Ack>>>,
+}
+
+impl Load {
+    fn start(addr: &str, label: &str) -> Load {
+        let running = Arc::new(AtomicBool::new(true));
+        let writers = (0..WRITERS)
+            .map(|w| {
+                let (addr, label, running) = (addr.to_owned(), label.to_owned(), running.clone());
+                std::thread::spawn(move || {
+                    let mut acks = Vec::new();
+                    let mut n = 0;
+                    while running.load(Ordering::Relaxed) {
+                        n += 1;
+                        let text = format!("{label} {w}-{n}");
+                        // A refused or cut-off request is the crash, not a loss: only
+                        // acknowledged entries count.
+                        if let Ok(id) = harness::append(&addr, &text, None) {
+                            acks.push(Ack { id, text, at: SystemTime::now() });
+                        }
+                    }
+                    acks
+                })
+            })
+            .collect();
+        Load { running, writers }
+    }
+
+    fn stop(self) -> Vec<Ack> {
+        self.running.store(false, Ordering::Relaxed);
+        self.writers.into_iter().flat_map(|w| w.join().unwrap_or_default()).collect()
+    }
+}
+
+/// One sync in the replica: when Litestream read the WAL for it, and when the upload
+/// landed.
+#[derive(Debug, Clone, Copy)]
+struct Synced {
+    taken: SystemTime,
+    uploaded: SystemTime,
+}
+
+/// Reads an LTX file's header time (milliseconds since the epoch, big-endian, at bytes
+/// 32..40 after the `LTX1` magic).
+fn ltx_taken(header: &[u8]) -> Option<SystemTime> {
+    if header.len() < 40 || &header[..4] != b"LTX1" {
+        return None;
+    }
+    let millis = i64::from_be_bytes(header[32..40].try_into().ok()?);
+    Some(SystemTime::UNIX_EPOCH + Duration::from_millis(u64::try_from(millis).ok()?))
+}
+
+/// Replication lag: from an entry's acknowledgement to the upload of the first sync taken
+/// after it, which holds it.
+#[derive(Debug, Default, PartialEq)]
+struct Lag {
+    p50: Duration,
+    p99: Duration,
+    max: Duration,
+    /// Acknowledged after the last sync that reached the replica.
+    unreplicated: usize,
+}
+
+impl Lag {
+    fn of(acks: &[Ack], synced: &[Synced]) -> Lag {
+        let mut synced = synced.to_vec();
+        synced.sort_by_key(|s| s.taken);
+        let mut lags = Vec::new();
+        let mut unreplicated = 0;
+        for ack in acks {
+            let first = synced.partition_point(|s| s.taken < ack.at);
+            match synced.get(first) {
+                Some(sync) => lags.push(sync.uploaded.duration_since(ack.at).unwrap_or_default()),
+                None => unreplicated += 1,
+            }
+        }
+        lags.sort();
+        let at = |q: f64| {
+            if lags.is_empty() { Duration::ZERO } else { lags[((lags.len() - 1) as f64 * q).round() as usize] }
+        };
+        Lag { p50: at(0.5), p99: at(0.99), max: lags.last().copied().unwrap_or_default(), unreplicated }
+    }
+}
+
+/// A real S3 endpoint for the drill: `rclone serve s3` over a host directory, listening on
+/// the Docker bridge's gateway, where both the host and the stack's containers reach it.
+struct ObjectStore<'a> {
+    sh: &'a Shell,
+    name: String,
+    root: PathBuf,
+    endpoint: String,
+    addr: String,
+    credentials: PathBuf,
+}
+
+impl<'a> ObjectStore<'a> {
+    fn start(sh: &'a Shell, dir: &Path) -> Result<Self> {
+        use std::os::unix::fs::PermissionsExt;
+        let image = std::env::var("RCLONE_IMAGE").unwrap_or_else(|_| DEFAULT_RCLONE_IMAGE.to_owned());
+        let gateway = process::query(sh, &bridge_gateway())?;
+        let addr = format!("{gateway}:{}", http::free_port()?);
+        let root = dir.join("s3");
+        // The bucket exists before the server starts: it caches directory listings.
+        std::fs::create_dir_all(root.join(BUCKET)).context("cannot create the bucket directory")?;
+        let credentials = dir.join("replica-credentials");
+        std::fs::write(
+            &credentials,
+            format!("[default]\naws_access_key_id = {ACCESS_KEY}\naws_secret_access_key = {SECRET_KEY}\n"),
+        )?;
+        std::fs::set_permissions(&credentials, std::fs::Permissions::from_mode(0o644))?;
+        let user = format!("{}:{}", process::query(sh, &Cmd::new("id").arg("-u"))?, process::query(sh, &Cmd::new("id").arg("-g"))?);
+        let name = format!("{}-s3-{}", project::NAME, std::process::id());
+        let store = ObjectStore { sh, name, root, endpoint: format!("http://{addr}"), addr, credentials };
+        process::run(sh, &serve_s3(&image, &store.name, &user, &store.root, &store.addr))
+            .with_context(|| format!("cannot start {image} (set RCLONE_IMAGE to one you can reach)"))?;
+        store.wait_listening()?;
+        Ok(store)
+    }
+
+    fn wait_listening(&self) -> Result<()> {
+        let addr: std::net::SocketAddr = self.addr.parse()?;
+        process::wait_for("the S3 endpoint to listen", Duration::from_secs(20), Duration::from_millis(50), || {
+            Ok(std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok().then_some(()))
+        })
+    }
+
+    fn replica_dir(&self) -> PathBuf {
+        self.root.join(BUCKET).join(REPLICA_PATH)
+    }
+
+    /// Every level-0 sync in the replica.
+    fn synced(&self) -> Result<Vec<Synced>> {
+        use std::io::Read;
+        let dir = self.replica_dir().join("0000");
+        let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(Vec::new()) };
+        let mut synced = Vec::new();
+        for entry in entries.flatten() {
+            let mut header = [0u8; 40];
+            let Ok(mut file) = std::fs::File::open(entry.path()) else { continue };
+            let uploaded = file.metadata()?.modified()?;
+            if file.read_exact(&mut header).is_ok()
+                && let Some(taken) = ltx_taken(&header)
+            {
+                synced.push(Synced { taken, uploaded });
+            }
+        }
+        Ok(synced)
+    }
+
+    fn bytes(&self) -> Result<u64> {
+        fn walk(dir: &Path) -> u64 {
+            std::fs::read_dir(dir)
+                .map(|entries| {
+                    entries
+                        .flatten()
+                        .map(|e| match e.metadata() {
+                            Ok(m) if m.is_dir() => walk(&e.path()),
+                            Ok(m) => m.len(),
+                            Err(_) => 0,
+                        })
+                        .sum()
+                })
+                .unwrap_or(0)
+        }
+        Ok(walk(&self.replica_dir()))
+    }
+}
+
+impl Drop for ObjectStore<'_> {
+    fn drop(&mut self) {
+        let _ = process::run_cleanup(self.sh, &Cmd::new("docker").args(["rm", "--force", &self.name]));
+    }
+}
+
+fn bridge_gateway() -> Cmd {
+    Cmd::new("docker").args(["network", "inspect", "--format", "{{(index .IPAM.Config 0).Gateway}}", "bridge"])
+}
+
+fn serve_s3(image: &str, name: &str, user: &str, root: &Path, addr: &str) -> Cmd {
+    Cmd::new("docker")
+        .args(["run", "--detach", "--name", name, "--network", "host", "--user", user, "--volume"])
+        .arg(format!("{}:/srv", root.display()))
+        .args([image, "serve", "s3", "/srv", "--addr", addr, "--auth-key"])
+        .arg(format!("{ACCESS_KEY},{SECRET_KEY}"))
+        .arg("--force-path-style=true")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(ms: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_millis(ms)
+    }
+
+    #[test]
+    fn lag_runs_from_the_acknowledgement_to_the_upload_of_the_next_sync() {
+        let synced = [
+            Synced { taken: at(2_000), uploaded: at(2_050) },
+            Synced { taken: at(1_000), uploaded: at(1_020) },
+        ];
+        let ack = |ms| Ack { id: 1, text: String::new(), at: at(ms) };
+        let lag = Lag::of(&[ack(900), ack(1_000), ack(1_500), ack(2_500)], &synced);
+        // 900 and 1000 are in the sync taken at 1000 (uploaded at 1020), 1500 in the one at
+        // 2000 (uploaded at 2050); 2500 is in none.
+        assert_eq!(lag.max, Duration::from_millis(550));
+        assert_eq!(lag.p50, Duration::from_millis(120));
+        assert_eq!(lag.unreplicated, 1);
+    }
+
+    #[test]
+    fn ltx_headers_give_the_time_of_their_sync() {
+        let mut header = [0u8; 40];
+        header[..4].copy_from_slice(b"LTX1");
+        header[32..40].copy_from_slice(&1_796_119_010_160i64.to_be_bytes());
+        assert_eq!(ltx_taken(&header), Some(at(1_796_119_010_160)));
+        assert_eq!(ltx_taken(b"not an ltx file, but long enough to be read here"), None);
+    }
+
+    #[test]
+    fn commands_are_exact() {
+        assert_eq!(
+            serve_s3("rclone/rclone:1.75.2", "logbook-s3-1", "0:0", Path::new("/tmp/s3"), "172.17.0.1:9000").to_string(),
+            "docker run --detach --name logbook-s3-1 --network host --user 0:0 --volume /tmp/s3:/srv rclone/rclone:1.75.2 serve s3 /srv --addr 172.17.0.1:9000 --auth-key drill-key,drill-secret --force-path-style=true"
+        );
+        assert_eq!(
+            bridge_gateway().argv(),
+            ["docker", "network", "inspect", "--format", "{{(index .IPAM.Config 0).Gateway}}", "bridge"]
+        );
+    }
+}
