@@ -21,6 +21,8 @@ pub const TLS_COMPOSE_FILE: &str = "docker-compose.tls.yml";
 /// Continuous replication of the database, layered on the app stack when
 /// LOGBOOK_REPLICA_URL is set.
 pub const REPLICA_COMPOSE_FILE: &str = "docker-compose.replica.yml";
+/// The replication sidecar's public image, where LITESTREAM_IMAGE names no other.
+pub const DEFAULT_LITESTREAM_IMAGE: &str = "litestream/litestream:0.5.17";
 /// Prometheus and Grafana, layered on the app stack.
 pub const MONITORING_COMPOSE_FILE: &str = "docker-compose.monitoring.yml";
 /// The most the runtime image may weigh, in MB (checked by `cargo xtask audit-image`).

@@ -52,6 +52,7 @@ fn read_only(call: &str) -> bool {
         }
         ["docker", "run", "--rm", "--network", "none", .., "verify", _] => true,
         ["docker", "run", "--rm", "--network", "none", .., "check-config", _] => true,
+        ["docker", "run", "--rm", "--network", "none", .., "databases"] => true,
         [
             "docker",
             "run",
@@ -69,7 +70,7 @@ fn read_only(call: &str) -> bool {
         ["docker", first, ..] => {
             matches!(*first, "version" | "--version" | "inspect" | "info" | "history")
                 || call.starts_with("docker image inspect")
-                || ["node ls", "secret inspect", "service inspect", "volume inspect"]
+                || ["network inspect", "node ls", "secret inspect", "service inspect", "volume inspect"]
                     .iter()
                     .any(|q| call.starts_with(&format!("docker {q}")))
         }
@@ -96,6 +97,9 @@ fn every_subcommand_dry_runs_without_changing_anything() {
     std::fs::write(state.join("releases-swarm-logbook.json"), swarm_history).unwrap();
     let backup_file = state.join("../backup-to-restore.db");
     std::fs::write(&backup_file, "SQLite format 3\0").unwrap();
+    let credentials = state.join("replica-credentials");
+    std::fs::write(&credentials, "[default]\naws_access_key_id = K\naws_secret_access_key = S\n").unwrap();
+    let credentials = credentials.display().to_string();
     let fakes = fakes("all", &state);
     let checkout = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
     let before = (support::snapshot(&checkout), support::snapshot(&state));
@@ -103,6 +107,12 @@ fn every_subcommand_dry_runs_without_changing_anything() {
     let images = format!("{TREE_IMAGE} logbook:aaaaaaaaaaaa logbook:bbbbbbbbbbbb");
     let present: &[(&str, &str)] = &[("FAKE_IMAGES", &images), ("FAKE_RUNNING", "1")];
     let restore = format!("restore {}", backup_file.display());
+    let replicated: &[(&str, &str)] = &[
+        ("FAKE_IMAGES", &images),
+        ("FAKE_RUNNING", "1"),
+        ("LOGBOOK_REPLICA_URL", "s3://bucket/logbook"),
+        ("LOGBOOK_REPLICA_CREDENTIALS_FILE", &credentials),
+    ];
     let runs: Vec<(&str, &[(&str, &str)])> = vec![
         ("build", &[]),
         ("build --builder classic", &[]),
@@ -120,6 +130,11 @@ fn every_subcommand_dry_runs_without_changing_anything() {
         ("rollback k8s", &[]),
         ("backup", present),
         (&restore, present),
+        ("up --tag aaaaaaaaaaaa", replicated),
+        ("backup --check-replica", replicated),
+        ("restore --from-replica", replicated),
+        ("restore --from-replica --at 2026-12-01T09:30:00Z", replicated),
+        ("recovery-drill --no-build", present),
         ("drill --no-build", present),
         ("monitoring-up --services prometheus,alertmanager --no-build", present),
         ("monitoring-down", &[]),

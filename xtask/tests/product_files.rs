@@ -89,6 +89,47 @@ fn grafana_loads_dashboards_from_where_compose_mounts_them() {
     assert!(mounts.contains(&"./monitoring/grafana/provisioning:/etc/grafana/provisioning:ro"), "{mounts:?}");
 }
 
+/// The replication sidecar is hardened like the service, runs as its user (files it
+/// creates beside the database stay the service's), gets credentials only from a secret
+/// file, and its image is the pinned public one unless overridden.
+#[test]
+fn the_replication_sidecar_is_hardened_and_keeps_credentials_in_a_secret() {
+    let compose = yaml("docker-compose.replica.yml");
+    for service in ["litestream", "replica-restore"] {
+        // Both take the shared fields from one anchor (`<<: *litestream`).
+        let own = &compose["services"][service];
+        let s = &own["<<"];
+        assert!(!own["command"].is_badvalue(), "{service} has no command");
+        assert_eq!(
+            s["image"].as_str(),
+            Some("${LITESTREAM_IMAGE:-litestream/litestream:0.5.17}"),
+            "{service}"
+        );
+        assert_eq!(s["user"].as_str(), Some("10001:10001"), "{service}");
+        assert_eq!(s["read_only"].as_bool(), Some(true), "{service}");
+        assert_eq!(s["cap_drop"][0].as_str(), Some("ALL"), "{service}");
+        assert_eq!(s["secrets"][0].as_str(), Some("replica-credentials"), "{service}");
+        let env = s["environment"].as_hash().unwrap();
+        let names: Vec<&str> = env.keys().filter_map(Yaml::as_str).collect();
+        assert!(
+            names.iter().all(|n| !n.contains("SECRET") && !n.contains("ACCESS_KEY")),
+            "{service}: {names:?}"
+        );
+        assert_eq!(
+            s["environment"]["AWS_SHARED_CREDENTIALS_FILE"].as_str(),
+            Some("/run/secrets/replica-credentials"),
+            "{service}"
+        );
+    }
+    let logbook = &compose["services"]["logbook"];
+    assert_eq!(logbook["environment"]["LOGBOOK_WAL_AUTOCHECKPOINT"].as_str(), Some("0"));
+    assert_eq!(
+        logbook["depends_on"]["replica-restore"]["condition"].as_str(),
+        Some("service_completed_successfully"),
+        "an empty volume must be restored before the service creates a database"
+    );
+}
+
 #[test]
 fn every_alert_explains_itself() {
     let rules = yaml("monitoring/prometheus/alerts.yml");
@@ -114,7 +155,8 @@ fn every_alert_explains_itself() {
             "LogbookHighLatency",
             "LogbookStorageErrors",
             "LogbookDiskLow",
-            "LogbookDiskFillingUp"
+            "LogbookDiskFillingUp",
+            "LogbookReplicationLagging"
         ]
     );
     // The runbook covers each one.

@@ -305,6 +305,11 @@ impl LocalService {
     /// Starts `target/<profile>/logbook` with its database in `dir` and its output in
     /// `dir/server.log`, and waits until `/readyz` answers 200.
     pub fn start(sh: &Shell, profile: Profile, dir: &Path) -> Result<Self> {
+        Self::start_with(sh, profile, dir, &[])
+    }
+
+    /// [`LocalService::start`] with extra settings.
+    pub fn start_with(sh: &Shell, profile: Profile, dir: &Path, settings: &[(&str, &str)]) -> Result<Self> {
         let binary = tools::target_dir(sh).join(match profile {
             Profile::Debug => "debug/logbook",
             Profile::Release => "release/logbook",
@@ -314,6 +319,9 @@ impl LocalService {
         let mut service = duct::cmd(&binary, Vec::<String>::new());
         for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("LOGBOOK_")) {
             service = service.env_remove(key);
+        }
+        for (key, value) in settings {
+            service = service.env(key, value);
         }
         let started = Instant::now();
         let handle = service

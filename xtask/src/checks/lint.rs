@@ -15,6 +15,7 @@ use crate::outside::tools::{self, Tool};
 use crate::project;
 use crate::targets::compose;
 use crate::targets::compose::monitoring;
+use crate::targets::compose::replica;
 use crate::targets::compose::switch;
 use crate::targets::k8s;
 
@@ -63,6 +64,10 @@ pub fn lint(sh: &Shell, install_missing: bool) -> Result<()> {
     checks.run("docker-compose.yml + docker-compose.monitoring.yml", || {
         process::check(sh, &everything.cmd(&["config", "--quiet"]))
     })?;
+    checks.run(
+        "docker-compose.yml + docker-compose.replica.yml, and deploy/litestream/litestream.yml",
+        || check_replica_layer(sh, &app),
+    )?;
     checks.run(project::PROXY_CONFIG, || {
         let image = compose_image(sh, &app, project::PROXY_SERVICE)?;
         ensure_local(sh, &image, "CADDY_IMAGE")?;
@@ -222,6 +227,30 @@ fn compose_image(sh: &Shell, compose: &Compose, service: &str) -> Result<String>
         .as_str()
         .map(str::to_owned)
         .with_context(|| format!("no {service} image in the compose file"))
+}
+
+/// The replication layer renders with sample settings, and Litestream loads its
+/// configuration with the environment compose gives the sidecar.
+fn check_replica_layer(sh: &Shell, app: &Compose) -> Result<()> {
+    let layered = app
+        .clone()
+        .with_file(project::REPLICA_COMPOSE_FILE)
+        .var(replica::URL_VAR, "s3://lint-bucket/logbook")
+        .var(replica::CREDENTIALS_VAR, "/dev/null");
+    process::check(sh, &layered.cmd(&["config", "--quiet"]))?;
+    let config: serde_json::Value =
+        serde_json::from_str(&process::query(sh, &layered.cmd(&["config", "--format", "json"]))?)?;
+    let sidecar = &config["services"][replica::SERVICE];
+    let image = sidecar["image"].as_str().context("no litestream image in the compose file")?;
+    ensure_local(sh, image, "LITESTREAM_IMAGE")?;
+    let env: Vec<(String, String)> = sidecar["environment"]
+        .as_object()
+        .map(|vars| {
+            vars.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned())).collect()
+        })
+        .unwrap_or_default();
+    process::check(sh, &replica::check_config(image, &sh.current_dir(), &env))
+        .map_err(|e| anyhow::anyhow!("{} does not load: {e:#}", replica::CONFIG))
 }
 
 /// The image is here, or pulled; else an error naming the variable that overrides it.

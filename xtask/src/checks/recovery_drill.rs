@@ -181,12 +181,10 @@ impl Recovery<'_> {
         let moment = SystemTime::now();
         std::thread::sleep(Duration::from_millis(1200));
         let after = self.append_replicated(addr, "after the moment", 10)?;
-        let expected: Vec<i64> = harness::all_entries(addr)?
-            .into_iter()
-            .map(|e| e.id)
-            .filter(|id| !after.contains(id))
-            .collect();
-        let report = replica::restore_stack(self.sh, &self.compose, &self.history, Some(moment), self.gate.timeout)?;
+        let expected: Vec<i64> =
+            harness::all_entries(addr)?.into_iter().map(|e| e.id).filter(|id| !after.contains(id)).collect();
+        let report =
+            replica::restore_stack(self.sh, &self.compose, &self.history, Some(moment), self.gate.timeout)?;
         process::say(&format!("  {report}"));
         let addr = compose::published_addr(self.sh, &self.compose)?;
         let held: Vec<i64> = harness::all_entries(&addr)?.into_iter().map(|e| e.id).collect();
@@ -204,19 +202,25 @@ impl Recovery<'_> {
 
     /// Appends `n` entries and waits until the replica holds a sync taken after the last.
     fn append_replicated(&self, addr: &str, label: &str, n: usize) -> Result<Vec<i64>> {
-        let ids = (1..=n).map(|i| harness::append(addr, &format!("{label} {i}"), None)).collect::<Result<Vec<_>>>()?;
+        let ids = (1..=n)
+            .map(|i| harness::append(addr, &format!("{label} {i}"), None))
+            .collect::<Result<Vec<_>>>()?;
         let acked = SystemTime::now();
-        process::wait_for("the replica to hold the last entry", Duration::from_secs(30), Duration::from_millis(100), || {
-            Ok(self.store.synced()?.iter().any(|s| s.taken >= acked).then_some(()))
-        })?;
+        process::wait_for(
+            "the replica to hold the last entry",
+            Duration::from_secs(30),
+            Duration::from_millis(100),
+            || Ok(self.store.synced()?.iter().any(|s| s.taken >= acked).then_some(())),
+        )?;
         Ok(ids)
     }
 
     fn outage(&self, addr: &str) -> Result<()> {
         process::run(self.sh, &Cmd::new("docker").args(["stop", &self.store.name]))?;
         let during = (|| {
-            let ids =
-                (1..=10).map(|i| harness::append(addr, &format!("outage {i}"), None)).collect::<Result<Vec<_>>>()?;
+            let ids = (1..=10)
+                .map(|i| harness::append(addr, &format!("outage {i}"), None))
+                .collect::<Result<Vec<_>>>()?;
             harness::expect_status(addr, "/readyz", 200)?;
             Ok::<_, anyhow::Error>(ids)
         })();
@@ -225,12 +229,17 @@ impl Recovery<'_> {
         self.store.wait_listening()?;
         let settings = replica::Settings::of(self.sh, &self.compose).context("replication is off")?;
         let count = harness::all_entries(addr)?.len() as i64;
-        process::wait_for("the replica to catch up", Duration::from_secs(60), Duration::from_millis(500), || {
-            let scratch = replica::Scratch::new(self.sh)?;
-            let file = replica::restore_into(self.sh, &self.compose, &settings, None, &scratch)?;
-            let report = compose::data::verify(self.sh, &self.image, &file)?;
-            Ok((report.entries == count).then_some(()))
-        })
+        process::wait_for(
+            "the replica to catch up",
+            Duration::from_secs(60),
+            Duration::from_millis(500),
+            || {
+                let scratch = replica::Scratch::new(self.sh)?;
+                let file = replica::restore_into(self.sh, &self.compose, &settings, None, &scratch)?;
+                let report = compose::data::verify(self.sh, &self.image, &file)?;
+                Ok((report.entries == count).then_some(()))
+            },
+        )
         .with_context(|| format!("entries {ids:?}, written during the outage, never reached the replica"))
     }
 }
@@ -282,9 +291,42 @@ impl Load {
 /// One sync in the replica: when Litestream read the WAL for it, and when the upload
 /// landed.
 #[derive(Debug, Clone, Copy)]
-struct Synced {
+pub struct Synced {
     taken: SystemTime,
     uploaded: SystemTime,
+}
+
+/// Every level-0 sync in the replica at `dir`: its LTX files in `0000` (an S3 replica)
+/// or `ltx/0` (a file replica).
+pub fn level0_syncs(dir: &Path) -> Result<Vec<Synced>> {
+    use std::io::Read;
+    let level0 = [dir.join("0000"), dir.join("ltx").join("0")];
+    let Some(entries) = level0.iter().find_map(|d| std::fs::read_dir(d).ok()) else { return Ok(Vec::new()) };
+    let mut synced = Vec::new();
+    for entry in entries.flatten() {
+        let mut header = [0u8; 40];
+        let Ok(mut file) = std::fs::File::open(entry.path()) else { continue };
+        let uploaded = file.metadata()?.modified()?;
+        if file.read_exact(&mut header).is_ok()
+            && let Some(taken) = ltx_taken(&header)
+        {
+            synced.push(Synced { taken, uploaded });
+        }
+    }
+    synced.sort_by_key(|s| s.taken);
+    Ok(synced)
+}
+
+/// For load with no record of each write: the longest any write can have waited for each
+/// sync, sorted. A write acknowledged after one sync read the WAL is in the next, so its
+/// lag is at most that next sync's upload time less the previous one's read time.
+pub fn lag_bounds(synced: &[Synced]) -> Vec<Duration> {
+    let mut bounds: Vec<Duration> = synced
+        .windows(2)
+        .map(|pair| pair[1].uploaded.duration_since(pair[0].taken).unwrap_or_default())
+        .collect();
+    bounds.sort();
+    bounds
 }
 
 /// Reads an LTX file's header time (milliseconds since the epoch, big-endian, at bytes
@@ -323,7 +365,11 @@ impl Lag {
         }
         lags.sort();
         let at = |q: f64| {
-            if lags.is_empty() { Duration::ZERO } else { lags[((lags.len() - 1) as f64 * q).round() as usize] }
+            if lags.is_empty() {
+                Duration::ZERO
+            } else {
+                lags[((lags.len() - 1) as f64 * q).round() as usize]
+            }
         };
         Lag { p50: at(0.5), p99: at(0.99), max: lags.last().copied().unwrap_or_default(), unreplicated }
     }
@@ -355,7 +401,11 @@ impl<'a> ObjectStore<'a> {
             format!("[default]\naws_access_key_id = {ACCESS_KEY}\naws_secret_access_key = {SECRET_KEY}\n"),
         )?;
         std::fs::set_permissions(&credentials, std::fs::Permissions::from_mode(0o644))?;
-        let user = format!("{}:{}", process::query(sh, &Cmd::new("id").arg("-u"))?, process::query(sh, &Cmd::new("id").arg("-g"))?);
+        let user = format!(
+            "{}:{}",
+            process::query(sh, &Cmd::new("id").arg("-u"))?,
+            process::query(sh, &Cmd::new("id").arg("-g"))?
+        );
         let name = format!("{}-s3-{}", project::NAME, std::process::id());
         let store = ObjectStore { sh, name, root, endpoint: format!("http://{addr}"), addr, credentials };
         process::run(sh, &serve_s3(&image, &store.name, &user, &store.root, &store.addr))
@@ -365,10 +415,19 @@ impl<'a> ObjectStore<'a> {
     }
 
     fn wait_listening(&self) -> Result<()> {
-        let addr: std::net::SocketAddr = self.addr.parse()?;
-        process::wait_for("the S3 endpoint to listen", Duration::from_secs(20), Duration::from_millis(50), || {
-            Ok(std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok().then_some(()))
-        })
+        process::needs_effects("wait for the S3 endpoint to listen")?;
+        let addr: std::net::SocketAddr =
+            self.addr.parse().with_context(|| format!("the S3 endpoint's address {:?}", self.addr))?;
+        process::wait_for(
+            "the S3 endpoint to listen",
+            Duration::from_secs(20),
+            Duration::from_millis(50),
+            || {
+                Ok(std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200))
+                    .is_ok()
+                    .then_some(()))
+            },
+        )
     }
 
     fn replica_dir(&self) -> PathBuf {
@@ -377,21 +436,7 @@ impl<'a> ObjectStore<'a> {
 
     /// Every level-0 sync in the replica.
     fn synced(&self) -> Result<Vec<Synced>> {
-        use std::io::Read;
-        let dir = self.replica_dir().join("0000");
-        let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(Vec::new()) };
-        let mut synced = Vec::new();
-        for entry in entries.flatten() {
-            let mut header = [0u8; 40];
-            let Ok(mut file) = std::fs::File::open(entry.path()) else { continue };
-            let uploaded = file.metadata()?.modified()?;
-            if file.read_exact(&mut header).is_ok()
-                && let Some(taken) = ltx_taken(&header)
-            {
-                synced.push(Synced { taken, uploaded });
-            }
-        }
-        Ok(synced)
+        level0_syncs(&self.replica_dir())
     }
 
     fn bytes(&self) -> Result<u64> {
@@ -420,7 +465,13 @@ impl Drop for ObjectStore<'_> {
 }
 
 fn bridge_gateway() -> Cmd {
-    Cmd::new("docker").args(["network", "inspect", "--format", "{{(index .IPAM.Config 0).Gateway}}", "bridge"])
+    Cmd::new("docker").args([
+        "network",
+        "inspect",
+        "--format",
+        "{{(index .IPAM.Config 0).Gateway}}",
+        "bridge",
+    ])
 }
 
 fn serve_s3(image: &str, name: &str, user: &str, root: &Path, addr: &str) -> Cmd {
@@ -456,6 +507,17 @@ mod tests {
     }
 
     #[test]
+    fn lag_bounds_run_from_one_sync_to_the_next_upload() {
+        let synced = [
+            Synced { taken: at(1_000), uploaded: at(1_020) },
+            Synced { taken: at(2_000), uploaded: at(2_300) },
+            Synced { taken: at(3_000), uploaded: at(3_010) },
+        ];
+        assert_eq!(lag_bounds(&synced), [Duration::from_millis(1_010), Duration::from_millis(1_300)]);
+        assert!(lag_bounds(&synced[..1]).is_empty());
+    }
+
+    #[test]
     fn ltx_headers_give_the_time_of_their_sync() {
         let mut header = [0u8; 40];
         header[..4].copy_from_slice(b"LTX1");
@@ -467,7 +529,8 @@ mod tests {
     #[test]
     fn commands_are_exact() {
         assert_eq!(
-            serve_s3("rclone/rclone:1.75.2", "logbook-s3-1", "0:0", Path::new("/tmp/s3"), "172.17.0.1:9000").to_string(),
+            serve_s3("rclone/rclone:1.75.2", "logbook-s3-1", "0:0", Path::new("/tmp/s3"), "172.17.0.1:9000")
+                .to_string(),
             "docker run --detach --name logbook-s3-1 --network host --user 0:0 --volume /tmp/s3:/srv rclone/rclone:1.75.2 serve s3 /srv --addr 172.17.0.1:9000 --auth-key drill-key,drill-secret --force-path-style=true"
         );
         assert_eq!(

@@ -36,8 +36,9 @@ impl Backup {
 /// Restores the replica into a scratch file, verifies it with the running release's
 /// image, and prints its age and entry count. Changes nothing in the stack.
 fn check_replica(sh: &Shell, compose: &docker::Compose) -> Result<()> {
-    let settings = Settings::of(sh, compose)
-        .with_context(|| format!("--check-replica: replication is off; set {} (docs/OPERATIONS.md)", replica::URL_VAR))?;
+    let settings = Settings::of(sh, compose).with_context(|| {
+        format!("--check-replica: replication is off; set {} (docs/OPERATIONS.md)", replica::URL_VAR)
+    })?;
     let listing = replica::list(sh, compose, &settings)?;
     let scratch = Scratch::new(sh)?;
     let file = replica::restore_into(sh, compose, &settings, None, &scratch)?;

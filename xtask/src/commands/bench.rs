@@ -73,6 +73,11 @@ impl Bench {
         if let Some(proxied) = proxied {
             process::result(&proxy_report(c, &get, &proxied));
         }
+        let replicated_dir = dir.join("replicated");
+        std::fs::create_dir(&replicated_dir)?;
+        if let Some((replicated, syncs)) = post_replicated(sh, &replicated_dir, &post_script, c, seconds)? {
+            process::result(&replica_report(c, &post, &replicated, &syncs));
+        }
         Ok(())
     }
 }
@@ -114,6 +119,90 @@ fn proxy_report(c: u32, direct: &WrkResult, proxied: &WrkResult) -> String {
         proxied.p99_ms - direct.p99_ms,
         proxied.requests_per_sec / direct.requests_per_sec
     )
+}
+
+/// Durable POSTs again, on a fresh service with Litestream replicating its database beside
+/// it (the replica layer's settings: no automatic checkpoints in the service), to a file
+/// replica in `dir`. Returns the run and the syncs Litestream made; None, said in one line,
+/// where Docker or the Litestream image is not available.
+fn post_replicated(
+    sh: &Shell,
+    dir: &Path,
+    post_script: &Path,
+    connections: u32,
+    seconds: u32,
+) -> Result<Option<(WrkResult, Vec<crate::checks::recovery_drill::Synced>)>> {
+    let image =
+        std::env::var("LITESTREAM_IMAGE").unwrap_or_else(|_| project::DEFAULT_LITESTREAM_IMAGE.to_owned());
+    if !docker::image_exists(sh, &image) {
+        process::say(&format!(
+            "bench: the Litestream image {image} is not here (set LITESTREAM_IMAGE); no replicated figures"
+        ));
+        return Ok(None);
+    }
+    let server = LocalService::start_with(sh, Profile::Release, dir, &[("LOGBOOK_WAL_AUTOCHECKPOINT", "0")])?;
+    harness::append(&server.addr, "seed", None)?;
+    let user = format!(
+        "{}:{}",
+        process::query(sh, &Cmd::new("id").arg("-u"))?,
+        process::query(sh, &Cmd::new("id").arg("-g"))?
+    );
+    let name = format!("{}-bench-litestream-{}", project::NAME, std::process::id());
+    let replicator = Cmd::new("docker")
+        .args(["run", "--detach", "--rm", "--name", &name, "--network", "none", "--user", &user, "--volume"])
+        .arg(format!("{}:/data", dir.display()))
+        .args([image.as_str(), "replicate", "/data/logbook.db", "file:///data/replica"]);
+    process::capture(sh, &replicator)?;
+    let _remove = Removal { sh, name };
+    let replica = dir.join("replica");
+    process::wait_for(
+        "Litestream's first snapshot",
+        Duration::from_secs(20),
+        Duration::from_millis(50),
+        || Ok(crate::checks::recovery_drill::level0_syncs(&replica)?.first().map(|_| ())),
+    )?;
+    let url = format!("http://{}/api/entries", server.addr);
+    let run = parse_wrk(&process::capture(sh, &wrk(&url, connections, seconds, Some(post_script)))?)?;
+    // The last writes' sync lands within the interval.
+    std::thread::sleep(Duration::from_secs(2));
+    let syncs = crate::checks::recovery_drill::level0_syncs(&replica)?;
+    Ok(Some((run, syncs)))
+}
+
+fn replica_report(
+    c: u32,
+    off: &WrkResult,
+    on: &WrkResult,
+    syncs: &[crate::checks::recovery_drill::Synced],
+) -> String {
+    let bounds = crate::checks::recovery_drill::lag_bounds(syncs);
+    let at = |q: f64| {
+        bounds.get(((bounds.len().max(1) - 1) as f64 * q).round() as usize).copied().unwrap_or_default()
+    };
+    format!(
+        "POST /api/entries (durable) with Litestream replicating, {c} connections:  {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms\n\
+         ratio, replicated / not:  {:.2}; replication lag (bound, over {} syncs): p50 {} ms, p99 {} ms, max {} ms",
+        on.requests_per_sec,
+        on.p50_ms,
+        on.p99_ms,
+        on.requests_per_sec / off.requests_per_sec,
+        bounds.len(),
+        at(0.5).as_millis(),
+        at(0.99).as_millis(),
+        bounds.last().copied().unwrap_or_default().as_millis(),
+    )
+}
+
+/// Removes a container when dropped.
+struct Removal<'a> {
+    sh: &'a Shell,
+    name: String,
+}
+
+impl Drop for Removal<'_> {
+    fn drop(&mut self) {
+        let _ = process::run_cleanup(self.sh, &Cmd::new("docker").args(["rm", "--force", &self.name]));
+    }
 }
 
 /// The stack's proxy (its image and `deploy/proxy/Caddyfile`) in front of a local service,

@@ -10,8 +10,8 @@ use clap::ValueEnum;
 
 use crate::checks::{advisories, coverage, lint, scan::Trivy};
 use crate::flags::{
-    AuditImage, Build, Builder, Ci, CiStep, DEFAULT_FAIL_UNDER, Drill, MonitoringSmoke, RecoveryDrill, ReleaseDrill, Scan,
-    ScanFormat, Smoke, SwarmDrill,
+    AuditImage, Build, Builder, Ci, CiStep, DEFAULT_FAIL_UNDER, Drill, MonitoringSmoke, RecoveryDrill,
+    ReleaseDrill, Scan, ScanFormat, Smoke, SwarmDrill,
 };
 use crate::outside::process::{self, Cmd};
 use crate::outside::tools::{self, cargo};

@@ -442,10 +442,15 @@ pub fn finish(result: Result<()>) -> std::process::ExitCode {
 /// goes on: it changes nothing the commands after it depend on.
 pub fn probe(sh: &Shell, cmd: &Cmd) -> Result<Option<String>> {
     say(&format!("$ {cmd}"));
-    if runner().dry_run {
+    if is_dry_run() {
         return Ok(None);
     }
     query(sh, cmd).map(Some)
+}
+
+/// Whether this run only prints what it would change.
+pub fn is_dry_run() -> bool {
+    runner().dry_run
 }
 
 /// Runs a read-only command silently and returns its trimmed stdout. Runs even under

@@ -23,6 +23,21 @@ const DATABASE: &str = "/data/logbook.db";
 /// The service's user in the image, which the sidecar runs as too.
 const SERVICE_UID: u32 = 10001;
 
+/// Litestream's configuration, mounted into the sidecar.
+pub const CONFIG: &str = "deploy/litestream/litestream.yml";
+
+/// `litestream databases` on the project's configuration, with the sidecar's environment
+/// `env` (as compose renders it) and no network: it loads, or the error names the line.
+pub fn check_config(image: &str, project_root: &Path, env: &[(String, String)]) -> Cmd {
+    let mut cmd = Cmd::new("docker")
+        .args(["run", "--rm", "--network", "none", "--volume"])
+        .arg(format!("{}/{CONFIG}:/etc/litestream.yml:ro", project_root.display()));
+    for (key, value) in env {
+        cmd = cmd.arg("--env").arg(format!("{key}={value}"));
+    }
+    cmd.args([image, "databases"])
+}
+
 /// What the replica settings say, as compose will see them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
@@ -87,10 +102,16 @@ pub fn check_settings(settings: &Settings) -> Result<()> {
             "{CREDENTIALS_VAR} is not set: point it at a credentials file ([default] aws_access_key_id = ... / aws_secret_access_key = ...)"
         );
     }
-    let text = std::fs::read_to_string(file).with_context(|| format!("{CREDENTIALS_VAR}={file:?}: cannot read it"))?;
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("{CREDENTIALS_VAR}={file:?}: cannot read it"))?;
     for key in ["aws_access_key_id", "aws_secret_access_key"] {
-        if !text.lines().any(|l| l.split_once('=').is_some_and(|(k, v)| k.trim() == key && !v.trim().is_empty())) {
-            bail!("{CREDENTIALS_VAR}={file:?}: it has no {key} (expected [default] aws_access_key_id = ... / aws_secret_access_key = ...)");
+        if !text
+            .lines()
+            .any(|l| l.split_once('=').is_some_and(|(k, v)| k.trim() == key && !v.trim().is_empty()))
+        {
+            bail!(
+                "{CREDENTIALS_VAR}={file:?}: it has no {key} (expected [default] aws_access_key_id = ... / aws_secret_access_key = ...)"
+            );
         }
     }
     readable_by_service(file)
@@ -100,7 +121,8 @@ pub fn check_settings(settings: &Settings) -> Result<()> {
 /// there, long after `up`, so it is refused here.
 fn readable_by_service(file: &str) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(file).with_context(|| format!("{CREDENTIALS_VAR}={file:?}: cannot read it"))?;
+    let meta =
+        std::fs::metadata(file).with_context(|| format!("{CREDENTIALS_VAR}={file:?}: cannot read it"))?;
     let mode = meta.mode();
     let readable = mode & 0o004 != 0
         || (meta.gid() == SERVICE_UID && mode & 0o040 != 0)
@@ -197,13 +219,30 @@ fn explain(settings: &Settings, said: &str) -> anyhow::Error {
     let reason = said.lines().rev().find(|l| l.contains("Error:")).unwrap_or(said).trim();
     let reason = reason.rsplit("api error ").next().unwrap_or(reason);
     let (var, value) = if said.contains("NoSuchBucket") {
-        (URL_VAR, format!("{}: there is no bucket {:?} at {}", settings.url, settings.bucket(), settings.shown_endpoint()))
-    } else if ["SignatureDoesNotMatch", "InvalidAccessKeyId", "AccessDenied", "get credentials", "StatusCode: 403"]
+        (
+            URL_VAR,
+            format!(
+                "{}: there is no bucket {:?} at {}",
+                settings.url,
+                settings.bucket(),
+                settings.shown_endpoint()
+            ),
+        )
+    } else if [
+        "SignatureDoesNotMatch",
+        "InvalidAccessKeyId",
+        "AccessDenied",
+        "get credentials",
+        "StatusCode: 403",
+    ]
+    .iter()
+    .any(|s| said.contains(s))
+    {
+        (CREDENTIALS_VAR, format!("{}: the storage refused these credentials", settings.credentials_file))
+    } else if ["no such host", "connection refused", "dial tcp", "i/o timeout"]
         .iter()
         .any(|s| said.contains(s))
     {
-        (CREDENTIALS_VAR, format!("{}: the storage refused these credentials", settings.credentials_file))
-    } else if ["no such host", "connection refused", "dial tcp", "i/o timeout"].iter().any(|s| said.contains(s)) {
         (ENDPOINT_VAR, format!("{}: cannot reach it", settings.shown_endpoint()))
     } else {
         return anyhow::anyhow!("the replica at {} cannot be listed: {reason}", settings.url);
@@ -226,7 +265,8 @@ fn check_endpoint_reachable(endpoint: &str) -> Result<()> {
     };
     let Ok(addrs) = with_port.to_socket_addrs() else { return Ok(()) };
     let addrs: Vec<_> = addrs.collect();
-    if addrs.is_empty() || addrs.iter().any(|a| TcpStream::connect_timeout(a, Duration::from_secs(3)).is_ok()) {
+    if addrs.is_empty() || addrs.iter().any(|a| TcpStream::connect_timeout(a, Duration::from_secs(3)).is_ok())
+    {
         return Ok(());
     }
     bail!("{ENDPOINT_VAR}={endpoint}: nothing accepts connections there; nothing was changed")
@@ -281,8 +321,13 @@ impl Scratch {
     pub fn new(sh: &Shell) -> Result<Scratch> {
         use std::os::unix::fs::PermissionsExt;
         let base = sh.current_dir().join("target").join("replica-restore");
-        process::create_dir_all(&base)?;
+        if !process::is_dry_run() {
+            process::create_dir_all(&base)?;
+        }
         let dir = process::unique_beside(&base.join("restore"), "scratch");
+        if process::is_dry_run() {
+            return Ok(Scratch { dir });
+        }
         std::fs::create_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
         // The restore runs as the service's user, not as whoever runs the runner.
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))
@@ -314,12 +359,15 @@ pub fn restore_into(
     if let Some(listing) = list(sh, compose, settings)? {
         match at {
             Some(at) => check_point_in_time(at, &listing, SystemTime::now())?,
-            None if listing.files.is_empty() => bail!("the replica at {} is empty: nothing to restore", settings.url),
+            None if listing.files.is_empty() => {
+                bail!("the replica at {} is empty: nothing to restore", settings.url)
+            }
             None => {}
         }
     }
-    process::run(sh, &restore_cmd(compose, &scratch.dir, at))
-        .map_err(|e| e.context(format!("restoring the replica at {} failed; nothing was changed", settings.url)))?;
+    process::run(sh, &restore_cmd(compose, &scratch.dir, at)).map_err(|e| {
+        e.context(format!("restoring the replica at {} failed; nothing was changed", settings.url))
+    })?;
     Ok(scratch.database())
 }
 
@@ -403,8 +451,14 @@ mod tests {
     fn the_storage_refusal_names_the_setting_to_fix() {
         let s = settings("s3://bucket/logbook", "http://s3.internal:8333", "/etc/logbook/s3");
         let cases = [
-            ("Error: operation error S3: ListObjectsV2, https response error StatusCode: 404, NoSuchBucket: The specified bucket does not exist", URL_VAR),
-            ("Error: operation error S3: ListObjectsV2, https response error StatusCode: 403, api error SignatureDoesNotMatch: The request signature", CREDENTIALS_VAR),
+            (
+                "Error: operation error S3: ListObjectsV2, https response error StatusCode: 404, NoSuchBucket: The specified bucket does not exist",
+                URL_VAR,
+            ),
+            (
+                "Error: operation error S3: ListObjectsV2, https response error StatusCode: 403, api error SignatureDoesNotMatch: The request signature",
+                CREDENTIALS_VAR,
+            ),
             ("Error: ... dial tcp: lookup s3.internal on 127.0.0.11:53: no such host", ENDPOINT_VAR),
         ];
         for (said, var) in cases {
@@ -439,7 +493,10 @@ mod tests {
         check_point_in_time(at("2026-12-01T09:54:00Z"), &listing, now).unwrap();
         check_point_in_time(at("2026-12-01T09:58:00Z"), &listing, now).unwrap();
         let before = check_point_in_time(at("2026-12-01T09:00:00Z"), &listing, now).unwrap_err().to_string();
-        assert!(before.contains("before") && before.contains("2026-12-01T09:53:30Z to 2026-12-01T09:55:00Z"), "{before}");
+        assert!(
+            before.contains("before") && before.contains("2026-12-01T09:53:30Z to 2026-12-01T09:55:00Z"),
+            "{before}"
+        );
         let future = check_point_in_time(at("2026-12-01T10:00:01Z"), &listing, now).unwrap_err().to_string();
         assert!(future.contains("in the future"), "{future}");
         let empty = Listing::default();
@@ -459,6 +516,27 @@ mod tests {
         assert_eq!(
             restore_cmd(&compose, Path::new("/srv/scratch"), Some(at)).to_string(),
             "docker compose --project-name logbook --file docker-compose.yml --file docker-compose.replica.yml run --rm --no-deps -T --volume /srv/scratch:/restore litestream restore -o /restore/logbook.db -timestamp 2026-12-01T09:54:00.250Z /data/logbook.db"
+        );
+    }
+
+    #[test]
+    fn the_configuration_check_is_exact() {
+        let env = [("LOGBOOK_REPLICA_URL".to_owned(), "s3://b/p".to_owned())];
+        assert_eq!(
+            check_config("litestream/litestream:0.5.17", Path::new("/src"), &env).argv(),
+            [
+                "docker",
+                "run",
+                "--rm",
+                "--network",
+                "none",
+                "--volume",
+                "/src/deploy/litestream/litestream.yml:/etc/litestream.yml:ro",
+                "--env",
+                "LOGBOOK_REPLICA_URL=s3://b/p",
+                "litestream/litestream:0.5.17",
+                "databases"
+            ]
         );
     }
 
