@@ -74,15 +74,20 @@ pub fn verify_file(path: &Path) -> Result<FileReport, ArchiveError> {
     Ok(FileReport { bytes, ..report })
 }
 
-/// Opens `path` read-only. A file alone, with no `-wal` beside it, is opened as immutable:
-/// a WAL-mode file (as a replica restore writes it) then needs no `-shm` created beside
-/// it, so it can be checked where it lies, on a read-only mount too.
+/// Opens `path` read-only. A WAL-mode file alone (as a replica restore writes it: no
+/// `-wal` or `-journal` beside it) is opened as immutable, so it needs no `-shm` created
+/// beside it and can be checked where it lies, on a read-only mount too.
 fn open_to_check(path: &Path) -> rusqlite::Result<Connection> {
-    if Path::new(&format!("{}-wal", path.display())).exists() {
+    let beside = |suffix: &str| Path::new(&format!("{}{suffix}", path.display())).exists();
+    // The header's write version (byte 18) is 2 for a WAL-mode database.
+    let mut header = [0u8; 19];
+    let wal_mode = File::open(path).and_then(|mut f| f.read_exact(&mut header)).is_ok() && header[18] == 2;
+    let alone = !beside("-wal") && !beside("-journal");
+    let Some(shown) = path.to_str().filter(|_| wal_mode && alone) else {
         return Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY);
-    }
+    };
     let mut uri = String::from("file:");
-    for c in path.display().to_string().chars() {
+    for c in shown.chars() {
         match c {
             '%' | '?' | '#' => uri.push_str(&format!("%{:02X}", c as u32)),
             c => uri.push(c),

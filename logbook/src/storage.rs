@@ -687,8 +687,10 @@ mod tests {
         }
         let kept = wal_after_appends("autocheckpoint-off", 0).await;
         let folded = wal_after_appends("autocheckpoint-on", 20).await;
-        assert!(kept > 300 * 4096, "every frame stays in the WAL: {kept} bytes");
+        let by_default = wal_after_appends("autocheckpoint-default", DEFAULT_WAL_AUTOCHECKPOINT).await;
+        assert!(kept > 1200 * 4096, "every frame stays in the WAL: {kept} bytes");
         assert!(folded < kept / 4, "checkpoints fold the WAL back: {folded} against {kept} bytes");
+        assert!(kept > by_default, "0 is not the default: {kept} against {by_default} bytes");
     }
 
     #[test]

@@ -276,7 +276,7 @@ pub struct Restore {
 
     /// With --from-replica: the state at this moment (RFC 3339 in UTC, e.g.
     /// 2026-12-01T09:30:00Z) instead of the newest. Refused, with the range the replica
-    /// holds, when it is before the first snapshot or in the future.
+    /// holds, when it is before the replica's oldest file or in the future.
     #[arg(long, requires = "from_replica", value_parser = parse_point_in_time)]
     pub at: Option<std::time::SystemTime>,
 
@@ -303,7 +303,7 @@ pub struct Drill {
 /// Rehearse the loss of the host's data: on a throwaway stack replicating to a local S3
 /// endpoint ($RCLONE_IMAGE, default rclone/rclone:1.75.2), append under load, kill -9 the
 /// service and its sidecar, remove the data volume, and `up` again: every entry
-/// acknowledged more than one sync interval before the kill must come back. Then a
+/// acknowledged before the last sync that reached the storage must come back. Then a
 /// point-in-time restore, and a replica outage. Reports the replication lag (p50, p99),
 /// the restore time and what was lost; always tears down.
 #[derive(Debug, Args)]

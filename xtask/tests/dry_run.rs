@@ -68,7 +68,7 @@ fn read_only(call: &str) -> bool {
             "caddyfile",
         ] => true,
         ["docker", first, ..] => {
-            matches!(*first, "version" | "--version" | "inspect" | "info" | "history")
+            matches!(*first, "version" | "--version" | "inspect" | "info" | "history" | "ps")
                 || call.starts_with("docker image inspect")
                 || ["network inspect", "node ls", "secret inspect", "service inspect", "volume inspect"]
                     .iter()

@@ -23,8 +23,7 @@ use crate::targets::compose::{self, OnDrop, StackGuard, replica};
 const DEFAULT_RCLONE_IMAGE: &str = "rclone/rclone:1.75.2";
 const BUCKET: &str = "logbook-drill";
 const REPLICA_PATH: &str = "logbook";
-/// Litestream's sync interval in the drill (the compose file's default): the window an
-/// acknowledged entry may still be only on the host.
+/// Litestream's sync interval in the drill (the compose file's default).
 const SYNC_INTERVAL: Duration = Duration::from_secs(1);
 const WRITERS: usize = 4;
 const LOAD_FOR: Duration = Duration::from_secs(10);
@@ -58,7 +57,7 @@ impl RecoveryDrill {
             "kill -9 under load and the volume removed: `up` restores every entry acknowledged a sync interval before the kill",
             || drill.lose_the_volume(&addr),
         )?;
-        checks.run("a point-in-time restore brings back exactly the entries up to that time", || {
+        checks.run("a point-in-time restore brings back exactly the entries up to that time; moments outside the replica are refused", || {
             drill.point_in_time(&addr)
         })?;
         checks.run("the replica unreachable: the service keeps serving; replication catches up", || {
@@ -66,14 +65,14 @@ impl RecoveryDrill {
         })?;
         guard.succeeded();
         process::result(&format!(
-            "recovery-drill: all {} checks passed; {} entries acknowledged under load ({:.0}/s), {} lost beyond the {}s sync window, {} within it; \
+            "recovery-drill: all {} checks passed; {} entries acknowledged under load ({:.0}/s); lost: {} acknowledged before the last replicated sync, {} in the {} ms after it; \
              replication lag p50 {} ms, p99 {} ms, max {} ms; restored {} entries ({} bytes in the bucket) and ready {:.1}s after `up`",
             checks.passed(),
             loss.acknowledged,
             loss.rate,
             loss.lost_beyond_window,
-            SYNC_INTERVAL.as_secs(),
             loss.lost_within_window,
+            loss.window.as_millis(),
             loss.lag.p50.as_millis(),
             loss.lag.p99.as_millis(),
             loss.lag.max.as_millis(),
@@ -97,6 +96,7 @@ struct Recovery<'a> {
 /// What the volume's loss cost.
 struct Loss {
     acknowledged: usize,
+    window: Duration,
     rate: f64,
     lost_beyond_window: usize,
     lost_within_window: usize,
@@ -140,28 +140,39 @@ impl Recovery<'_> {
         let recovered_in = started.elapsed();
         let held: std::collections::BTreeMap<i64, String> =
             harness::all_entries(&addr)?.into_iter().map(|e| (e.id, e.text)).collect();
-        let window_start = killed_at - SYNC_INTERVAL;
+        // Every entry acknowledged before the last sync that reached the storage read the
+        // WAL must be back; those after it are the window a lost host takes with it (the
+        // sync interval plus an upload, at most).
+        let replicated_until = synced.iter().map(|s| s.taken).max().context("nothing reached the replica")?;
+        let window = killed_at.duration_since(replicated_until).unwrap_or_default();
         let (mut lost_beyond_window, mut lost_within_window) = (0, 0);
         for ack in &acks {
             if held.get(&ack.id) != Some(&ack.text) {
-                if ack.at < window_start { lost_beyond_window += 1 } else { lost_within_window += 1 }
+                if ack.at < replicated_until { lost_beyond_window += 1 } else { lost_within_window += 1 }
             }
         }
         let rate = acks.len() as f64 / LOAD_FOR.as_secs_f64();
         process::say(&format!(
-            "  {} acknowledged, {} restored in {:.1}s; lost: {lost_beyond_window} beyond the sync window, {lost_within_window} within it",
+            "  {} acknowledged, {} restored in {:.1}s; the last sync that reached the storage read the WAL {} ms before the kill; \
+             lost: {lost_beyond_window} acknowledged before it, {lost_within_window} after",
             acks.len(),
             held.len(),
-            recovered_in.as_secs_f64()
+            recovered_in.as_secs_f64(),
+            window.as_millis()
         ));
         ensure!(
             lost_beyond_window == 0,
-            "{lost_beyond_window} entries acknowledged more than {}s before the kill are lost",
-            SYNC_INTERVAL.as_secs()
+            "{lost_beyond_window} entries acknowledged before the last replicated sync are lost"
+        );
+        ensure!(
+            window <= SYNC_INTERVAL * 3,
+            "the last replicated sync was {} ms before the kill: replication fell behind",
+            window.as_millis()
         );
         let bucket_bytes = self.store.bytes()?;
         Ok(Loss {
             acknowledged: acks.len(),
+            window,
             rate,
             lost_beyond_window,
             lost_within_window,
@@ -197,6 +208,24 @@ impl Recovery<'_> {
             expected.last()
         );
         ensure!(before.iter().all(|id| held.contains(id)), "entries from before the moment are missing");
+        // Moments the replica cannot give are refused with its range, changing nothing.
+        let hour = Duration::from_secs(3600);
+        for (at, says) in [
+            (SystemTime::now() + hour, "in the future"),
+            (SystemTime::UNIX_EPOCH + 1000 * hour, "before the replica's oldest file"),
+        ] {
+            let refused =
+                replica::restore_stack(self.sh, &self.compose, &self.history, Some(at), self.gate.timeout)
+                    .err()
+                    .map(|e| format!("{e:#}"))
+                    .unwrap_or_default();
+            ensure!(
+                refused.contains(says) && refused.contains("the replica holds"),
+                "--at {says}: {refused:?}"
+            );
+        }
+        let after_refusals = harness::all_entries(&addr)?.len();
+        ensure!(after_refusals == held.len(), "a refused restore changed the entries");
         Ok(())
     }
 
@@ -235,7 +264,7 @@ impl Recovery<'_> {
             Duration::from_millis(500),
             || {
                 let scratch = replica::Scratch::new(self.sh)?;
-                let file = replica::restore_into(self.sh, &self.compose, &settings, None, &scratch)?;
+                let (file, _) = replica::restore_into(self.sh, &self.compose, &settings, None, &scratch)?;
                 let report = compose::data::verify(self.sh, &self.image, &file)?;
                 Ok((report.entries == count).then_some(()))
             },
@@ -282,9 +311,16 @@ impl Load {
         Load { running, writers }
     }
 
-    fn stop(self) -> Vec<Ack> {
+    fn stop(mut self) -> Vec<Ack> {
         self.running.store(false, Ordering::Relaxed);
-        self.writers.into_iter().flat_map(|w| w.join().unwrap_or_default()).collect()
+        std::mem::take(&mut self.writers).into_iter().flat_map(|w| w.join().unwrap_or_default()).collect()
+    }
+}
+
+/// Writers stop however the drill leaves (an early error, a panic).
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.running.store(false, Ordering::Relaxed);
     }
 }
 

@@ -39,14 +39,13 @@ fn check_replica(sh: &Shell, compose: &docker::Compose) -> Result<()> {
     let settings = Settings::of(sh, compose).with_context(|| {
         format!("--check-replica: replication is off; set {} (docs/OPERATIONS.md)", replica::URL_VAR)
     })?;
-    let listing = replica::list(sh, compose, &settings)?;
     let scratch = Scratch::new(sh)?;
-    let file = replica::restore_into(sh, compose, &settings, None, &scratch)?;
+    let (file, listing) = replica::restore_into(sh, compose, &settings, None, &scratch)?;
     process::needs_effects("verify the replica's copy")?;
     let image = data::image_for(sh, compose, &compose::history_path(sh, compose))?;
     let report = data::verify(sh, &image, &file)?;
-    let (newest, age) = match listing.as_ref().and_then(|l| l.range()) {
-        Some((_, newest)) => (crate::time::format(newest), crate::time::age(newest, SystemTime::now())),
+    let (newest, age) = match listing.as_ref().and_then(|l| l.newest_change()) {
+        Some(newest) => (crate::time::format(newest), crate::time::age(newest, SystemTime::now())),
         None => ("unknown".to_owned(), "unknown".to_owned()),
     };
     let bytes = listing.map(|l| l.bytes()).unwrap_or_default();

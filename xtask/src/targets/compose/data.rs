@@ -115,16 +115,17 @@ pub fn restore(
     // The replication sidecar holds the database open too; SQLite's lock refuses the
     // restore while it does. `up` starts both again, and Litestream, finding the database
     // behind its replica, snapshots the restored state.
+    super::replica::remove_leftovers(sh, compose)?;
     let mut stop = vec!["stop", project::NAME];
     if super::replica::is_on(compose) {
         stop.push(super::replica::SERVICE);
     }
     process::run(sh, &compose.cmd(&stop))?;
     let restored = process::capture(sh, &restore_in_container(&image, &volume, file)?);
-    // Whatever happened, the service comes back: on the restored data, or on the old data
-    // (a failed restore changes nothing).
+    // Whatever happened, the service comes back, Ctrl-C or not: on the restored data, or
+    // on the old data (a failed restore changes nothing).
     let compose = compose.clone().var("LOGBOOK_IMAGE", &image);
-    process::run(sh, &compose.up())?;
+    process::run_cleanup(sh, &compose.up())?;
     super::wait_ready(sh, &compose, timeout)?;
     let report: RestoreReport =
         serde_json::from_str(&restored?).context("logbook restore printed bad JSON")?;

@@ -17,8 +17,11 @@ use crate::project;
 pub const URL_VAR: &str = "LOGBOOK_REPLICA_URL";
 pub const ENDPOINT_VAR: &str = "LOGBOOK_REPLICA_ENDPOINT";
 pub const CREDENTIALS_VAR: &str = "LOGBOOK_REPLICA_CREDENTIALS_FILE";
+pub const REGION_VAR: &str = "LOGBOOK_REPLICA_REGION";
 /// The sidecar's compose service, and the database's path in the shared volume.
 pub const SERVICE: &str = "litestream";
+/// The one-shot that restores an empty volume from the replica before the service starts.
+pub const RESTORE_SERVICE: &str = "replica-restore";
 const DATABASE: &str = "/data/logbook.db";
 /// The service's user in the image, which the sidecar runs as too.
 const SERVICE_UID: u32 = 10001;
@@ -44,6 +47,7 @@ pub struct Settings {
     pub url: String,
     pub endpoint: String,
     pub credentials_file: String,
+    pub region: String,
 }
 
 impl Settings {
@@ -55,11 +59,16 @@ impl Settings {
             url,
             endpoint: get(ENDPOINT_VAR),
             credentials_file: get(CREDENTIALS_VAR),
+            region: get(REGION_VAR),
         })
     }
 
     fn bucket(&self) -> &str {
         self.url.trim_start_matches("s3://").split('/').next().unwrap_or_default()
+    }
+
+    fn region_shown(&self) -> &str {
+        if self.region.is_empty() { "us-east-1" } else { &self.region }
     }
 
     fn shown_endpoint(&self) -> &str {
@@ -163,6 +172,16 @@ impl Listing {
         Some((first, times.max()?))
     }
 
+    /// When the newest change reached the replica: its newest level-0 file (compactions
+    /// and snapshots rewrite old changes, so they say nothing of freshness).
+    pub fn newest_change(&self) -> Option<SystemTime> {
+        self.files
+            .iter()
+            .filter(|f| f.level == 0)
+            .filter_map(|f| crate::time::parse_rfc3339(&f.timestamp))
+            .max()
+    }
+
     pub fn bytes(&self) -> u64 {
         self.files.iter().map(|f| f.size).sum()
     }
@@ -201,8 +220,71 @@ pub fn list_cmd(compose: &Compose) -> Cmd {
 /// listing the replica as the sidecar would. Before `up` switches anything.
 pub fn preflight(sh: &Shell, compose: &Compose, settings: &Settings) -> Result<Option<Listing>> {
     check_settings(settings)?;
+    reachable_listing(sh, compose, settings)
+}
+
+/// The storage's half of [`preflight`]: it answers, takes the credentials, lists.
+pub fn reachable_listing(sh: &Shell, compose: &Compose, settings: &Settings) -> Result<Option<Listing>> {
     check_endpoint_reachable(&settings.endpoint)?;
     list(sh, compose, settings)
+}
+
+/// A container of the replication layer, found by compose's labels: also when the layer
+/// is no longer in the files (replication turned off since).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Sidecar {
+    pub id: String,
+    pub service: String,
+    pub running: bool,
+}
+
+pub fn sidecars_cmd(project: &str) -> Cmd {
+    Cmd::new("docker").args([
+        "ps",
+        "--all",
+        "--filter",
+        &format!("label=com.docker.compose.project={project}"),
+        "--format",
+        "{{.ID}} {{.Label \"com.docker.compose.service\"}} {{.State}}",
+    ])
+}
+
+pub fn parse_sidecars(listing: &str) -> Vec<Sidecar> {
+    listing
+        .lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            let (id, service, state) = (words.next()?, words.next()?, words.next()?);
+            [SERVICE, RESTORE_SERVICE].contains(&service).then(|| Sidecar {
+                id: id.to_owned(),
+                service: service.to_owned(),
+                running: state == "running",
+            })
+        })
+        .collect()
+}
+
+pub fn sidecars(sh: &Shell, compose: &Compose) -> Result<Vec<Sidecar>> {
+    Ok(parse_sidecars(&process::query(sh, &sidecars_cmd(&compose.project))?))
+}
+
+/// With replication off, removes the sidecar left from when it was on: it would go on
+/// replicating, and hold the database open against a restore. Says so when it did.
+pub fn remove_leftovers(sh: &Shell, compose: &Compose) -> Result<()> {
+    if is_on(compose) {
+        return Ok(());
+    }
+    let left = sidecars(sh, compose)?;
+    if left.is_empty() {
+        return Ok(());
+    }
+    let mut rm = Cmd::new("docker").args(["rm", "--force"]);
+    rm = rm.args(left.iter().map(|s| s.id.clone()));
+    process::run(sh, &rm)?;
+    process::say(&format!(
+        "replication is off ({URL_VAR} unset): removed the replication sidecar left from when it was on"
+    ));
+    Ok(())
 }
 
 /// What the replica holds; None under --dry-run (the listing starts a container).
@@ -218,7 +300,15 @@ pub fn list(sh: &Shell, compose: &Compose, settings: &Settings) -> Result<Option
 fn explain(settings: &Settings, said: &str) -> anyhow::Error {
     let reason = said.lines().rev().find(|l| l.contains("Error:")).unwrap_or(said).trim();
     let reason = reason.rsplit("api error ").next().unwrap_or(reason);
-    let (var, value) = if said.contains("NoSuchBucket") {
+    // Only Litestream's own error line is read: compose's or Docker's (a failed pull, say)
+    // must not be taken for the storage's answer.
+    let said = reason;
+    let (var, value) = if ["PermanentRedirect", "AuthorizationHeaderMalformed", "IllegalLocationConstraint"]
+        .iter()
+        .any(|s| said.contains(s))
+    {
+        (REGION_VAR, format!("{:?}: the bucket is in another region", settings.region_shown()))
+    } else if said.contains("NoSuchBucket") {
         (
             URL_VAR,
             format!(
@@ -238,7 +328,13 @@ fn explain(settings: &Settings, said: &str) -> anyhow::Error {
     .iter()
     .any(|s| said.contains(s))
     {
-        (CREDENTIALS_VAR, format!("{}: the storage refused these credentials", settings.credentials_file))
+        (
+            CREDENTIALS_VAR,
+            format!(
+                "{}: the storage refused these credentials (or they may not use this bucket)",
+                settings.credentials_file
+            ),
+        )
     } else if ["no such host", "connection refused", "dial tcp", "i/o timeout"]
         .iter()
         .any(|s| said.contains(s))
@@ -291,7 +387,7 @@ pub fn check_point_in_time(at: SystemTime, listing: &Listing, now: SystemTime) -
     let (first, last) = listing.range().context("the replica is empty: there is nothing to restore")?;
     let range = format!("the replica holds {} to {}", crate::time::format(first), crate::time::format(last));
     if at < first {
-        bail!("--at {} is before the replica's first snapshot: {range}", crate::time::format_millis(at));
+        bail!("--at {} is before the replica's oldest file: {range}", crate::time::format_millis(at));
     }
     if at > now {
         bail!("--at {} is in the future: {range}", crate::time::format_millis(at));
@@ -300,39 +396,48 @@ pub fn check_point_in_time(at: SystemTime, listing: &Listing, now: SystemTime) -
 }
 
 /// `litestream restore` of the replica (at `at`, or its newest state) into
-/// `<dir>/logbook.db`. `dir` must be writable by the sidecar's user.
-pub fn restore_cmd(compose: &Compose, dir: &Path, at: Option<SystemTime>) -> Cmd {
+/// `<dir>/logbook.db`, as `user` (the directory's owner).
+pub fn restore_cmd(compose: &Compose, dir: &Path, user: &str, at: Option<SystemTime>) -> Cmd {
     let mount = format!("{}:/restore", dir.display());
     let at = at.map(crate::time::format_millis);
-    let mut args = vec!["restore", "-o", "/restore/logbook.db"];
+    // As the scratch directory's owner: the copy is theirs, and nobody else's to swap.
+    let mut argv = vec!["run", "--rm", "--no-deps", "-T", "--volume", &mount, "--user", user];
+    argv.extend([SERVICE, "restore", "-o", "/restore/logbook.db"]);
     if let Some(at) = &at {
-        args.extend(["-timestamp", at]);
+        argv.extend(["-timestamp", at]);
     }
-    args.push(DATABASE);
-    one_off(compose, &[mount], &args)
+    argv.push(DATABASE);
+    compose.cmd(&argv)
 }
 
-/// A scratch directory the sidecar's user can write into, removed when dropped.
+/// A scratch directory only its owner can use, removed when dropped.
 pub struct Scratch {
     pub dir: PathBuf,
+    owner: String,
 }
 
 impl Scratch {
     pub fn new(sh: &Shell) -> Result<Scratch> {
-        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
         let base = sh.current_dir().join("target").join("replica-restore");
         if !process::is_dry_run() {
             process::create_dir_all(&base)?;
         }
         let dir = process::unique_beside(&base.join("restore"), "scratch");
         if process::is_dry_run() {
-            return Ok(Scratch { dir });
+            return Ok(Scratch { dir, owner: "0:0".to_owned() });
         }
         std::fs::create_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        // The restore runs as the service's user, not as whoever runs the runner.
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))
-            .with_context(|| format!("cannot open {} to the restore", dir.display()))?;
-        Ok(Scratch { dir })
+        // Only its owner, who runs the restore into it, may write or read there.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot restrict {}", dir.display()))?;
+        let meta = std::fs::metadata(&dir)?;
+        Ok(Scratch { dir, owner: format!("{}:{}", meta.uid(), meta.gid()) })
+    }
+
+    /// `uid:gid` of the directory's owner.
+    pub fn owner(&self) -> &str {
+        &self.owner
     }
 
     pub fn database(&self) -> PathBuf {
@@ -354,21 +459,22 @@ pub fn restore_into(
     settings: &Settings,
     at: Option<SystemTime>,
     scratch: &Scratch,
-) -> Result<PathBuf> {
-    check_settings(settings)?;
-    if let Some(listing) = list(sh, compose, settings)? {
+) -> Result<(PathBuf, Option<Listing>)> {
+    let listing = preflight(sh, compose, settings)?;
+    if let Some(listing) = &listing {
         match at {
-            Some(at) => check_point_in_time(at, &listing, SystemTime::now())?,
+            Some(at) => check_point_in_time(at, listing, SystemTime::now())?,
             None if listing.files.is_empty() => {
                 bail!("the replica at {} is empty: nothing to restore", settings.url)
             }
             None => {}
         }
     }
-    process::run(sh, &restore_cmd(compose, &scratch.dir, at)).map_err(|e| {
-        e.context(format!("restoring the replica at {} failed; nothing was changed", settings.url))
+    process::run(sh, &restore_cmd(compose, &scratch.dir, scratch.owner(), at)).map_err(|e| {
+        let said = format!("{e:#}");
+        explain(settings, &said).context(format!("restoring the replica at {} failed", settings.url))
     })?;
-    Ok(scratch.database())
+    Ok((scratch.database(), listing))
 }
 
 /// `restore --from-replica [--at]`: the replica's copy, restored into a scratch file, goes
@@ -384,7 +490,7 @@ pub fn restore_stack(
     let settings = Settings::of(sh, compose)
         .with_context(|| format!("--from-replica: replication is off; set {URL_VAR} (docs/OPERATIONS.md)"))?;
     let scratch = Scratch::new(sh)?;
-    let file = restore_into(sh, compose, &settings, at, &scratch)?;
+    let (file, _) = restore_into(sh, compose, &settings, at, &scratch)?;
     let from = match at {
         Some(at) => format!("the replica at {}", crate::time::format_millis(at)),
         None => "the replica's newest state".to_owned(),
@@ -400,7 +506,12 @@ mod tests {
     use crate::outside::docker::ComposeProgram;
 
     fn settings(url: &str, endpoint: &str, credentials_file: &str) -> Settings {
-        Settings { url: url.into(), endpoint: endpoint.into(), credentials_file: credentials_file.into() }
+        Settings {
+            url: url.into(),
+            endpoint: endpoint.into(),
+            credentials_file: credentials_file.into(),
+            region: String::new(),
+        }
     }
 
     fn credentials(mode: u32, text: &str) -> (xshell::TempDir, String) {
@@ -460,12 +571,19 @@ mod tests {
                 CREDENTIALS_VAR,
             ),
             ("Error: ... dial tcp: lookup s3.internal on 127.0.0.11:53: no such host", ENDPOINT_VAR),
+            (
+                "Error: operation error S3: ListObjectsV2, https response error StatusCode: 301, api error PermanentRedirect: The bucket you are attempting to access must be addressed using the specified endpoint",
+                REGION_VAR,
+            ),
         ];
         for (said, var) in cases {
             let err = explain(&s, said).to_string();
             assert!(err.starts_with(var) && err.contains("nothing was changed"), "{err}");
         }
         assert!(explain(&s, "Error: something else").to_string().contains("cannot be listed"));
+        // Docker's own failure (a pull, the daemon) is not the storage's answer.
+        let pull = "Error response from daemon: Get \"https://registry-1.docker.io/v2/\": dial tcp: lookup registry-1.docker.io: no such host\nError: litestream exited with 1: invalid config";
+        assert!(explain(&s, pull).to_string().contains("cannot be listed"), "{}", explain(&s, pull));
     }
 
     #[test]
@@ -488,6 +606,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(listing.bytes(), 1112);
+        assert_eq!(listing.newest_change(), crate::time::parse_rfc3339("2026-12-01T09:55:00Z"));
         let at = |t: &str| crate::time::parse_rfc3339(t).unwrap();
         let now = at("2026-12-01T10:00:00Z");
         check_point_in_time(at("2026-12-01T09:54:00Z"), &listing, now).unwrap();
@@ -514,8 +633,8 @@ mod tests {
         );
         let at = crate::time::parse_rfc3339("2026-12-01T09:54:00.250Z").unwrap();
         assert_eq!(
-            restore_cmd(&compose, Path::new("/srv/scratch"), Some(at)).to_string(),
-            "docker compose --project-name logbook --file docker-compose.yml --file docker-compose.replica.yml run --rm --no-deps -T --volume /srv/scratch:/restore litestream restore -o /restore/logbook.db -timestamp 2026-12-01T09:54:00.250Z /data/logbook.db"
+            restore_cmd(&compose, Path::new("/srv/scratch"), "1000:1000", Some(at)).to_string(),
+            "docker compose --project-name logbook --file docker-compose.yml --file docker-compose.replica.yml run --rm --no-deps -T --volume /srv/scratch:/restore --user 1000:1000 litestream restore -o /restore/logbook.db -timestamp 2026-12-01T09:54:00.250Z /data/logbook.db"
         );
     }
 
@@ -536,6 +655,32 @@ mod tests {
                 "LOGBOOK_REPLICA_URL=s3://b/p",
                 "litestream/litestream:0.5.17",
                 "databases"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_layer_containers_are_found_by_label() {
+        assert_eq!(
+            sidecars_cmd("logbook").argv(),
+            [
+                "docker",
+                "ps",
+                "--all",
+                "--filter",
+                "label=com.docker.compose.project=logbook",
+                "--format",
+                "{{.ID}} {{.Label \"com.docker.compose.service\"}} {{.State}}"
+            ]
+        );
+        let found = parse_sidecars(
+            "aaa logbook running\nbbb litestream running\nccc replica-restore exited\nddd proxy running\n",
+        );
+        assert_eq!(
+            found,
+            [
+                Sidecar { id: "bbb".into(), service: "litestream".into(), running: true },
+                Sidecar { id: "ccc".into(), service: "replica-restore".into(), running: false },
             ]
         );
     }

@@ -63,13 +63,8 @@ pub fn switch(sh: &Shell, compose: &Compose, history_file: &Path, image: &str, g
     let _lock = process::exclusive_lock(&history_file.with_extension("lock"), "switching")?;
     let mut history = History::load(history_file)?;
     check_proxy_config(sh, compose)?;
-    let replica = super::replica::Settings::of(sh, compose);
-    let listing = match &replica {
-        Some(settings) => super::replica::preflight(sh, compose, settings)?,
-        None => None,
-    };
-    process::say(&super::replica::state_line(replica.as_ref(), listing.as_ref()));
     let running = super::running(sh, compose)?;
+    let replica = check_replication(sh, compose, running.is_some())?;
     let plan = release::plan_switch(
         running.as_ref().map(|(_, i)| i.as_str()),
         &history,
@@ -83,9 +78,42 @@ pub fn switch(sh: &Shell, compose: &Compose, history_file: &Path, image: &str, g
         }
         _ => start_fresh(sh, compose, image, &plan.on_failure, gate.timeout)?,
     };
+    if replica {
+        // A start-first switch touches only the service: start the sidecar if it was not
+        // running, or recreate it if its settings changed.
+        process::run(sh, &compose_new.up_services(&[super::replica::SERVICE]))?;
+    }
     history.record(image, &image::revision(sh, image), &crate::time::now_rfc3339(), plan.previous);
     process::write_file(history_file, &history.to_json())?;
     Ok(addr)
+}
+
+/// Checks the replica settings before anything changes and says which state replication
+/// is in; true when it is on. Wrong settings refuse the switch. Storage that is unreachable
+/// refuses it too, unless a release already runs and replicates: an outage must not block
+/// a release or a rollback (the data is on this host, and the sidecar catches up).
+fn check_replication(sh: &Shell, compose: &Compose, release_running: bool) -> Result<bool> {
+    use super::replica;
+    let Some(settings) = replica::Settings::of(sh, compose) else {
+        replica::remove_leftovers(sh, compose)?;
+        process::say(&replica::state_line(None, None));
+        return Ok(false);
+    };
+    replica::check_settings(&settings)?;
+    let replicating = release_running
+        && replica::sidecars(sh, compose)?.iter().any(|s| s.service == replica::SERVICE && s.running);
+    let listing = match replica::reachable_listing(sh, compose, &settings) {
+        Ok(listing) => listing,
+        Err(e) if replicating => {
+            process::say(&format!(
+                "warning: {e:#}; switching anyway, since replication already runs: it catches up once the storage answers"
+            ));
+            None
+        }
+        Err(e) => return Err(e),
+    };
+    process::say(&replica::state_line(Some(&settings), listing.as_ref()));
+    Ok(true)
 }
 
 /// Nothing runs (or the same image again): `compose up`, then wait through the proxy.
