@@ -410,7 +410,7 @@ pub fn restore_cmd(compose: &Compose, dir: &Path, user: &str, at: Option<SystemT
     compose.cmd(&argv)
 }
 
-/// A scratch directory only its owner can use, removed when dropped.
+/// A scratch directory only its owner can write to, removed when dropped.
 pub struct Scratch {
     pub dir: PathBuf,
     owner: String,
@@ -428,8 +428,9 @@ impl Scratch {
             return Ok(Scratch { dir, owner: "0:0".to_owned() });
         }
         std::fs::create_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        // Only its owner, who runs the restore into it, may write or read there.
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+        // Only its owner, who runs the restore into it, may write there (nobody can swap
+        // the copy); the checks that follow, as the service's user, may reach the file.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))
             .with_context(|| format!("cannot restrict {}", dir.display()))?;
         let meta = std::fs::metadata(&dir)?;
         Ok(Scratch { dir, owner: format!("{}:{}", meta.uid(), meta.gid()) })
