@@ -54,7 +54,7 @@ impl RecoveryDrill {
         let mut checks = Checks::stop_at_first();
         let addr = checks.step("the stack deploys with replication on", || drill.up())?;
         let loss = checks.step(
-            "kill -9 under load and the volume removed: `up` restores every entry acknowledged a sync interval before the kill",
+            "kill -9 under load and the volume removed: `up` restores every entry acknowledged before the last replicated sync",
             || drill.lose_the_volume(&addr),
         )?;
         checks.run("a point-in-time restore brings back exactly the entries up to that time; moments outside the replica are refused", || {

@@ -299,7 +299,11 @@ pub fn list(sh: &Shell, compose: &Compose, settings: &Settings) -> Result<Option
 /// The storage's refusal, as one line naming the setting to fix.
 fn explain(settings: &Settings, said: &str) -> anyhow::Error {
     let reason = said.lines().rev().find(|l| l.contains("Error:")).unwrap_or(said).trim();
-    let reason = reason.rsplit("api error ").next().unwrap_or(reason);
+    // The storage's own words, without the SDK's request ids.
+    let reason = match reason.rfind("api error ") {
+        Some(at) => &reason[at + "api error ".len()..],
+        None => reason.find("NoSuchBucket").map_or(reason, |at| &reason[at..]),
+    };
     // Only Litestream's own error line is read: compose's or Docker's (a failed pull, say)
     // must not be taken for the storage's answer.
     let said = reason;
@@ -343,7 +347,7 @@ fn explain(settings: &Settings, said: &str) -> anyhow::Error {
     } else {
         return anyhow::anyhow!("the replica at {} cannot be listed: {reason}", settings.url);
     };
-    anyhow::anyhow!("{var}={value} ({reason}); nothing was changed")
+    anyhow::anyhow!("{var}={value} ({reason})")
 }
 
 /// A refused connection would have the sidecar retry for minutes; a TCP connect from here
@@ -365,7 +369,7 @@ fn check_endpoint_reachable(endpoint: &str) -> Result<()> {
     {
         return Ok(());
     }
-    bail!("{ENDPOINT_VAR}={endpoint}: nothing accepts connections there; nothing was changed")
+    bail!("{ENDPOINT_VAR}={endpoint}: nothing accepts connections there")
 }
 
 /// The one line `up` prints about replication.
@@ -461,7 +465,7 @@ pub fn restore_into(
     at: Option<SystemTime>,
     scratch: &Scratch,
 ) -> Result<(PathBuf, Option<Listing>)> {
-    let listing = preflight(sh, compose, settings)?;
+    let listing = preflight(sh, compose, settings).map_err(|e| anyhow::anyhow!("{e:#}; nothing was changed"))?;
     if let Some(listing) = &listing {
         match at {
             Some(at) => check_point_in_time(at, listing, SystemTime::now())?,
@@ -579,7 +583,7 @@ mod tests {
         ];
         for (said, var) in cases {
             let err = explain(&s, said).to_string();
-            assert!(err.starts_with(var) && err.contains("nothing was changed"), "{err}");
+            assert!(err.starts_with(var) && !err.contains("RequestID"), "{err}");
         }
         assert!(explain(&s, "Error: something else").to_string().contains("cannot be listed"));
         // Docker's own failure (a pull, the daemon) is not the storage's answer.

@@ -99,7 +99,8 @@ fn check_replication(sh: &Shell, compose: &Compose, release_running: bool) -> Re
         process::say(&replica::state_line(None, None));
         return Ok(false);
     };
-    replica::check_settings(&settings)?;
+    let unchanged = |e: anyhow::Error| anyhow::anyhow!("{e:#}; nothing was changed");
+    replica::check_settings(&settings).map_err(unchanged)?;
     let replicating = release_running
         && replica::sidecars(sh, compose)?.iter().any(|s| s.service == replica::SERVICE && s.running);
     let listing = match replica::reachable_listing(sh, compose, &settings) {
@@ -110,7 +111,7 @@ fn check_replication(sh: &Shell, compose: &Compose, release_running: bool) -> Re
             ));
             None
         }
-        Err(e) => return Err(e),
+        Err(e) => return Err(unchanged(e)),
     };
     process::say(&replica::state_line(Some(&settings), listing.as_ref()));
     Ok(true)
