@@ -293,3 +293,34 @@ fn an_image_that_cannot_be_pulled_changes_nothing() {
         fakes.calls().into_iter().filter(|c| !read_only(c) && !c.starts_with("docker pull")).collect();
     assert!(changed.is_empty(), "a failed pull went on to change things: {changed:#?}");
 }
+
+/// Wrong replica settings stop `up` before anything changes, with one line naming the
+/// setting.
+#[test]
+fn bad_replica_settings_refuse_up_before_anything_changes() {
+    let state = tempdir("replica-settings");
+    let credentials = state.join("replica-credentials");
+    std::fs::write(&credentials, "[default]\naws_access_key_id = K\n").unwrap();
+    let credentials = credentials.display().to_string();
+    let fakes = fakes("replica-settings", &state);
+    let images = format!("{TREE_IMAGE} logbook:aaaaaaaaaaaa");
+    let base = [("FAKE_IMAGES", images.as_str()), ("FAKE_RUNNING", "1")];
+    for (url, file, names) in [
+        ("bucket-without-scheme", credentials.as_str(), "LOGBOOK_REPLICA_URL"),
+        ("s3://bucket/logbook", "", "LOGBOOK_REPLICA_CREDENTIALS_FILE"),
+        ("s3://bucket/logbook", credentials.as_str(), "aws_secret_access_key"),
+    ] {
+        let mut env = base.to_vec();
+        env.extend([("LOGBOOK_REPLICA_URL", url), ("LOGBOOK_REPLICA_CREDENTIALS_FILE", file)]);
+        let (ok, output) = fakes.xtask_with(&["up", "--tag", "aaaaaaaaaaaa"], &env);
+        assert!(!ok, "{url} {file:?} was accepted:\n{output}");
+        let error: Vec<&str> = output.lines().filter(|l| l.starts_with("error:")).collect();
+        assert!(
+            error.len() == 1 && error[0].contains(names) && error[0].contains("nothing was changed"),
+            "{output}"
+        );
+    }
+    let changed: Vec<String> = fakes.calls().into_iter().filter(|c| !read_only(c)).collect();
+    assert!(changed.is_empty(), "a refused `up` changed things: {changed:#?}");
+    std::fs::remove_dir_all(state.parent().unwrap()).unwrap();
+}

@@ -465,7 +465,8 @@ pub fn restore_into(
     at: Option<SystemTime>,
     scratch: &Scratch,
 ) -> Result<(PathBuf, Option<Listing>)> {
-    let listing = preflight(sh, compose, settings).map_err(|e| anyhow::anyhow!("{e:#}; nothing was changed"))?;
+    let listing =
+        preflight(sh, compose, settings).map_err(|e| anyhow::anyhow!("{e:#}; nothing was changed"))?;
     if let Some(listing) = &listing {
         match at {
             Some(at) => check_point_in_time(at, listing, SystemTime::now())?,
