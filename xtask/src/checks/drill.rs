@@ -58,6 +58,7 @@ impl Drill {
         image::build_broken_image(sh, &drill.v1, &drill.broken)?;
         let mut checks = Checks::stop_at_first();
         let (rollback_took, traffic) = drill.releases(&mut checks)?;
+        let compared = drill.compare_switches(&mut checks)?;
         drill.crash_and_restart(&mut checks)?;
         drill.backup_and_restore(&mut checks, &state.path().join("drill-backup.db"))?;
         guard.succeeded();
@@ -71,6 +72,7 @@ impl Drill {
             traffic.longest.as_millis(),
             traffic.acknowledged.len() as i64 + FIRST_ENTRIES
         ));
+        process::result(&compared);
         Ok(())
     }
 }
@@ -161,6 +163,45 @@ impl Rehearsal<'_> {
         Ok((took, seen))
     }
 
+    /// The same change of release both ways, under traffic, in one run: stop-first (what
+    /// `docker compose up` with a new image does alone: the old container stops, then the
+    /// new one starts) to v2, then start-first back to v1. Returns the comparison line.
+    fn compare_switches(&self, checks: &mut Checks) -> Result<String> {
+        let addr = compose::published_addr(self.sh, &self.compose)?;
+        let name = "stop-first against start-first, under traffic: the time to the new release serving";
+        let compared = checks.run_value(name, || {
+            let traffic = Traffic::start(&addr, "a stop-first switch", None);
+            let started = Instant::now();
+            let stop_first = (|| {
+                let compose_v2 = self.compose.clone().var("LOGBOOK_IMAGE", &self.v2.tag);
+                process::run(self.sh, &compose_v2.cmd(&["up", "--detach", "--no-build", "--no-deps", "logbook"]))?;
+                wait_for_revision(&addr, &self.v2.revision)?;
+                Ok::<_, anyhow::Error>(started.elapsed())
+            })();
+            let stop_first_traffic = traffic.stop()?;
+            let stop_first = stop_first?;
+            let (start_first, start_first_traffic) = self.under_traffic(&addr, "a start-first switch", || {
+                let started = Instant::now();
+                self.switch(&self.v1)?;
+                harness::expect_revision(&addr, &self.v1_revision)?;
+                Ok(started.elapsed())
+            })?;
+            harness::expect_acknowledged(&addr, &stop_first_traffic.acknowledged)?;
+            Ok(format!(
+                "switches compared: stop-first serving after {:.1}s ({} of {} requests failed, longest wait {} ms); \
+                 start-first serving after {:.1}s ({} failed, longest wait {} ms)",
+                stop_first.as_secs_f64(),
+                stop_first_traffic.failed,
+                stop_first_traffic.requests,
+                stop_first_traffic.longest.as_millis(),
+                start_first.as_secs_f64(),
+                start_first_traffic.failed,
+                start_first_traffic.longest.as_millis()
+            ))
+        })?;
+        Ok(compared.unwrap_or_default())
+    }
+
     /// `kill -9` of the service's process from the host: an unexpected death, not a stop
     /// (`docker kill` would count as one, and no restart policy applies to it). Docker's
     /// restart policy brings it back under traffic; nothing acknowledged may be lost.
@@ -236,4 +277,11 @@ impl Rehearsal<'_> {
             Ok(())
         })
     }
+}
+
+/// Polls `/version` through the proxy until it reports `revision`.
+fn wait_for_revision(addr: &str, revision: &str) -> Result<()> {
+    process::wait_for("the new release to serve", Duration::from_secs(60), Duration::from_millis(20), || {
+        Ok(harness::expect_revision(addr, revision).is_ok().then_some(()))
+    })
 }
