@@ -326,8 +326,11 @@ fn the_proxy_alone_publishes_the_service() {
     assert_eq!(stack["services"]["proxy"]["environment"]["LOGBOOK_UPSTREAM"].as_str(), Some("tasks.logbook"));
     let caddyfile = std::fs::read_to_string(root().join("deploy/proxy/Caddyfile")).unwrap();
     for setting in
-        ["dynamic a {$LOGBOOK_UPSTREAM:logbook}", "lb_try_duration", "health_uri /readyz", "dial_timeout"]
+        ["dynamic a {$LOGBOOK_UPSTREAM:logbook}", "lb_try_duration", "lb_try_interval", "dial_timeout"]
     {
         assert!(caddyfile.contains(setting), "the Caddyfile has no `{setting}`");
     }
+    // Caddy does not health-check DNS-found upstreams: such a setting would promise a
+    // check that never runs.
+    assert!(!caddyfile.contains("health_uri"), "health_uri has no effect on dynamic upstreams");
 }
