@@ -171,20 +171,14 @@ impl Rehearsal<'_> {
         let name = "stop-first against start-first, under traffic: the time to the new release serving";
         let compared = checks.run_value(name, || {
             let traffic = Traffic::start(&addr, "a stop-first switch", None);
-            let started = Instant::now();
-            let stop_first = (|| {
+            let stop_first = time_to_serving(&addr, &self.v2.revision, || {
                 let compose_v2 = self.compose.clone().var("LOGBOOK_IMAGE", &self.v2.tag);
-                process::run(self.sh, &compose_v2.cmd(&["up", "--detach", "--no-build", "--no-deps", "logbook"]))?;
-                wait_for_revision(&addr, &self.v2.revision)?;
-                Ok::<_, anyhow::Error>(started.elapsed())
-            })();
+                process::run(self.sh, &compose_v2.cmd(&["up", "--detach", "--no-build", "--no-deps", "logbook"]))
+            });
             let stop_first_traffic = traffic.stop()?;
             let stop_first = stop_first?;
             let (start_first, start_first_traffic) = self.under_traffic(&addr, "a start-first switch", || {
-                let started = Instant::now();
-                self.switch(&self.v1)?;
-                harness::expect_revision(&addr, &self.v1_revision)?;
-                Ok(started.elapsed())
+                time_to_serving(&addr, &self.v1_revision, || self.switch(&self.v1).map(drop))
             })?;
             harness::expect_acknowledged(&addr, &stop_first_traffic.acknowledged)?;
             Ok(format!(
@@ -279,9 +273,29 @@ impl Rehearsal<'_> {
     }
 }
 
-/// Polls `/version` through the proxy until it reports `revision`.
-fn wait_for_revision(addr: &str, revision: &str) -> Result<()> {
-    process::wait_for("the new release to serve", Duration::from_secs(60), Duration::from_millis(20), || {
-        Ok(harness::expect_revision(addr, revision).is_ok().then_some(()))
-    })
+/// Runs `operation` while a client polls `/version` through the proxy; the time from the
+/// start to the first answer from `revision`, measured the same way for any switch.
+fn time_to_serving(addr: &str, revision: &str, operation: impl FnOnce() -> Result<()>) -> Result<Duration> {
+    let started = Instant::now();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let poller = {
+        let (addr, revision, done) = (addr.to_owned(), revision.to_owned(), done.clone());
+        std::thread::spawn(move || {
+            let deadline = started + Duration::from_secs(90);
+            while Instant::now() < deadline && !done.load(std::sync::atomic::Ordering::Relaxed) {
+                if harness::expect_revision(&addr, &revision).is_ok() {
+                    return Some(started.elapsed());
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            None
+        })
+    };
+    let ran = operation();
+    if ran.is_err() {
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    let served = poller.join().map_err(|_| anyhow::anyhow!("the /version poller panicked"))?;
+    ran?;
+    served.with_context(|| format!("/version never reported {revision}"))
 }

@@ -120,21 +120,56 @@ pub fn restore(
     if super::replica::is_on(compose) {
         stop.push(super::replica::SERVICE);
     }
-    process::run(sh, &compose.cmd(&stop))?;
-    let restored = process::capture(sh, &restore_in_container(&image, &volume, file)?);
-    // Whatever happened, the service comes back, Ctrl-C or not: on the restored data, or
-    // on the old data (a failed restore changes nothing).
-    let compose = compose.clone().var("LOGBOOK_IMAGE", &image);
-    process::run_cleanup(sh, &compose.up())?;
-    super::wait_ready(sh, &compose, timeout)?;
+    let compose_up = compose.clone().var("LOGBOOK_IMAGE", &image);
+    let restored = {
+        // From the stop on, the service comes back however this block is left (an error,
+        // Ctrl-C): on the restored data, or on the old data (a failed restore changes
+        // nothing).
+        let _back = BringBack { sh, compose: &compose_up };
+        process::run(sh, &compose.cmd(&stop))?;
+        process::capture(sh, &restore_in_container(&image, &volume, file)?)
+    };
+    if let Err(e) = &restored
+        && process::is_dry_run_end(e)
+    {
+        return restored;
+    }
+    let ready = super::wait_ready(sh, &compose_up, timeout);
+    let restored = match (restored, ready) {
+        (Ok(restored), Ok(_)) => restored,
+        (Ok(_), Err(e)) => return Err(e.context("the database was restored, but the service is not ready")),
+        (Err(e), Ok(_)) => {
+            return Err(e.context("the restore failed; the service is back on the data it had"));
+        }
+        (Err(e), Err(ready)) => {
+            bail!(
+                "the restore failed: {e:#}\nand the service, back on the data it had, did not get ready: {ready:#}"
+            )
+        }
+    };
     let report: RestoreReport =
-        serde_json::from_str(&restored?).context("logbook restore printed bad JSON")?;
+        serde_json::from_str(&restored).context("logbook restore printed bad JSON")?;
     Ok(format!(
         "restored {} entries from {} into volume {volume}; the replaced database is kept there as {}",
         report.entries,
         file.display(),
         report.previous.as_deref().unwrap_or("(there was none)")
     ))
+}
+
+/// Starts the stack again when dropped, even after Ctrl-C.
+struct BringBack<'a> {
+    sh: &'a Shell,
+    compose: &'a Compose,
+}
+
+impl Drop for BringBack<'_> {
+    fn drop(&mut self) {
+        process::clear_interrupt();
+        if let Err(e) = process::run_cleanup(self.sh, &self.compose.up()) {
+            process::say(&format!("starting the service again failed: {e:#}"));
+        }
+    }
 }
 
 pub fn restore_in_container(image: &str, volume: &str, file: &Path) -> Result<Cmd> {

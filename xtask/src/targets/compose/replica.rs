@@ -175,13 +175,17 @@ impl Listing {
     /// When the newest change reached the replica: its newest level-0 file (compactions
     /// and snapshots rewrite old changes, so they say nothing of freshness).
     pub fn newest_change(&self) -> Option<SystemTime> {
-        self.files
-            .iter()
-            .filter(|f| f.level == 0)
-            .filter_map(|f| crate::time::parse_rfc3339(&f.timestamp))
-            .max()
+        let newest = |level0: bool| {
+            self.files
+                .iter()
+                .filter(|f| !level0 || f.level == 0)
+                .filter_map(|f| crate::time::parse_rfc3339(&f.timestamp))
+                .max()
+        };
+        // Level 0 is pruned some minutes after compaction: for a quiet database, the
+        // newest file of any level is as close as the replica can tell.
+        newest(true).or_else(|| newest(false))
     }
-
     pub fn bytes(&self) -> u64 {
         self.files.iter().map(|f| f.size).sum()
     }
@@ -281,9 +285,11 @@ pub fn remove_leftovers(sh: &Shell, compose: &Compose) -> Result<()> {
     let mut rm = Cmd::new("docker").args(["rm", "--force"]);
     rm = rm.args(left.iter().map(|s| s.id.clone()));
     process::run(sh, &rm)?;
-    process::say(&format!(
-        "replication is off ({URL_VAR} unset): removed the replication sidecar left from when it was on"
-    ));
+    if !process::is_dry_run() {
+        process::say(&format!(
+            "replication is off ({URL_VAR} unset): removed the replication sidecar left from when it was on"
+        ));
+    }
     Ok(())
 }
 
@@ -298,15 +304,17 @@ pub fn list(sh: &Shell, compose: &Compose, settings: &Settings) -> Result<Option
 
 /// The storage's refusal, as one line naming the setting to fix.
 fn explain(settings: &Settings, said: &str) -> anyhow::Error {
-    let reason = said.lines().rev().find(|l| l.contains("Error:")).unwrap_or(said).trim();
-    // The storage's own words, without the SDK's request ids.
-    let reason = match reason.rfind("api error ") {
-        Some(at) => &reason[at + "api error ".len()..],
-        None => reason.find("NoSuchBucket").map_or(reason, |at| &reason[at..]),
-    };
     // Only Litestream's own error line is read: compose's or Docker's (a failed pull, say)
     // must not be taken for the storage's answer.
-    let said = reason;
+    let Some(line) = said.lines().rev().find(|l| l.trim_start().starts_with("Error:")) else {
+        return anyhow::anyhow!("the replica at {} cannot be listed: {}", settings.url, said.trim());
+    };
+    // The storage's own words, without the SDK's request ids, for the message.
+    let reason = match line.rfind("api error ") {
+        Some(at) => &line[at + "api error ".len()..],
+        None => line.find("NoSuchBucket").map_or(line.trim(), |at| &line[at..]),
+    };
+    let said = line;
     let (var, value) = if ["PermanentRedirect", "AuthorizationHeaderMalformed", "IllegalLocationConstraint"]
         .iter()
         .any(|s| said.contains(s))
@@ -401,48 +409,39 @@ pub fn check_point_in_time(at: SystemTime, listing: &Listing, now: SystemTime) -
 
 /// `litestream restore` of the replica (at `at`, or its newest state) into
 /// `<dir>/logbook.db`, as `user` (the directory's owner).
-pub fn restore_cmd(compose: &Compose, dir: &Path, user: &str, at: Option<SystemTime>) -> Cmd {
+pub fn restore_cmd(compose: &Compose, dir: &Path, at: Option<SystemTime>) -> Cmd {
     let mount = format!("{}:/restore", dir.display());
     let at = at.map(crate::time::format_millis);
-    // As the scratch directory's owner: the copy is theirs, and nobody else's to swap.
-    let mut argv = vec!["run", "--rm", "--no-deps", "-T", "--volume", &mount, "--user", user];
-    argv.extend([SERVICE, "restore", "-o", "/restore/logbook.db"]);
+    let mut args = vec!["restore", "-o", "/restore/logbook.db"];
     if let Some(at) = &at {
-        argv.extend(["-timestamp", at]);
+        args.extend(["-timestamp", at]);
     }
-    argv.push(DATABASE);
-    compose.cmd(&argv)
+    args.push(DATABASE);
+    one_off(compose, &[mount], &args)
 }
 
-/// A scratch directory only its owner can write to, removed when dropped.
+/// A scratch directory for one restore, removed when dropped. The sidecar writes the copy
+/// as the service's user (which reads the credentials), and Litestream syncs the directory
+/// itself, so anyone may write and read there; it is sticky, so what one user created no
+/// other can replace or remove, and a copy planted before the restore makes it fail
+/// (Litestream never overwrites) rather than be used.
 pub struct Scratch {
     pub dir: PathBuf,
-    owner: String,
 }
 
 impl Scratch {
     pub fn new(sh: &Shell) -> Result<Scratch> {
-        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        use std::os::unix::fs::PermissionsExt;
         let base = sh.current_dir().join("target").join("replica-restore");
-        if !process::is_dry_run() {
-            process::create_dir_all(&base)?;
-        }
         let dir = process::unique_beside(&base.join("restore"), "scratch");
         if process::is_dry_run() {
-            return Ok(Scratch { dir, owner: "0:0".to_owned() });
+            return Ok(Scratch { dir });
         }
+        process::create_dir_all(&base)?;
         std::fs::create_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        // Only its owner, who runs the restore into it, may write there (nobody can swap
-        // the copy); the checks that follow, as the service's user, may reach the file.
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))
-            .with_context(|| format!("cannot restrict {}", dir.display()))?;
-        let meta = std::fs::metadata(&dir)?;
-        Ok(Scratch { dir, owner: format!("{}:{}", meta.uid(), meta.gid()) })
-    }
-
-    /// `uid:gid` of the directory's owner.
-    pub fn owner(&self) -> &str {
-        &self.owner
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777))
+            .with_context(|| format!("cannot open {} to the restore", dir.display()))?;
+        Ok(Scratch { dir })
     }
 
     pub fn database(&self) -> PathBuf {
@@ -476,9 +475,11 @@ pub fn restore_into(
             None => {}
         }
     }
-    process::run(sh, &restore_cmd(compose, &scratch.dir, scratch.owner(), at)).map_err(|e| {
-        let said = format!("{e:#}");
-        explain(settings, &said).context(format!("restoring the replica at {} failed", settings.url))
+    process::run(sh, &restore_cmd(compose, &scratch.dir, at)).map_err(|e| {
+        e.context(format!(
+            "restoring the replica at {} failed (Litestream says why above); nothing was changed",
+            settings.url
+        ))
     })?;
     Ok((scratch.database(), listing))
 }
@@ -639,8 +640,8 @@ mod tests {
         );
         let at = crate::time::parse_rfc3339("2026-12-01T09:54:00.250Z").unwrap();
         assert_eq!(
-            restore_cmd(&compose, Path::new("/srv/scratch"), "1000:1000", Some(at)).to_string(),
-            "docker compose --project-name logbook --file docker-compose.yml --file docker-compose.replica.yml run --rm --no-deps -T --volume /srv/scratch:/restore --user 1000:1000 litestream restore -o /restore/logbook.db -timestamp 2026-12-01T09:54:00.250Z /data/logbook.db"
+            restore_cmd(&compose, Path::new("/srv/scratch"), Some(at)).to_string(),
+            "docker compose --project-name logbook --file docker-compose.yml --file docker-compose.replica.yml run --rm --no-deps -T --volume /srv/scratch:/restore litestream restore -o /restore/logbook.db -timestamp 2026-12-01T09:54:00.250Z /data/logbook.db"
         );
     }
 

@@ -78,24 +78,33 @@ pub fn switch(sh: &Shell, compose: &Compose, history_file: &Path, image: &str, g
         }
         _ => start_fresh(sh, compose, image, &plan.on_failure, gate.timeout)?,
     };
+    history.record(image, &image::revision(sh, image), &crate::time::now_rfc3339(), plan.previous);
+    process::write_file(history_file, &history.to_json())?;
+    // The new release serves and is recorded; now the sidecar follows it.
     if replica {
         // A start-first switch touches only the service: start the sidecar if it was not
         // running, or recreate it if its settings changed.
-        process::run(sh, &compose_new.up_services(&[super::replica::SERVICE]))?;
+        if let Err(e) = process::run(sh, &compose_new.up_services(&[super::replica::SERVICE])) {
+            process::say(&format!(
+                "warning: the release serves, but the replication sidecar did not start: {e:#}; see `cargo xtask logs {}`",
+                super::replica::SERVICE
+            ));
+        }
+    } else {
+        // Only once the switch has succeeded: a failed one leaves the old release, which
+        // may still rely on the sidecar to checkpoint.
+        super::replica::remove_leftovers(sh, compose)?;
     }
-    history.record(image, &image::revision(sh, image), &crate::time::now_rfc3339(), plan.previous);
-    process::write_file(history_file, &history.to_json())?;
     Ok(addr)
 }
 
 /// Checks the replica settings before anything changes and says which state replication
-/// is in; true when it is on. Wrong settings refuse the switch. Storage that is unreachable
-/// refuses it too, unless a release already runs and replicates: an outage must not block
-/// a release or a rollback (the data is on this host, and the sidecar catches up).
+/// is in; true when it is on. Wrong settings refuse the switch. Storage that does not
+/// answer refuses it too, unless a release already runs and replicates: an outage must not
+/// block a release or a rollback (the data is on this host, and the sidecar catches up).
 fn check_replication(sh: &Shell, compose: &Compose, release_running: bool) -> Result<bool> {
     use super::replica;
     let Some(settings) = replica::Settings::of(sh, compose) else {
-        replica::remove_leftovers(sh, compose)?;
         process::say(&replica::state_line(None, None));
         return Ok(false);
     };
@@ -105,7 +114,9 @@ fn check_replication(sh: &Shell, compose: &Compose, release_running: bool) -> Re
         && replica::sidecars(sh, compose)?.iter().any(|s| s.service == replica::SERVICE && s.running);
     let listing = match replica::reachable_listing(sh, compose, &settings) {
         Ok(listing) => listing,
-        Err(e) if replicating => {
+        // Only an endpoint that does not answer is an outage; a wrong bucket, region or
+        // credentials would not heal, and recreating the sidecar with them stops it.
+        Err(e) if replicating && e.to_string().starts_with(replica::ENDPOINT_VAR) => {
             process::say(&format!(
                 "warning: {e:#}; switching anyway, since replication already runs: it catches up once the storage answers"
             ));
