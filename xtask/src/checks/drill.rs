@@ -258,7 +258,8 @@ impl Rehearsal<'_> {
             for i in 1..=5 {
                 harness::append(&addr, &format!("after backup {i}"), None)?;
             }
-            data::restore(self.sh, &self.compose, &self.history, file, self.gate.timeout)?;
+            let source = file.display().to_string();
+            data::restore(self.sh, &self.compose, &self.history, file, &source, self.gate.timeout)?;
             let after: Vec<(i64, String)> =
                 harness::all_entries(&addr)?.into_iter().map(|e| (e.id, e.text)).collect();
             let expected: Vec<(i64, String)> = before.into_iter().map(|e| (e.id, e.text)).collect();

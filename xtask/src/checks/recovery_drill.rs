@@ -245,7 +245,7 @@ impl Recovery<'_> {
     }
 
     fn outage(&self, addr: &str) -> Result<()> {
-        process::run(self.sh, &Cmd::new("docker").args(["stop", &self.store.name]))?;
+        process::run(self.sh, &Cmd::new("docker").args(["stop", &self.store.container.name]))?;
         let during = (|| {
             let ids = (1..=10)
                 .map(|i| harness::append(addr, &format!("outage {i}"), None))
@@ -253,7 +253,7 @@ impl Recovery<'_> {
             harness::expect_status(addr, "/readyz", 200)?;
             Ok::<_, anyhow::Error>(ids)
         })();
-        process::run(self.sh, &Cmd::new("docker").args(["start", &self.store.name]))?;
+        process::run(self.sh, &Cmd::new("docker").args(["start", &self.store.container.name]))?;
         let ids = during.context("the service stopped serving while the replica was unreachable")?;
         self.store.wait_listening()?;
         let settings = replica::Settings::of(self.sh, &self.compose).context("replication is off")?;
@@ -414,8 +414,7 @@ impl Lag {
 /// A real S3 endpoint for the drill: `rclone serve s3` over a host directory, listening on
 /// the Docker bridge's gateway, where both the host and the stack's containers reach it.
 struct ObjectStore<'a> {
-    sh: &'a Shell,
-    name: String,
+    container: docker::ContainerGuard<'a>,
     root: PathBuf,
     endpoint: String,
     addr: String,
@@ -437,14 +436,11 @@ impl<'a> ObjectStore<'a> {
             format!("[default]\naws_access_key_id = {ACCESS_KEY}\naws_secret_access_key = {SECRET_KEY}\n"),
         )?;
         std::fs::set_permissions(&credentials, std::fs::Permissions::from_mode(0o644))?;
-        let user = format!(
-            "{}:{}",
-            process::query(sh, &Cmd::new("id").arg("-u"))?,
-            process::query(sh, &Cmd::new("id").arg("-g"))?
-        );
-        let name = format!("{}-s3-{}", project::NAME, std::process::id());
-        let store = ObjectStore { sh, name, root, endpoint: format!("http://{addr}"), addr, credentials };
-        process::run(sh, &serve_s3(&image, &store.name, &user, &store.root, &store.addr))
+        let user = docker::host_user(sh)?;
+        let container =
+            docker::ContainerGuard::new(sh, format!("{}-s3-{}", project::NAME, std::process::id()));
+        let store = ObjectStore { container, root, endpoint: format!("http://{addr}"), addr, credentials };
+        process::run(sh, &serve_s3(&image, &store.container.name, &user, &store.root, &store.addr))
             .with_context(|| format!("cannot start {image} (set RCLONE_IMAGE to one you can reach)"))?;
         store.wait_listening()?;
         Ok(store)
@@ -491,12 +487,6 @@ impl<'a> ObjectStore<'a> {
                 .unwrap_or(0)
         }
         Ok(walk(&self.replica_dir()))
-    }
-}
-
-impl Drop for ObjectStore<'_> {
-    fn drop(&mut self) {
-        let _ = process::run_cleanup(self.sh, &Cmd::new("docker").args(["rm", "--force", &self.name]));
     }
 }
 

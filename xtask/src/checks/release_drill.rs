@@ -151,8 +151,7 @@ pub fn job_commands(workflow: &str, job: &str) -> Result<Vec<String>> {
 
 /// A container registry on a free loopback port, removed (with its storage) when dropped.
 struct LocalRegistry<'a> {
-    sh: &'a Shell,
-    name: String,
+    container: docker::ContainerGuard<'a>,
     addr: String,
 }
 
@@ -161,8 +160,11 @@ impl<'a> LocalRegistry<'a> {
         let image = std::env::var("REGISTRY_IMAGE").unwrap_or_else(|_| DEFAULT_REGISTRY_IMAGE.to_owned());
         let port = http::free_port()?;
         let name = format!("{}-registry-{}", project::NAME, std::process::id());
-        let registry = LocalRegistry { sh, name, addr: format!("127.0.0.1:{port}") };
-        process::run(sh, &run_registry(&image, &registry.name, port)).with_context(|| {
+        let registry = LocalRegistry {
+            container: docker::ContainerGuard::new(sh, name),
+            addr: format!("127.0.0.1:{port}"),
+        };
+        process::run(sh, &run_registry(&image, &registry.container.name, port)).with_context(|| {
             format!("cannot start the registry {image} (set REGISTRY_IMAGE to one you can reach)")
         })?;
         process::wait_for(
@@ -176,15 +178,6 @@ impl<'a> LocalRegistry<'a> {
             },
         )?;
         Ok(registry)
-    }
-}
-
-impl Drop for LocalRegistry<'_> {
-    fn drop(&mut self) {
-        let _ = process::run_cleanup(
-            self.sh,
-            &Cmd::new("docker").args(["rm", "--force", "--volumes", &self.name]),
-        );
     }
 }
 

@@ -142,18 +142,15 @@ fn post_replicated(
     }
     let server = LocalService::start_with(sh, Profile::Release, dir, &[("LOGBOOK_WAL_AUTOCHECKPOINT", "0")])?;
     harness::append(&server.addr, "seed", None)?;
-    let user = format!(
-        "{}:{}",
-        process::query(sh, &Cmd::new("id").arg("-u"))?,
-        process::query(sh, &Cmd::new("id").arg("-g"))?
-    );
-    let name = format!("{}-bench-litestream-{}", project::NAME, std::process::id());
-    let replicator = Cmd::new("docker")
-        .args(["run", "--detach", "--rm", "--name", &name, "--network", "none", "--user", &user, "--volume"])
+    let user = docker::host_user(sh)?;
+    let replicator =
+        docker::ContainerGuard::new(sh, format!("{}-bench-litestream-{}", project::NAME, std::process::id()));
+    let name = &replicator.name;
+    let run = Cmd::new("docker")
+        .args(["run", "--detach", "--rm", "--name", name, "--network", "none", "--user", &user, "--volume"])
         .arg(format!("{}:/data", dir.display()))
         .args([image.as_str(), "replicate", "/data/logbook.db", "file:///data/replica"]);
-    process::capture(sh, &replicator)?;
-    let _remove = Removal { sh, name };
+    process::capture(sh, &run)?;
     let replica = dir.join("replica");
     process::wait_for(
         "Litestream's first snapshot",
@@ -193,23 +190,10 @@ fn replica_report(
     )
 }
 
-/// Removes a container when dropped.
-struct Removal<'a> {
-    sh: &'a Shell,
-    name: String,
-}
-
-impl Drop for Removal<'_> {
-    fn drop(&mut self) {
-        let _ = process::run_cleanup(self.sh, &Cmd::new("docker").args(["rm", "--force", &self.name]));
-    }
-}
-
 /// The stack's proxy (its image and `deploy/proxy/Caddyfile`) in front of a local service,
 /// on the host's network and a free port; removed when dropped.
 struct LocalProxy<'a> {
-    sh: &'a Shell,
-    name: String,
+    _container: docker::ContainerGuard<'a>,
     addr: String,
 }
 
@@ -225,25 +209,21 @@ impl<'a> LocalProxy<'a> {
         }
         let (_, upstream_port) = upstream.rsplit_once(':').context("the service has no port")?;
         let port = http::free_port()?;
-        let name = format!("{}-bench-proxy-{}", project::NAME, std::process::id());
+        let container =
+            docker::ContainerGuard::new(sh, format!("{}-bench-proxy-{}", project::NAME, std::process::id()));
+        let name = &container.name;
         let config =
             format!("{}/{}:/etc/caddy/Caddyfile:ro", sh.current_dir().display(), project::PROXY_CONFIG);
         let run = Cmd::new("docker")
-            .args(["run", "--detach", "--rm", "--name", &name, "--network", "host", "--volume", &config])
+            .args(["run", "--detach", "--rm", "--name", name, "--network", "host", "--volume", &config])
             .args(["--env".to_owned(), format!("LOGBOOK_SITE=:{port}")])
             .args(["--env", "LOGBOOK_UPSTREAM=127.0.0.1"])
             .args(["--env".to_owned(), format!("LOGBOOK_UPSTREAM_PORT={upstream_port}")])
             .arg(image);
         process::capture(sh, &run)?;
-        let proxy = LocalProxy { sh, name, addr: format!("127.0.0.1:{port}") };
+        let proxy = LocalProxy { _container: container, addr: format!("127.0.0.1:{port}") };
         harness::wait_ready_at(&proxy.addr, "the proxy to reach the service")?;
         Ok(Some(proxy))
-    }
-}
-
-impl Drop for LocalProxy<'_> {
-    fn drop(&mut self) {
-        let _ = process::run_cleanup(self.sh, &Cmd::new("docker").args(["rm", "--force", &self.name]));
     }
 }
 

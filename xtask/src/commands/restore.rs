@@ -17,7 +17,9 @@ impl Restore {
         let history = compose::history_path(sh, &stack);
         let timeout = Duration::from_secs(self.timeout);
         let report = match &self.file {
-            Some(file) => compose::data::restore(sh, &stack, &history, file, timeout)?,
+            Some(file) => {
+                compose::data::restore(sh, &stack, &history, file, &file.display().to_string(), timeout)?
+            }
             None => compose::replica::restore_stack(sh, &stack, &history, self.at, timeout)?,
         };
         process::result(&report);

@@ -223,6 +223,35 @@ pub fn mount_file_dir(file: &std::path::Path, at: &str) -> Result<(String, Strin
     Ok((format!("{}:{at}:ro", dir.display()), format!("{at}/{}", name.to_string_lossy())))
 }
 
+/// A container this run starts (a test registry, a stand-in S3 endpoint, a proxy for the
+/// bench): removed, with its anonymous volumes, however the run leaves scope. Made before
+/// the container is started, so a failed start is cleaned up too.
+pub struct ContainerGuard<'a> {
+    sh: &'a Shell,
+    pub name: String,
+}
+
+impl<'a> ContainerGuard<'a> {
+    pub fn new(sh: &'a Shell, name: String) -> Self {
+        ContainerGuard { sh, name }
+    }
+}
+
+impl Drop for ContainerGuard<'_> {
+    fn drop(&mut self) {
+        let _ = process::run_cleanup(
+            self.sh,
+            &Cmd::new("docker").args(["rm", "--force", "--volumes", &self.name]),
+        );
+    }
+}
+
+/// `uid:gid` of whoever runs the runner, for a container that writes files of theirs.
+pub fn host_user(sh: &Shell) -> Result<String> {
+    let id = |flag: &str| process::query(sh, &Cmd::new("id").arg(flag));
+    Ok(format!("{}:{}", id("-u")?, id("-g")?))
+}
+
 pub fn image_exists(sh: &Shell, image: &str) -> bool {
     process::succeeds(sh, &Cmd::new("docker").args(["image", "inspect", image]))
 }

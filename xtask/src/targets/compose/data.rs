@@ -94,12 +94,14 @@ struct RestoreReport {
 
 /// Verifies `file` first (nothing is stopped for a bad file), stops the service, replaces
 /// the database through a one-off container of the same image (which keeps the old one
-/// as a `.bak` in the volume), starts the service and waits until it is ready.
+/// as a `.bak` in the volume), starts the service and waits until it is ready. The report
+/// names the restored data as `source` (the file, or the replica it came from).
 pub fn restore(
     sh: &Shell,
     compose: &Compose,
     history_file: &Path,
     file: &Path,
+    source: &str,
     timeout: Duration,
 ) -> Result<String> {
     let size = std::fs::metadata(file)
@@ -150,9 +152,8 @@ pub fn restore(
     let report: RestoreReport =
         serde_json::from_str(&restored).context("logbook restore printed bad JSON")?;
     Ok(format!(
-        "restored {} entries from {} into volume {volume}; the replaced database is kept there as {}",
+        "restored {} entries from {source} into volume {volume}; the replaced database is kept there as {}",
         report.entries,
-        file.display(),
         report.previous.as_deref().unwrap_or("(there was none)")
     ))
 }

@@ -503,8 +503,7 @@ pub fn restore_stack(
         None => "the replica's newest state".to_owned(),
     };
     process::needs_effects("restore the replica's copy")?;
-    let report = super::data::restore(sh, compose, history, &file, timeout)?;
-    Ok(report.replace(&file.display().to_string(), &format!("{from} ({})", settings.url)))
+    super::data::restore(sh, compose, history, &file, &format!("{from} ({})", settings.url), timeout)
 }
 
 #[cfg(test)]
