@@ -14,6 +14,7 @@ pub const DEFAULT_PORT: u16 = 8080;
 pub const KNOWN: &[&str] = &[
     "LOGBOOK_BIND",
     "LOGBOOK_PORT",
+    "LOGBOOK_READY_PORT",
     "LOGBOOK_DB_PATH",
     "LOGBOOK_LOG",
     "LOGBOOK_LOG_FORMAT",
@@ -38,6 +39,11 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
 pub struct Config {
     pub bind: IpAddr,
     pub port: u16,
+    /// LOGBOOK_READY_PORT: a second port, serving the same routes, that takes connections
+    /// only while the service is ready (from the database's opening until shutdown
+    /// starts). A proxy without health checks of its own then never sends a request to a
+    /// release that cannot answer it yet: the refused connection is retried elsewhere.
+    pub ready_port: Option<u16>,
     pub db_path: PathBuf,
     pub log_filter: String,
     pub log_format: LogFormat,
@@ -144,6 +150,12 @@ impl Config {
                 v.parse().map_err(|_| invalid(var, &v, "an integer from 0 to 65535 (0 picks a free port)"))?
             }
         };
+        let ready_port = match get("LOGBOOK_READY_PORT") {
+            None => None,
+            Some((var, v)) => Some(v.parse().ok().filter(|p| *p == 0 || *p != port).ok_or_else(|| {
+                invalid(var, &v, &format!("an integer from 0 to 65535 other than LOGBOOK_PORT ({port})"))
+            })?),
+        };
         let db_path =
             get("LOGBOOK_DB_PATH").map_or_else(|| PathBuf::from("logbook.db"), |(_, v)| PathBuf::from(v));
         let log_filter = match get("LOGBOOK_LOG") {
@@ -198,6 +210,7 @@ impl Config {
         Ok(Config {
             bind,
             port,
+            ready_port,
             db_path,
             log_filter,
             log_format,
@@ -351,6 +364,20 @@ mod tests {
         assert_eq!(c.shutdown_timeout, Duration::from_secs(10));
         assert_eq!(c.drain_delay, Duration::ZERO);
         assert!(c.api_token.is_none());
+        assert_eq!(c.ready_port, None);
+    }
+
+    #[test]
+    fn the_ready_port_is_a_port_of_its_own() {
+        assert_eq!(config(&[("LOGBOOK_READY_PORT", "8081")]).unwrap().ready_port, Some(8081));
+        assert_eq!(
+            config(&[("LOGBOOK_READY_PORT", "8080")]).unwrap_err().to_string(),
+            r#"invalid LOGBOOK_READY_PORT="8080": expected an integer from 0 to 65535 other than LOGBOOK_PORT (8080)"#
+        );
+        assert_eq!(config(&[("LOGBOOK_READY_PORT", "http")]).unwrap_err().var, "LOGBOOK_READY_PORT");
+        // Two free ports picked by the system never collide.
+        let both_free = config(&[("LOGBOOK_PORT", "0"), ("LOGBOOK_READY_PORT", "0")]).unwrap();
+        assert_eq!(both_free.ready_port, Some(0));
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! Serving, and the shutdown sequence.
 //!
-//! On SIGTERM or SIGINT: readiness turns 503 at once, the listener keeps accepting for
-//! `LOGBOOK_DRAIN_DELAY` (so balancers see the 503), then stops; in-flight requests get
-//! `LOGBOOK_SHUTDOWN_TIMEOUT` to finish; queued appends are committed, the WAL is
-//! checkpointed and the database closed. A second signal exits at once, which loses
-//! nothing acknowledged because every 201 follows a durable commit.
+//! On SIGTERM or SIGINT: readiness turns 503 and the ready port (if any) stops listening
+//! at once; the main listener keeps accepting for `LOGBOOK_DRAIN_DELAY` (so balancers see
+//! the 503), then stops; in-flight requests get `LOGBOOK_SHUTDOWN_TIMEOUT` to finish;
+//! queued appends are committed, the WAL is checkpointed and the database closed. A second
+//! signal exits at once, which loses nothing acknowledged because every 201 follows a
+//! durable commit.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -17,7 +18,7 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::JoinSet;
 
 use crate::config::Config;
@@ -35,31 +36,82 @@ pub enum ServeError {
     Runtime(String),
 }
 
-/// Binds the listening socket; a taken port or a bad address is a configuration error.
-pub async fn bind(config: &Config) -> Result<TcpListener, ServeError> {
-    let addr = SocketAddr::new(config.bind, config.port);
-    TcpListener::bind(addr).await.map_err(|e| {
-        ServeError::Config(format!(
-            "cannot listen on {addr} (LOGBOOK_BIND={}, LOGBOOK_PORT={}): {e}",
-            config.bind, config.port
-        ))
-    })
+/// What the service listens on. The main socket takes connections from the start (probes
+/// and metrics answer at once; requests wait for the database). The ready port, when
+/// configured, is bound at once, so a taken port fails the start, but listens only while
+/// the service is ready: until then a proxy's connection is refused and goes elsewhere.
+pub struct Listeners {
+    pub main: TcpListener,
+    pub ready: Option<TcpSocket>,
 }
 
-/// Serves on `listener` until `shutdown` resolves (with what asked for it, a signal's name
+impl From<TcpListener> for Listeners {
+    fn from(main: TcpListener) -> Self {
+        Listeners { main, ready: None }
+    }
+}
+
+/// Binds the sockets; a taken port or a bad address is a configuration error.
+pub async fn bind(config: &Config) -> Result<Listeners, ServeError> {
+    let taken = |var: &str, port: u16, e: std::io::Error| {
+        ServeError::Config(format!(
+            "cannot listen on {} (LOGBOOK_BIND={}, {var}={port}): {e}",
+            SocketAddr::new(config.bind, port),
+            config.bind
+        ))
+    };
+    let main = TcpListener::bind(SocketAddr::new(config.bind, config.port))
+        .await
+        .map_err(|e| taken("LOGBOOK_PORT", config.port, e))?;
+    let ready = match config.ready_port {
+        None => None,
+        Some(port) => Some(
+            bind_only(SocketAddr::new(config.bind, port))
+                .map_err(|e| taken("LOGBOOK_READY_PORT", port, e))?,
+        ),
+    };
+    Ok(Listeners { main, ready })
+}
+
+/// A socket bound to `addr` and not listening: the kernel refuses connections to it.
+fn bind_only(addr: SocketAddr) -> std::io::Result<TcpSocket> {
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    Ok(socket)
+}
+
+/// Connections waiting to be accepted on the ready port once it listens.
+const READY_BACKLOG: u32 = 1024;
+
+/// Accepts on `listener`; with none (the ready port before it listens), waits forever.
+async fn accept_on(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
+    match listener {
+        Some(listener) => listener.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Serves on `listeners` until `shutdown` resolves (with what asked for it, a signal's name
 /// say), then shuts down as the module documents. `started` is when the process began,
 /// for the start-up time in the log. A second signal is the caller's to handle.
 ///
 /// Listening comes first: /healthz answers while the database lock is awaited (a
-/// start-first rolling update overlaps the old and new process).
+/// start-first rolling update overlaps the old and new process). The ready port listens
+/// once the database is open and closes as shutdown starts.
 pub async fn serve(
     config: Config,
-    listener: TcpListener,
+    listeners: impl Into<Listeners>,
     shutdown: impl Future<Output = &'static str>,
     started: Instant,
 ) -> Result<(), ServeError> {
     let metrics = crate::telemetry::init_metrics().map_err(ServeError::Runtime)?;
+    let Listeners { main: listener, ready: mut ready_socket } = listeners.into();
     let local = listener.local_addr().map_err(|e| ServeError::Runtime(e.to_string()))?;
+    let ready_addr = match &ready_socket {
+        Some(socket) => Some(socket.local_addr().map_err(|e| ServeError::Runtime(e.to_string()))?),
+        None => None,
+    };
     let draining = Arc::new(AtomicBool::new(false));
     let (opened, storage) = tokio::sync::watch::channel(None);
     let mut opening =
@@ -78,6 +130,7 @@ pub async fn serve(
     let mut server = Server::new(router(state), config.max_connections, config.write_timeout);
     tracing::info!(
         addr = %local,
+        ready_addr = ready_addr.map(|a| a.to_string()),
         db = %config.db_path.display(),
         version = crate::build_info::VERSION,
         revision = crate::build_info::REVISION,
@@ -88,6 +141,7 @@ pub async fn serve(
     );
     tokio::pin!(shutdown);
     let mut writer = None;
+    let mut ready = None;
     let reason = loop {
         tokio::select! {
             reason = &mut shutdown => break reason,
@@ -95,12 +149,22 @@ pub async fn serve(
                 let (storage, handle) = result.map_err(|e| ServeError::Runtime(e.to_string()))??;
                 opened.send_replace(Some(storage));
                 writer = Some(handle);
+                if let Some(socket) = ready_socket.take() {
+                    ready = Some(socket.listen(READY_BACKLOG).map_err(|e| {
+                        ServeError::Runtime(format!("cannot listen on the ready port (LOGBOOK_READY_PORT): {e}"))
+                    })?);
+                }
                 tracing::info!(startup_ms = started.elapsed().as_millis() as u64, "ready");
             }
             accepted = listener.accept(), if server.has_room() => server.accept(accepted).await,
+            accepted = accept_on(ready.as_ref()), if server.has_room() => server.accept(accepted).await,
             Some(_) = server.connections.join_next() => {}
         }
     };
+    // New connections to the ready port are refused from now on, so a proxy sends them
+    // to the next release at once; the main port follows after the drain delay.
+    drop(ready);
+    drop(ready_socket);
     opening.abort();
     // Requests still waiting for a database that never opened get their 503 now.
     drop(opened);

@@ -220,6 +220,58 @@ fn a_new_process_takes_over_when_the_old_one_lets_go() {
 }
 
 #[test]
+fn the_ready_port_takes_connections_only_while_the_service_is_ready() {
+    // What a proxy without health checks relies on: a refused connection it can retry on
+    // another release, never a request held by one that cannot answer it yet.
+    let dir = TempDir::new("ready-port");
+    let db = dir.path().join("logbook.db");
+    let ready_env =
+        [("LOGBOOK_READY_PORT", "0"), ("LOGBOOK_DRAIN_DELAY", "3s"), ("LOGBOOK_LOCK_WAIT", "20s")];
+    let mut old = Server::start_with_db(&db, &ready_env);
+    let old_ready = old.ready_addr.expect("the listening line names the ready port");
+    assert_eq!(request(old_ready, "GET", "/readyz", &[], None).unwrap().status, 200);
+
+    let mut new = Server::start_listening(&db, &ready_env);
+    new.wait_for_log("waiting for the database lock", Duration::from_secs(5));
+    let new_ready = new.ready_addr.unwrap();
+    let refused = request(new_ready, "GET", "/api/entries", &[], None).unwrap_err();
+    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused, "{refused}");
+    assert_eq!(new.get("/healthz").status, 200, "the main port answers probes meanwhile");
+
+    // Shutdown closes the ready port at once, while the main port drains for 3 s.
+    old.signal("TERM");
+    old.wait_for_log("shutdown started", Duration::from_secs(5));
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while request(old_ready, "GET", "/readyz", &[], None).is_ok() {
+        assert!(Instant::now() < deadline, "the ready port still takes connections while draining");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(old.get("/readyz").status, 503, "the main port still answers during the drain delay");
+    assert_eq!(old.wait_exit(Duration::from_secs(10)).code(), Some(0));
+
+    new.wait_for_log("\"ready\"", Duration::from_secs(10));
+    let served = request(new_ready, "GET", "/readyz", &[], None).unwrap();
+    assert_eq!(served.status, 200, "{served:?}");
+}
+
+#[test]
+fn a_taken_ready_port_fails_the_start_naming_the_variable() {
+    let dir = TempDir::new("ready-port-taken");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let output = support::bare_command()
+        .env("LOGBOOK_PORT", "0")
+        .env("LOGBOOK_READY_PORT", &port)
+        .env("LOGBOOK_DB_PATH", dir.path().join("logbook.db"))
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(&format!("LOGBOOK_READY_PORT={port}")), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
+
+#[test]
 fn stopping_while_waiting_for_the_database_answers_waiting_requests_at_once() {
     let dir = TempDir::new("stop-waiting");
     let db = dir.path().join("logbook.db");

@@ -310,7 +310,7 @@ fn overlays_change_only_the_image_tag_and_resources() {
 }
 
 /// The proxy alone publishes a port, in compose and in Swarm, and reaches the service by
-/// the name each orchestrator gives its containers.
+/// the name each orchestrator gives its containers, on the port open only while ready.
 #[test]
 fn the_proxy_alone_publishes_the_service() {
     let compose = yaml("docker-compose.yml");
@@ -333,4 +333,13 @@ fn the_proxy_alone_publishes_the_service() {
     // Caddy does not health-check DNS-found upstreams: such a setting would promise a
     // check that never runs.
     assert!(!caddyfile.contains("health_uri"), "health_uri has no effect on dynamic upstreams");
+    assert!(caddyfile.contains("{$LOGBOOK_UPSTREAM_PORT:"), "the Caddyfile's upstream port is not a setting");
+    // Readiness is the service's ready port instead: the proxy must use it in both stacks.
+    for (file, services) in [("docker-compose.yml", services), ("deploy/swarm/stack.yml", &stack["services"])]
+    {
+        let ready_port = services["logbook"]["environment"]["LOGBOOK_READY_PORT"].as_str();
+        assert!(ready_port.is_some(), "{file}: the service has no LOGBOOK_READY_PORT");
+        let upstream_port = services["proxy"]["environment"]["LOGBOOK_UPSTREAM_PORT"].as_str();
+        assert_eq!(upstream_port, ready_port, "{file}: the proxy does not use the service's ready port");
+    }
 }

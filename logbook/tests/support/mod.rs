@@ -39,6 +39,8 @@ impl Drop for TempDir {
 pub struct Server {
     child: Child,
     pub addr: SocketAddr,
+    /// The ready port's address, when LOGBOOK_READY_PORT is set.
+    pub ready_addr: Option<SocketAddr>,
     pub db: PathBuf,
     logs: Arc<Mutex<Vec<String>>>,
     _dir: Option<TempDir>,
@@ -90,11 +92,18 @@ impl Server {
                 }
             });
         }
-        let mut server =
-            Server { child, addr: "0.0.0.0:0".parse().unwrap(), db: db.to_owned(), logs, _dir: None };
+        let mut server = Server {
+            child,
+            addr: "0.0.0.0:0".parse().unwrap(),
+            ready_addr: None,
+            db: db.to_owned(),
+            logs,
+            _dir: None,
+        };
         let line = server.wait_for_log("\"listening\"", Duration::from_secs(20));
         let value: serde_json::Value = serde_json::from_str(&line).unwrap();
         server.addr = value["addr"].as_str().unwrap().parse().unwrap();
+        server.ready_addr = value["ready_addr"].as_str().map(|a| a.parse().unwrap());
         server
     }
 
