@@ -40,7 +40,7 @@ pub struct Config {
     pub bind: IpAddr,
     pub port: u16,
     /// LOGBOOK_READY_PORT: a second port, serving the same routes, that takes connections
-    /// only while the service is ready (from the database's opening until shutdown
+    /// only while the service holds the database (from its opening until shutdown
     /// starts). A proxy without health checks of its own then never sends a request to a
     /// release that cannot answer it yet: the refused connection is retried elsewhere.
     pub ready_port: Option<u16>,
@@ -152,9 +152,18 @@ impl Config {
         };
         let ready_port = match get("LOGBOOK_READY_PORT") {
             None => None,
-            Some((var, v)) => Some(v.parse().ok().filter(|p| *p == 0 || *p != port).ok_or_else(|| {
-                invalid(var, &v, &format!("an integer from 0 to 65535 other than LOGBOOK_PORT ({port})"))
-            })?),
+            Some((var, v)) => {
+                let expected = match port {
+                    0 => "an integer from 0 to 65535".to_owned(),
+                    port => format!("an integer from 0 to 65535 other than LOGBOOK_PORT ({port})"),
+                };
+                Some(
+                    v.parse()
+                        .ok()
+                        .filter(|p| *p == 0 || *p != port)
+                        .ok_or_else(|| invalid(var, &v, &expected))?,
+                )
+            }
         };
         let db_path =
             get("LOGBOOK_DB_PATH").map_or_else(|| PathBuf::from("logbook.db"), |(_, v)| PathBuf::from(v));
@@ -375,6 +384,10 @@ mod tests {
             r#"invalid LOGBOOK_READY_PORT="8080": expected an integer from 0 to 65535 other than LOGBOOK_PORT (8080)"#
         );
         assert_eq!(config(&[("LOGBOOK_READY_PORT", "http")]).unwrap_err().var, "LOGBOOK_READY_PORT");
+        assert_eq!(
+            config(&[("LOGBOOK_PORT", "0"), ("LOGBOOK_READY_PORT", "-1")]).unwrap_err().to_string(),
+            r#"invalid LOGBOOK_READY_PORT="-1": expected an integer from 0 to 65535"#
+        );
         // Two free ports picked by the system never collide.
         let both_free = config(&[("LOGBOOK_PORT", "0"), ("LOGBOOK_READY_PORT", "0")]).unwrap();
         assert_eq!(both_free.ready_port, Some(0));

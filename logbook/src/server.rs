@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use hyper::server::conn::http1;
@@ -38,8 +39,9 @@ pub enum ServeError {
 
 /// What the service listens on. The main socket takes connections from the start (probes
 /// and metrics answer at once; requests wait for the database). The ready port, when
-/// configured, is bound at once, so a taken port fails the start, but listens only while
-/// the service is ready: until then a proxy's connection is refused and goes elsewhere.
+/// configured, is bound at once, so a port already in use fails the start, but listens
+/// only while the service holds the database: until then a proxy's connection is refused
+/// and goes elsewhere.
 pub struct Listeners {
     pub main: TcpListener,
     pub ready: Option<TcpSocket>,
@@ -83,6 +85,23 @@ fn bind_only(addr: SocketAddr) -> std::io::Result<TcpSocket> {
 
 /// Connections waiting to be accepted on the ready port once it listens.
 const READY_BACKLOG: u32 = 1024;
+
+/// Accepts what already waits in `listener`'s backlog, without waiting for more: closing a
+/// listener resets the connections still queued in it, which a proxy has already sent a
+/// request on (and would not retry, for a POST).
+async fn accept_queued(server: &mut Server, listener: &TcpListener) {
+    loop {
+        let queued = std::future::poll_fn(|cx| match listener.poll_accept(cx) {
+            Poll::Ready(Ok(accepted)) => Poll::Ready(Some(accepted)),
+            Poll::Ready(Err(_)) | Poll::Pending => Poll::Ready(None),
+        })
+        .await;
+        match queued {
+            Some(accepted) => server.accept(Ok(accepted)).await,
+            None => break,
+        }
+    }
+}
 
 /// Accepts on `listener`; with none (the ready port before it listens), waits forever.
 async fn accept_on(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
@@ -142,6 +161,7 @@ pub async fn serve(
     tokio::pin!(shutdown);
     let mut writer = None;
     let mut ready = None;
+    let mut ready_port_failed = None;
     let reason = loop {
         tokio::select! {
             reason = &mut shutdown => break reason,
@@ -150,9 +170,19 @@ pub async fn serve(
                 opened.send_replace(Some(storage));
                 writer = Some(handle);
                 if let Some(socket) = ready_socket.take() {
-                    ready = Some(socket.listen(READY_BACKLOG).map_err(|e| {
-                        ServeError::Runtime(format!("cannot listen on the ready port (LOGBOOK_READY_PORT): {e}"))
-                    })?);
+                    match socket.listen(READY_BACKLOG) {
+                        Ok(listener) => ready = Some(listener),
+                        // Another process took the port since it was bound (SO_REUSEADDR
+                        // allows that until one listens): shut down as for a signal.
+                        Err(e) => {
+                            ready_port_failed = Some(ServeError::Config(format!(
+                                "cannot listen on {} (LOGBOOK_READY_PORT={}): {e}",
+                                ready_addr.map_or_else(String::new, |a| a.to_string()),
+                                config.ready_port.unwrap_or_default()
+                            )));
+                            break "the ready port failed";
+                        }
+                    }
                 }
                 tracing::info!(startup_ms = started.elapsed().as_millis() as u64, "ready");
             }
@@ -162,8 +192,11 @@ pub async fn serve(
         }
     };
     // New connections to the ready port are refused from now on, so a proxy sends them
-    // to the next release at once; the main port follows after the drain delay.
-    drop(ready);
+    // to the next release at once; the main port follows after the drain delay. Those
+    // already queued are served first.
+    if let Some(listener) = ready.take() {
+        accept_queued(&mut server, &listener).await;
+    }
     drop(ready_socket);
     opening.abort();
     // Requests still waiting for a database that never opened get their 503 now.
@@ -176,7 +209,7 @@ pub async fn serve(
             .map_err(|e| ServeError::Runtime(format!("closing storage failed: {e}")))?;
     }
     tracing::info!(elapsed_ms = shutdown_started.elapsed().as_millis() as u64, "shutdown complete");
-    Ok(())
+    ready_port_failed.map_or(Ok(()), Err)
 }
 
 /// The shutdown sequence up to closing storage: readiness 503, keep accepting for the

@@ -242,10 +242,16 @@ fn the_ready_port_takes_connections_only_while_the_service_is_ready() {
     old.signal("TERM");
     old.wait_for_log("shutdown started", Duration::from_secs(5));
     let deadline = Instant::now() + Duration::from_secs(2);
-    while request(old_ready, "GET", "/readyz", &[], None).is_ok() {
-        assert!(Instant::now() < deadline, "the ready port still takes connections while draining");
+    let closed = loop {
+        match request(old_ready, "GET", "/readyz", &[], None) {
+            Err(e) => break e,
+            Ok(_) => {
+                assert!(Instant::now() < deadline, "the ready port still takes connections while draining")
+            }
+        }
         std::thread::sleep(Duration::from_millis(5));
-    }
+    };
+    assert_eq!(closed.kind(), std::io::ErrorKind::ConnectionRefused, "{closed}");
     assert_eq!(old.get("/readyz").status, 503, "the main port still answers during the drain delay");
     assert_eq!(old.wait_exit(Duration::from_secs(10)).code(), Some(0));
 

@@ -205,9 +205,35 @@ pub fn plan_switch(
     SwitchPlan { previous, on_failure }
 }
 
+/// Refuses a switch to `image` that the proxy could not reach: one built before the ready
+/// port, while the proxy reaches the service on it (`upstream_port`).
+pub fn check_proxy_reaches(image: &str, upstream_port: &str, has_ready_port: bool) -> Result<()> {
+    if has_ready_port || upstream_port != crate::project::READY_PORT.to_string() {
+        return Ok(());
+    }
+    bail!(
+        "{image} was built before the ready port (LOGBOOK_READY_PORT={}), which the proxy reaches the \
+         service on, so no request would reach it; nothing was changed. To switch to it anyway, set \
+         LOGBOOK_UPSTREAM_PORT={}: the proxy is recreated to use the port every release listens on \
+         (refusing requests while it restarts), and requests then wait in the new release during a switch",
+        crate::project::READY_PORT,
+        crate::project::CONTAINER_PORT
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_release_without_the_ready_port_is_refused_unless_the_proxy_uses_the_main_port() {
+        assert!(check_proxy_reaches("logbook:new", "8081", true).is_ok());
+        let refused = check_proxy_reaches("logbook:old", "8081", false).unwrap_err().to_string();
+        assert!(refused.starts_with("logbook:old was built before the ready port"), "{refused}");
+        assert!(refused.contains("set LOGBOOK_UPSTREAM_PORT=8080"), "{refused}");
+        assert!(check_proxy_reaches("logbook:old", "8080", false).is_ok());
+        assert!(check_proxy_reaches("logbook:new", "8080", true).is_ok());
+    }
 
     fn release(image: &str, previous: Option<&str>) -> Release {
         Release {

@@ -18,8 +18,8 @@ use crate::targets::compose::{self, OnDrop, StackGuard, data};
 const FIRST_ENTRIES: i64 = 20;
 
 /// No client may wait this long during a switch. The goal is under 500 ms (the drill
-/// reports the longest wait against it); this limit is twice that, so that the pauses a
-/// switch used to cause fail the drill without the load of a busy machine doing so.
+/// prints the longest wait); this limit is twice that, so that the pauses a switch used
+/// to cause fail the drill without the load of a busy machine doing so.
 const WAIT_LIMIT: Duration = Duration::from_secs(1);
 
 fn drill_text(i: i64) -> String {

@@ -125,6 +125,15 @@ pub fn build_broken_image(sh: &Shell, image: &str, tag: &str) -> Result<()> {
 }
 
 /// The git revision `image` was built from, by its label; "unknown" when it has none.
+/// The label an image carries when its binary has the ready port (`LOGBOOK_READY_PORT`).
+pub const READY_PORT_LABEL: &str = "io.logbook.ready-port";
+
+/// Whether `image`'s binary has the ready port; an image built before it has no label.
+pub fn has_ready_port(sh: &Shell, image: &str) -> bool {
+    let format = format!("{{{{index .Config.Labels \"{READY_PORT_LABEL}\"}}}}");
+    process::query(sh, &docker::inspect_format(image, &format)).is_ok_and(|v| !v.trim().is_empty())
+}
+
 pub fn revision(sh: &Shell, image: &str) -> String {
     let format = format!("{{{{index .Config.Labels \"{REVISION_LABEL}\"}}}}");
     process::query(sh, &docker::inspect_format(image, &format))

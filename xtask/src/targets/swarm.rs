@@ -171,6 +171,8 @@ pub fn deploy(
     if !docker::image_exists(sh, image) {
         bail!("image {image} does not exist on this engine: build or pull it first; nothing was changed");
     }
+    let upstream_port = stack.setting("LOGBOOK_UPSTREAM_PORT", &project::READY_PORT.to_string());
+    release::check_proxy_reaches(image, &upstream_port, image::has_ready_port(sh, image))?;
     let mut history = History::load(history_file)?;
     let running = service_json(sh, stack).and_then(|s| service_image(&s));
     // Swarm restores the old task itself; the plan only says what this one replaces.

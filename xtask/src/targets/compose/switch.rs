@@ -63,6 +63,9 @@ pub fn switch(sh: &Shell, compose: &Compose, history_file: &Path, image: &str, g
     let _lock = process::exclusive_lock(&history_file.with_extension("lock"), "switching")?;
     let mut history = History::load(history_file)?;
     check_proxy_config(sh, compose)?;
+    let upstream_port =
+        super::setting(sh, compose, "LOGBOOK_UPSTREAM_PORT", &project::READY_PORT.to_string());
+    release::check_proxy_reaches(image, &upstream_port, image::has_ready_port(sh, image))?;
     let running = super::running(sh, compose)?;
     let replica = check_replication(sh, compose, running.is_some())?;
     let plan = release::plan_switch(
