@@ -32,7 +32,8 @@ Usage:
 Environment: LOGBOOK_BIND, LOGBOOK_PORT, LOGBOOK_READY_PORT, LOGBOOK_DB_PATH, LOGBOOK_LOG,
 LOGBOOK_LOG_FORMAT, LOGBOOK_SHUTDOWN_TIMEOUT, LOGBOOK_DRAIN_DELAY, LOGBOOK_LOCK_WAIT, LOGBOOK_API_TOKEN,
 LOGBOOK_API_TOKEN_FILE, LOGBOOK_ALLOW_UNAUTHENTICATED, LOGBOOK_MAX_CONNECTIONS,
-LOGBOOK_BODY_TIMEOUT, LOGBOOK_REQUEST_TIMEOUT, LOGBOOK_WRITE_TIMEOUT.
+LOGBOOK_BODY_TIMEOUT, LOGBOOK_REQUEST_TIMEOUT, LOGBOOK_WRITE_TIMEOUT,
+LOGBOOK_WAL_AUTOCHECKPOINT.
 ";
 
 #[allow(clippy::print_stdout, clippy::print_stderr)]
@@ -114,7 +115,7 @@ fn main() -> ExitCode {
 /// graceful shutdown; a second one exits at once (nothing acknowledged is lost: every 201
 /// follows a durable commit).
 async fn serve(config: Config, started: Instant) -> Result<(), ServeError> {
-    let listener = server::bind(&config).await?;
+    let listeners = server::bind(&config).await?;
     let mut signals = Signals::install()
         .map_err(|e| ServeError::Runtime(format!("cannot install signal handlers: {e}")))?;
     let (first, shutdown) = tokio::sync::oneshot::channel();
@@ -124,7 +125,7 @@ async fn serve(config: Config, started: Instant) -> Result<(), ServeError> {
         tracing::warn!(signal = second, "second signal; exiting at once");
         std::process::exit(server::EXIT_FORCED);
     });
-    server::serve(config, listener, async { shutdown.await.unwrap_or("shutdown") }, started).await
+    server::serve(config, listeners, async { shutdown.await.unwrap_or("shutdown") }, started).await
 }
 
 struct Signals {

@@ -11,6 +11,7 @@ use crate::flags::{Builder, Drill};
 use crate::outside::docker::{self, Compose};
 use crate::outside::image::{self, ImagePlan};
 use crate::outside::process::{self, Cmd};
+use crate::project;
 use crate::release::History;
 use crate::targets::compose::switch::{self, Gate};
 use crate::targets::compose::{self, OnDrop, StackGuard, data};
@@ -36,6 +37,8 @@ struct Rehearsal<'a> {
     v1_revision: String,
     v2: ImagePlan,
     broken: String,
+    /// v1 without the ready-port label: a release built before the ready port.
+    pre_ready_port: String,
 }
 
 impl Drill {
@@ -53,16 +56,20 @@ impl Drill {
             gate: Gate { timeout: Duration::from_secs(60), restore_previous: true },
             v2: plan.variant("drill-v2"),
             broken: format!("{v1}-drill-broken"),
+            pre_ready_port: format!("{v1}-drill-pre-ready-port"),
             v1,
             v1_revision: plan.revision,
         };
         let mut guard = StackGuard::new(sh, &drill.compose, OnDrop::RemoveWithVolumes);
         guard.remove_image(&drill.v2.tag);
         guard.remove_image(&drill.broken);
+        guard.remove_image(&drill.pre_ready_port);
         image::build(sh, &drill.v2, Builder::Buildkit)?;
         image::build_broken_image(sh, &drill.v1, &drill.broken)?;
+        image::build_image_without_ready_port(sh, &drill.v1, &drill.pre_ready_port)?;
         let mut checks = Checks::stop_at_first();
         let (rollback_took, traffic) = drill.releases(&mut checks)?;
+        drill.release_before_the_ready_port(&mut checks)?;
         let compared = drill.compare_switches(&mut checks)?;
         drill.crash_and_restart(&mut checks)?;
         drill.backup_and_restore(&mut checks, &state.path().join("drill-backup.db"))?;
@@ -173,6 +180,45 @@ impl Rehearsal<'_> {
             harness::expect_acknowledged(&addr, &seen.acknowledged)
         })?;
         Ok((took, seen))
+    }
+
+    /// A release built before the ready port: the switch is refused before anything
+    /// changes, and goes through with the proxy on the port every release listens on;
+    /// then back to v1 with the default, the ready port.
+    fn release_before_the_ready_port(&self, checks: &mut Checks) -> Result<()> {
+        let addr = compose::published_addr(self.sh, &self.compose)?;
+        checks.run(
+            "a release built before the ready port is refused, and serves with LOGBOOK_UPSTREAM_PORT=8080",
+            || {
+                let before = compose::running(self.sh, &self.compose)?;
+                let history_before = History::load(&self.history)?.to_json();
+                let refused = match self.switch(&self.pre_ready_port) {
+                    Ok(_) => bail!("the switch to a release without the ready port went ahead"),
+                    Err(e) => format!("{e:#}"),
+                };
+                ensure!(
+                    refused.contains("LOGBOOK_UPSTREAM_PORT=8080"),
+                    "the refusal names no way through: {refused}"
+                );
+                ensure!(
+                    compose::running(self.sh, &self.compose)? == before,
+                    "the refused switch changed the running container"
+                );
+                ensure!(
+                    History::load(&self.history)?.to_json() == history_before,
+                    "the refused switch changed the history"
+                );
+                let main_port =
+                    self.compose.clone().var("LOGBOOK_UPSTREAM_PORT", &project::CONTAINER_PORT.to_string());
+                switch::switch(self.sh, &main_port, &self.history, &self.pre_ready_port, self.gate)?;
+                harness::expect_revision(&addr, &self.v1_revision)?;
+                self.switch(&self.v1)?;
+                harness::expect_revision(&addr, &self.v1_revision)?;
+                let running = compose::running_image(self.sh, &self.compose)?;
+                ensure!(running.as_deref() == Some(self.v1.as_str()), "v1 is not running: {running:?}");
+                Ok(())
+            },
+        )
     }
 
     /// The same change of release both ways, under traffic, in one run: stop-first (what

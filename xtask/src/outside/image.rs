@@ -115,16 +115,23 @@ pub const BROKEN_SETTING: &str = "LOGBOOK_BIND";
 /// Builds `tag` from `image` with a setting the service rejects, so it never gets ready:
 /// the stand-in for a bad release in smoke tests and drills.
 pub fn build_broken_image(sh: &Shell, image: &str, tag: &str) -> Result<()> {
+    build_on(sh, image, tag, &format!("ENV {BROKEN_SETTING}=not-an-address"))
+}
+
+/// Builds `tag` from `image` without the ready-port label: what a release built before
+/// the ready port looks like to the runner.
+pub fn build_image_without_ready_port(sh: &Shell, image: &str, tag: &str) -> Result<()> {
+    build_on(sh, image, tag, &format!("LABEL {READY_PORT_LABEL}=\"\""))
+}
+
+/// Builds `tag` as `image` plus one Dockerfile instruction.
+fn build_on(sh: &Shell, image: &str, tag: &str, instruction: &str) -> Result<()> {
     let dir = sh.create_temp_dir()?;
-    sh.write_file(
-        dir.path().join("Dockerfile"),
-        format!("FROM {image}\nENV {BROKEN_SETTING}=not-an-address\n"),
-    )?;
+    sh.write_file(dir.path().join("Dockerfile"), format!("FROM {image}\n{instruction}\n"))?;
     let context = dir.path().display().to_string();
     process::run(sh, &Cmd::new("docker").args(["build", "--quiet", "--tag", tag, &context]))
 }
 
-/// The git revision `image` was built from, by its label; "unknown" when it has none.
 /// The label an image carries when its binary has the ready port (`LOGBOOK_READY_PORT`).
 pub const READY_PORT_LABEL: &str = "io.logbook.ready-port";
 
@@ -134,6 +141,7 @@ pub fn has_ready_port(sh: &Shell, image: &str) -> bool {
     process::query(sh, &docker::inspect_format(image, &format)).is_ok_and(|v| !v.trim().is_empty())
 }
 
+/// The git revision `image` was built from, by its label; "unknown" when it has none.
 pub fn revision(sh: &Shell, image: &str) -> String {
     let format = format!("{{{{index .Config.Labels \"{REVISION_LABEL}\"}}}}");
     process::query(sh, &docker::inspect_format(image, &format))

@@ -16,7 +16,8 @@ pub struct FakePrograms {
 }
 
 /// What the stand-in docker answers. Images listed in $FAKE_IMAGES exist; with
-/// $FAKE_RUNNING set, the compose project has a running service container.
+/// $FAKE_RUNNING set, the compose project has a running service container; with
+/// $FAKE_PRE_READY_PORT set, images carry no ready-port label (built before it).
 pub const DOCKER: &str = r#"
 case "$*" in
   'version --format {{.Server.Version}}'|'version --format {{.Client.Version}}') echo 20.10.24 ;;
@@ -27,7 +28,7 @@ case "$*" in
   compose*' ps --all --format json') [ -n "$FAKE_RUNNING" ] && echo '{"ID":"c0ffee","Service":"logbook","State":"running"}' ;;
   compose*' config --format json') echo '{"services":{"proxy":{"image":"caddy:2.11.7"},"prometheus":{"image":"prom/prometheus:v3.5.0"},"alertmanager":{"image":"prom/alertmanager:v0.25.0"},"grafana":{"image":"grafana/grafana:12.2.0"}}}' ;;
   'inspect --format {{.Config.Image}} c0ffee') echo logbook:aaaaaaaaaaaa ;;
-  'inspect --format {{index .Config.Labels "io.logbook.ready-port"}} '*) echo LOGBOOK_READY_PORT ;;
+  'inspect --format {{index .Config.Labels "io.logbook.ready-port"}} '*) [ -z "$FAKE_PRE_READY_PORT" ] && echo LOGBOOK_READY_PORT ;;
   'inspect c0ffee') echo '[{"Name":"/logbook-logbook-1","Config":{"Image":"logbook:aaaaaaaaaaaa","Labels":{"com.docker.compose.service":"logbook"}},"State":{"Status":"running","StartedAt":"2026-11-23T10:00:00Z"}}]' ;;
   'info --format {{.Swarm.LocalNodeState}} {{.Swarm.ControlAvailable}}') echo 'active true' ;;
   'info --format {{.Swarm.LocalNodeState}}') echo active ;;
