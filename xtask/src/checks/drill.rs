@@ -196,6 +196,10 @@ impl Rehearsal<'_> {
                     Ok(_) => bail!("the switch to a release without the ready port went ahead"),
                     Err(e) => format!("{e:#}"),
                 };
+                process::say(&format!(
+                    "  refused as expected: {}",
+                    refused.lines().next().unwrap_or_default()
+                ));
                 ensure!(
                     refused.contains("LOGBOOK_UPSTREAM_PORT=8080"),
                     "the refusal names no way through: {refused}"
