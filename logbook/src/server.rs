@@ -12,7 +12,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use hyper::server::conn::http1;
@@ -86,19 +85,33 @@ fn bind_only(addr: SocketAddr) -> std::io::Result<TcpSocket> {
 /// Connections waiting to be accepted on the ready port once it listens.
 const READY_BACKLOG: u32 = 1024;
 
-/// Accepts what already waits in `listener`'s backlog, without waiting for more: closing a
-/// listener resets the connections still queued in it, which a proxy has already sent a
-/// request on (and would not retry, for a POST).
-async fn accept_queued(server: &mut Server, listener: &TcpListener) {
-    loop {
-        let queued = std::future::poll_fn(|cx| match listener.poll_accept(cx) {
-            Poll::Ready(Ok(accepted)) => Poll::Ready(Some(accepted)),
-            Poll::Ready(Err(_)) | Poll::Pending => Poll::Ready(None),
-        })
-        .await;
-        match queued {
-            Some(accepted) => server.accept(Ok(accepted)).await,
-            None => break,
+/// Accepts what already waits in `listener`'s backlog, without waiting for more, and
+/// serves it (past the connection cap, by at most the backlog): closing a listener resets
+/// the connections still queued in it, on which a proxy has already sent a request that
+/// it would not retry (a POST).
+async fn accept_queued(server: &mut Server, listener: TcpListener) {
+    // Asked of the socket itself: tokio's readiness can lag behind the kernel's queue.
+    let Ok(listener) = listener.into_std() else { return };
+    for _ in 0..READY_BACKLOG {
+        match listener.accept() {
+            Ok((stream, addr)) => {
+                let stream = stream.set_nonblocking(true).and_then(|()| TcpStream::from_std(stream));
+                match stream {
+                    Ok(stream) => server.accept(Ok((stream, addr))).await,
+                    Err(e) => tracing::warn!(error = %e, "a queued connection could not be served"),
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            // One connection that went away while queued; the others are still there.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::ConnectionReset
+                ) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "accepting the ready port's queued connections failed");
+                break;
+            }
         }
     }
 }
@@ -195,7 +208,7 @@ pub async fn serve(
     // to the next release at once; the main port follows after the drain delay. Those
     // already queued are served first.
     if let Some(listener) = ready.take() {
-        accept_queued(&mut server, &listener).await;
+        accept_queued(&mut server, listener).await;
     }
     drop(ready_socket);
     opening.abort();

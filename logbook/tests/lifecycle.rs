@@ -220,7 +220,7 @@ fn a_new_process_takes_over_when_the_old_one_lets_go() {
 }
 
 #[test]
-fn the_ready_port_takes_connections_only_while_the_service_is_ready() {
+fn the_ready_port_takes_connections_only_while_the_service_holds_the_database() {
     // What a proxy without health checks relies on: a refused connection it can retry on
     // another release, never a request held by one that cannot answer it yet.
     let dir = TempDir::new("ready-port");
@@ -258,6 +258,39 @@ fn the_ready_port_takes_connections_only_while_the_service_is_ready() {
     new.wait_for_log("\"ready\"", Duration::from_secs(10));
     let served = request(new_ready, "GET", "/readyz", &[], None).unwrap();
     assert_eq!(served.status, 200, "{served:?}");
+}
+
+#[test]
+fn connections_queued_on_the_ready_port_at_shutdown_are_served_not_reset() {
+    // At the connection cap nothing is accepted: connections to the ready port wait in
+    // its backlog, with their requests sent, as a proxy's would.
+    let mut server = Server::start(&[("LOGBOOK_READY_PORT", "0"), ("LOGBOOK_MAX_CONNECTIONS", "1")]);
+    let mut idle = TcpStream::connect(server.addr).unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
+    let mut first = [0u8; 12];
+    std::io::Read::read_exact(&mut idle, &mut first).unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200", "the kept-alive connection was not answered");
+    server.wait_for_log("connection cap reached", Duration::from_secs(5));
+    let ready = server.ready_addr.unwrap();
+    let mut queued: Vec<TcpStream> = (0..3)
+        .map(|_| {
+            let mut stream = TcpStream::connect(ready).unwrap();
+            stream
+                .write_all(b"GET /api/entries HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            stream
+        })
+        .collect();
+    server.signal("TERM");
+    for (i, stream) in queued.iter_mut().enumerate() {
+        let mut answer = Vec::new();
+        std::io::Read::read_to_end(stream, &mut answer)
+            .unwrap_or_else(|e| panic!("queued connection {i}: {e}"));
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 200"), "queued connection {i} got {answer:?}");
+    }
+    assert_eq!(server.wait_exit(Duration::from_secs(15)).code(), Some(0));
 }
 
 #[test]

@@ -291,8 +291,8 @@ fn parse_point_in_time(text: &str) -> Result<std::time::SystemTime, String> {
 }
 
 /// Rehearse release safety on a throwaway stack: deploy v1 and write entries, switch to v2,
-/// roll back, try a broken image (v1 must come back by itself) and a release built before
-/// the ready port, back up, write more, restore. Checks that no entry is lost or invented
+/// roll back, try a broken image (v1 must come back by itself), switch to a release built
+/// before the ready port and back, back up, write more, restore. Checks that no entry is lost or invented
 /// and reports the rollback time.
 #[derive(Debug, Args)]
 pub struct Drill {

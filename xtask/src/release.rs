@@ -27,6 +27,10 @@ pub struct Release {
     pub revision: String,
     pub deployed_at: String,
     pub previous: Option<String>,
+    /// Whether its binary has the ready port the proxy uses (`LOGBOOK_READY_PORT`). Records
+    /// written before there was one say nothing: those releases have none.
+    #[serde(default)]
+    pub ready_port: bool,
 }
 
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -87,12 +91,20 @@ impl History {
     }
 
     /// Appends a release that became ready.
-    pub fn record(&mut self, image: &str, revision: &str, deployed_at: &str, previous: Option<String>) {
+    pub fn record(
+        &mut self,
+        image: &str,
+        revision: &str,
+        deployed_at: &str,
+        previous: Option<String>,
+        ready_port: bool,
+    ) {
         self.releases.push(Release {
             image: image.to_owned(),
             revision: revision.to_owned(),
             deployed_at: deployed_at.to_owned(),
             previous,
+            ready_port,
         });
     }
 
@@ -205,20 +217,16 @@ pub fn plan_switch(
     SwitchPlan { previous, on_failure }
 }
 
-/// Refuses a switch to `image` that the proxy could not reach: one built before the ready
-/// port, while the proxy reaches the service on it (`upstream_port`).
-pub fn check_proxy_reaches(image: &str, upstream_port: &str, has_ready_port: bool) -> Result<()> {
-    if has_ready_port || upstream_port != crate::project::READY_PORT.to_string() {
-        return Ok(());
-    }
-    bail!(
-        "{image} was built before the ready port (LOGBOOK_READY_PORT={}), which the proxy reaches the \
-         service on, so no request would reach it; nothing was changed. To switch to it anyway, set \
-         LOGBOOK_UPSTREAM_PORT={}: the proxy is recreated to use the port every release listens on \
-         (refusing requests while it restarts), and requests then wait in the new release during a switch",
-        crate::project::READY_PORT,
+/// The port the proxy reaches the service on while the service switches from a release
+/// (whether it has the ready port, if one runs) to another: the ready port only when both
+/// have it, else the main port, on which every release listens. Afterwards it is the new
+/// release's alone.
+pub fn upstream_port(running_has_ready_port: Option<bool>, new_has_ready_port: bool) -> u16 {
+    if new_has_ready_port && running_has_ready_port.unwrap_or(true) {
+        crate::project::READY_PORT
+    } else {
         crate::project::CONTAINER_PORT
-    )
+    }
 }
 
 #[cfg(test)]
@@ -226,13 +234,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_release_without_the_ready_port_is_refused_unless_the_proxy_uses_the_main_port() {
-        assert!(check_proxy_reaches("logbook:new", "8081", true).is_ok());
-        let refused = check_proxy_reaches("logbook:old", "8081", false).unwrap_err().to_string();
-        assert!(refused.starts_with("logbook:old was built before the ready port"), "{refused}");
-        assert!(refused.contains("set LOGBOOK_UPSTREAM_PORT=8080"), "{refused}");
-        assert!(check_proxy_reaches("logbook:old", "8080", false).is_ok());
-        assert!(check_proxy_reaches("logbook:new", "8080", true).is_ok());
+    fn the_proxy_uses_the_ready_port_only_when_both_releases_of_a_switch_have_it() {
+        assert_eq!(upstream_port(None, true), 8081, "a first release with it");
+        assert_eq!(upstream_port(Some(true), true), 8081);
+        assert_eq!(upstream_port(Some(false), true), 8080, "the old release would be unreachable");
+        assert_eq!(upstream_port(Some(true), false), 8080, "the new release would be unreachable");
+        assert_eq!(upstream_port(None, false), 8080);
     }
 
     fn release(image: &str, previous: Option<&str>) -> Release {
@@ -241,14 +248,25 @@ mod tests {
             revision: format!("{}0000000000000", image.trim_start_matches("logbook:")),
             deployed_at: "2026-11-23T10:00:00Z".into(),
             previous: previous.map(Into::into),
+            ready_port: true,
         }
+    }
+
+    #[test]
+    fn a_record_from_before_the_ready_port_says_its_release_has_none() {
+        let old = r#"{"format": 1, "releases": [
+            {"image": "logbook:aaa", "revision": "r1", "deployed_at": "t1", "previous": null}]}"#;
+        assert!(!History::parse(old).unwrap().current().unwrap().ready_port);
+        let mut h = History::default();
+        h.record("logbook:bbb", "r2", "t2", None, true);
+        assert!(History::parse(&h.to_json()).unwrap().current().unwrap().ready_port);
     }
 
     fn history(images: &[&str]) -> History {
         let mut history = History::default();
         for image in images {
             let previous = history.current().map(|r| r.image.clone());
-            history.record(image, "rev", "2026-11-23T10:00:00Z", previous);
+            history.record(image, "rev", "2026-11-23T10:00:00Z", previous, true);
         }
         history
     }
@@ -374,8 +392,8 @@ mod tests {
     #[test]
     fn recording_appends_newest_last() {
         let mut h = History::default();
-        h.record("logbook:aaa", "r1", "t1", None);
-        h.record("logbook:bbb", "r2", "t2", Some("logbook:aaa".into()));
+        h.record("logbook:aaa", "r1", "t1", None, false);
+        h.record("logbook:bbb", "r2", "t2", Some("logbook:aaa".into()), true);
         assert_eq!(h.current().unwrap(), &release_with("logbook:bbb", "r2", "t2", Some("logbook:aaa")));
         assert_eq!(h.releases.len(), 2);
     }
@@ -386,6 +404,7 @@ mod tests {
             revision: revision.into(),
             deployed_at: at.into(),
             previous: previous.map(Into::into),
+            ready_port: true,
         }
     }
 }

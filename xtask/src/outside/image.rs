@@ -136,9 +136,13 @@ fn build_on(sh: &Shell, image: &str, tag: &str, instruction: &str) -> Result<()>
 pub const READY_PORT_LABEL: &str = "io.logbook.ready-port";
 
 /// Whether `image`'s binary has the ready port; an image built before it has no label.
+/// One that cannot be inspected (not pulled yet, in a dry run) is taken to have it.
 pub fn has_ready_port(sh: &Shell, image: &str) -> bool {
     let format = format!("{{{{index .Config.Labels \"{READY_PORT_LABEL}\"}}}}");
-    process::query(sh, &docker::inspect_format(image, &format)).is_ok_and(|v| !v.trim().is_empty())
+    match process::query(sh, &docker::inspect_format(image, &format)) {
+        Ok(value) => !matches!(value.trim(), "" | "<no value>"),
+        Err(_) => true,
+    }
 }
 
 /// The git revision `image` was built from, by its label; "unknown" when it has none.

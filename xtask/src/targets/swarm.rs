@@ -171,12 +171,23 @@ pub fn deploy(
     if !docker::image_exists(sh, image) {
         bail!("image {image} does not exist on this engine: build or pull it first; nothing was changed");
     }
-    let upstream_port = stack.setting("LOGBOOK_UPSTREAM_PORT", &project::READY_PORT.to_string());
-    release::check_proxy_reaches(image, &upstream_port, image::has_ready_port(sh, image))?;
     let mut history = History::load(history_file)?;
     let running = service_json(sh, stack).and_then(|s| service_image(&s));
     // Swarm restores the old task itself; the plan only says what this one replaces.
     let plan = release::plan_switch(running.as_deref(), &history, image, false);
+    let new_has_ready_port = image::has_ready_port(sh, image);
+    // As for compose: the ready port only when both releases have it, so that Swarm's own
+    // rollback, which leaves the proxy as it is, keeps the old task reachable.
+    let chosen = stack.env.iter().any(|(k, _)| k == UPSTREAM_PORT_VAR)
+        || std::env::var(UPSTREAM_PORT_VAR).is_ok_and(|p| !p.trim().is_empty());
+    let (during, after) = if chosen {
+        (None, None)
+    } else {
+        let running_has_ready_port = running.as_deref().map(|i| image::has_ready_port(sh, i));
+        let during = release::upstream_port(running_has_ready_port, new_has_ready_port);
+        (Some(during), Some(release::upstream_port(None, new_has_ready_port)).filter(|p| *p != during))
+    };
+    let stack = &with_upstream_port(stack, during);
     let started = Instant::now();
     let deployed_at = SystemTime::now();
     process::run(sh, &stack.deploy(image))?;
@@ -200,9 +211,37 @@ pub fn deploy(
         };
     }
     process::say(&format!("  rolled out in {:.1}s", started.elapsed().as_secs_f64()));
-    history.record(image, &image::revision(sh, image), &crate::time::now_rfc3339(), plan.previous);
+    history.record(
+        image,
+        &image::revision(sh, image),
+        &crate::time::now_rfc3339(),
+        plan.previous,
+        new_has_ready_port,
+    );
     process::write_file(history_file, &history.to_json())?;
+    if let Some(port) = after {
+        process::say(&format!(
+            "the proxy moves to the new release's ready port ({port}); it restarts, refusing requests for a moment"
+        ));
+        process::run(sh, &with_upstream_port(stack, Some(port)).deploy(image))?;
+        process::wait_for("the proxy on the ready port", timeout, Duration::from_millis(250), || {
+            Ok(ready(&addr).then_some(()))
+        })
+        .context("the new release serves, but the proxy did not come back on its ready port")?;
+    }
     Ok(addr)
+}
+
+/// The port the proxy reaches the service on (the stack file's default: the ready port).
+const UPSTREAM_PORT_VAR: &str = "LOGBOOK_UPSTREAM_PORT";
+
+/// `stack` with the proxy on `port` (None: as the user set it); the stack file's default,
+/// the ready port, goes unsaid.
+fn with_upstream_port(stack: &Stack, port: Option<u16>) -> Stack {
+    let Some(port) = port else { return stack.clone() };
+    let mut stack = stack.clone();
+    stack.env.retain(|(k, _)| k != UPSTREAM_PORT_VAR);
+    if port == project::READY_PORT { stack } else { stack.var(UPSTREAM_PORT_VAR, &port.to_string()) }
 }
 
 fn ready(addr: &str) -> bool {

@@ -36,7 +36,32 @@ pub fn stack(sh: &Shell, program: docker::ComposeProgram) -> Compose {
     if !setting(sh, &compose, replica::URL_VAR, "").is_empty() {
         compose = compose.with_file(project::REPLICA_COMPOSE_FILE);
     }
+    if chosen_upstream_port(sh, &compose).is_none() {
+        // The proxy reaches the current release on its ready port, if it has one. A
+        // missing or unreadable history means a new stack, of releases that have it.
+        let history = crate::release::History::load(&history_path(sh, &compose)).unwrap_or_default();
+        let ready = history.current().is_none_or(|r| r.ready_port);
+        compose = with_upstream_port(compose, crate::release::upstream_port(None, ready));
+    }
     compose
+}
+
+/// `compose` with the proxy reaching the service on `port`: compose's own default (the
+/// ready port) goes unsaid, so the commands printed stay as they were.
+pub fn with_upstream_port(mut compose: Compose, port: u16) -> Compose {
+    compose.env.retain(|(k, _)| k != UPSTREAM_PORT_VAR);
+    if port == project::READY_PORT { compose } else { compose.var(UPSTREAM_PORT_VAR, &port.to_string()) }
+}
+
+/// The port the proxy reaches the service on (docker-compose.yml's default: the ready port).
+pub const UPSTREAM_PORT_VAR: &str = "LOGBOOK_UPSTREAM_PORT";
+
+/// The proxy's upstream port as the user set it (environment or .env), if they did: then
+/// the runner never changes it.
+pub fn chosen_upstream_port(sh: &Shell, compose: &Compose) -> Option<String> {
+    let mut plain = compose.clone();
+    plain.env.retain(|(k, _)| k != UPSTREAM_PORT_VAR);
+    Some(setting(sh, &plain, UPSTREAM_PORT_VAR, "")).filter(|p| !p.trim().is_empty())
 }
 
 /// A variable as `compose` will see it: set on the command, else in the environment, else

@@ -63,10 +63,11 @@ pub fn switch(sh: &Shell, compose: &Compose, history_file: &Path, image: &str, g
     let _lock = process::exclusive_lock(&history_file.with_extension("lock"), "switching")?;
     let mut history = History::load(history_file)?;
     check_proxy_config(sh, compose)?;
-    let upstream_port =
-        super::setting(sh, compose, "LOGBOOK_UPSTREAM_PORT", &project::READY_PORT.to_string());
-    release::check_proxy_reaches(image, &upstream_port, image::has_ready_port(sh, image))?;
     let running = super::running(sh, compose)?;
+    let new_has_ready_port = image::has_ready_port(sh, image);
+    let (compose, settle_port) =
+        upstream_ports(sh, compose, running.as_ref().map(|(_, i)| i.as_str()), image, new_has_ready_port);
+    let compose = &compose;
     let replica = check_replication(sh, compose, running.is_some())?;
     let plan = release::plan_switch(
         running.as_ref().map(|(_, i)| i.as_str()),
@@ -81,8 +82,24 @@ pub fn switch(sh: &Shell, compose: &Compose, history_file: &Path, image: &str, g
         }
         _ => start_fresh(sh, compose, image, &plan.on_failure, gate.timeout)?,
     };
-    history.record(image, &image::revision(sh, image), &crate::time::now_rfc3339(), plan.previous);
+    history.record(
+        image,
+        &image::revision(sh, image),
+        &crate::time::now_rfc3339(),
+        plan.previous,
+        new_has_ready_port,
+    );
     process::write_file(history_file, &history.to_json())?;
+    if let Some(port) = settle_port {
+        process::say(&format!(
+            "the proxy moves to the new release's ready port ({port}); it restarts, refusing requests for a moment"
+        ));
+        process::run(
+            sh,
+            &super::with_upstream_port(compose_new.clone(), port).up_alone(project::PROXY_SERVICE),
+        )
+        .context("the new release serves, but the proxy did not move to its ready port")?;
+    }
     // The new release serves and is recorded; now the sidecar follows it.
     if replica {
         // A start-first switch touches only the service: start the sidecar if it was not
@@ -99,6 +116,38 @@ pub fn switch(sh: &Shell, compose: &Compose, history_file: &Path, image: &str, g
         super::replica::remove_leftovers(sh, compose)?;
     }
     Ok(addr)
+}
+
+/// `compose` with the port the proxy reaches the service on during a switch from
+/// `running` to `image`, and the port it moves to afterwards, if another. The ready port
+/// is used only when both releases have it (release::upstream_port); a port the user
+/// chose is kept throughout.
+fn upstream_ports(
+    sh: &Shell,
+    compose: &Compose,
+    running: Option<&str>,
+    image: &str,
+    new_has_ready_port: bool,
+) -> (Compose, Option<u16>) {
+    if super::chosen_upstream_port(sh, compose).is_some() {
+        return (compose.clone(), None);
+    }
+    let running_has_ready_port = running.map(|i| image::has_ready_port(sh, i));
+    let during = release::upstream_port(running_has_ready_port, new_has_ready_port);
+    let after = release::upstream_port(None, new_has_ready_port);
+    let now = super::setting(sh, compose, super::UPSTREAM_PORT_VAR, &project::READY_PORT.to_string());
+    if now != during.to_string() {
+        let why = if new_has_ready_port {
+            "the running release was built before the ready port".to_owned()
+        } else {
+            format!("{image} was built before the ready port")
+        };
+        process::say(&format!(
+            "{why}: for this switch the proxy uses port {during}, on which every release listens; \
+             it restarts, refusing requests for a moment"
+        ));
+    }
+    (super::with_upstream_port(compose.clone(), during), (after != during).then_some(after))
 }
 
 /// Checks the replica settings before anything changes and says which state replication
