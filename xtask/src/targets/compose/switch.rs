@@ -65,8 +65,14 @@ pub fn switch(sh: &Shell, compose: &Compose, history_file: &Path, image: &str, g
     check_proxy_config(sh, compose)?;
     let running = super::running(sh, compose)?;
     let new_has_ready_port = image::has_ready_port(sh, image);
-    let (compose, settle_port) =
-        upstream_ports(sh, compose, running.as_ref().map(|(_, i)| i.as_str()), image, new_has_ready_port);
+    let (compose, settle_port) = upstream_ports(
+        sh,
+        compose,
+        &history,
+        running.as_ref().map(|(_, i)| i.as_str()),
+        image,
+        new_has_ready_port,
+    );
     let compose = &compose;
     let replica = check_replication(sh, compose, running.is_some())?;
     let plan = release::plan_switch(
@@ -125,6 +131,7 @@ pub fn switch(sh: &Shell, compose: &Compose, history_file: &Path, image: &str, g
 fn upstream_ports(
     sh: &Shell,
     compose: &Compose,
+    history: &History,
     running: Option<&str>,
     image: &str,
     new_has_ready_port: bool,
@@ -135,16 +142,16 @@ fn upstream_ports(
     let running_has_ready_port = running.map(|i| image::has_ready_port(sh, i));
     let during = release::upstream_port(running_has_ready_port, new_has_ready_port);
     let after = release::upstream_port(None, new_has_ready_port);
-    let now = super::setting(sh, compose, super::UPSTREAM_PORT_VAR, &project::READY_PORT.to_string());
-    if now != during.to_string() {
-        let why = if new_has_ready_port {
-            "the running release was built before the ready port".to_owned()
-        } else {
-            format!("{image} was built before the ready port")
+    // Where the proxy is now: where the current release needed it.
+    let now = release::upstream_port(None, history.current().is_none_or(|r| r.ready_port));
+    if now != during {
+        let why = match (during == project::READY_PORT, new_has_ready_port) {
+            (true, _) => "both releases have the ready port".to_owned(),
+            (false, true) => "the running release was built before the ready port".to_owned(),
+            (false, false) => format!("{image} was built before the ready port"),
         };
         process::say(&format!(
-            "{why}: for this switch the proxy uses port {during}, on which every release listens; \
-             it restarts, refusing requests for a moment"
+            "{why}: for this switch the proxy uses port {during}; it restarts, refusing requests for a moment"
         ));
     }
     (super::with_upstream_port(compose.clone(), during), (after != during).then_some(after))
