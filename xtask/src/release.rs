@@ -229,6 +229,29 @@ pub fn upstream_port(running_has_ready_port: Option<bool>, new_has_ready_port: b
     }
 }
 
+/// Where the proxy reaches the service across a switch: `during` it, and `after`, once the
+/// new release serves, when that is another port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProxyPorts {
+    pub during: u16,
+    pub after: Option<u16>,
+}
+
+impl ProxyPorts {
+    pub fn plan(running_has_ready_port: Option<bool>, new_has_ready_port: bool) -> Self {
+        let during = upstream_port(running_has_ready_port, new_has_ready_port);
+        let after = upstream_port(None, new_has_ready_port);
+        ProxyPorts { during, after: (after != during).then_some(after) }
+    }
+}
+
+/// What the runner says as it moves the proxy to the new release's ready port.
+pub fn proxy_move_line(port: u16) -> String {
+    format!(
+        "the proxy moves to the new release's ready port ({port}); it restarts, refusing requests for a moment"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,6 +263,9 @@ mod tests {
         assert_eq!(upstream_port(Some(false), true), 8080, "the old release would be unreachable");
         assert_eq!(upstream_port(Some(true), false), 8080, "the new release would be unreachable");
         assert_eq!(upstream_port(None, false), 8080);
+        assert_eq!(ProxyPorts::plan(Some(false), true), ProxyPorts { during: 8080, after: Some(8081) });
+        assert_eq!(ProxyPorts::plan(Some(true), true), ProxyPorts { during: 8081, after: None });
+        assert_eq!(ProxyPorts::plan(Some(true), false), ProxyPorts { during: 8080, after: None });
     }
 
     fn release(image: &str, previous: Option<&str>) -> Release {

@@ -184,8 +184,8 @@ pub fn deploy(
         (None, None)
     } else {
         let running_has_ready_port = running.as_deref().map(|i| image::has_ready_port(sh, i));
-        let during = release::upstream_port(running_has_ready_port, new_has_ready_port);
-        (Some(during), Some(release::upstream_port(None, new_has_ready_port)).filter(|p| *p != during))
+        let ports = release::ProxyPorts::plan(running_has_ready_port, new_has_ready_port);
+        (Some(ports.during), ports.after)
     };
     let stack = &with_upstream_port(stack, during);
     let started = Instant::now();
@@ -220,9 +220,7 @@ pub fn deploy(
     );
     process::write_file(history_file, &history.to_json())?;
     if let Some(port) = after {
-        process::say(&format!(
-            "the proxy moves to the new release's ready port ({port}); it restarts, refusing requests for a moment"
-        ));
+        process::say(&release::proxy_move_line(port));
         process::run(sh, &with_upstream_port(stack, Some(port)).deploy(image))?;
         process::wait_for("the proxy on the ready port", timeout, Duration::from_millis(250), || {
             Ok(ready(&addr).then_some(()))

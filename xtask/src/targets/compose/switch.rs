@@ -97,9 +97,7 @@ pub fn switch(sh: &Shell, compose: &Compose, history_file: &Path, image: &str, g
     );
     process::write_file(history_file, &history.to_json())?;
     if let Some(port) = settle_port {
-        process::say(&format!(
-            "the proxy moves to the new release's ready port ({port}); it restarts, refusing requests for a moment"
-        ));
+        process::say(&release::proxy_move_line(port));
         process::run(
             sh,
             &super::with_upstream_port(compose_new.clone(), port).up_alone(project::PROXY_SERVICE),
@@ -140,8 +138,8 @@ fn upstream_ports(
         return (compose.clone(), None);
     }
     let running_has_ready_port = running.map(|i| image::has_ready_port(sh, i));
-    let during = release::upstream_port(running_has_ready_port, new_has_ready_port);
-    let after = release::upstream_port(None, new_has_ready_port);
+    let release::ProxyPorts { during, after } =
+        release::ProxyPorts::plan(running_has_ready_port, new_has_ready_port);
     // Where the proxy is now: where the current release needed it.
     let now = release::upstream_port(None, history.current().is_none_or(|r| r.ready_port));
     if now != during {
@@ -154,7 +152,7 @@ fn upstream_ports(
             "{why}: for this switch the proxy uses port {during}; it restarts, refusing requests for a moment"
         ));
     }
-    (super::with_upstream_port(compose.clone(), during), (after != during).then_some(after))
+    (super::with_upstream_port(compose.clone(), during), after)
 }
 
 /// Checks the replica settings before anything changes and says which state replication
