@@ -2,7 +2,8 @@
 //!
 //! On SIGTERM or SIGINT: readiness turns 503 and the ready port (if any) stops listening
 //! at once; the main listener keeps accepting for `LOGBOOK_DRAIN_DELAY` (so balancers see
-//! the 503), then stops; in-flight requests get `LOGBOOK_SHUTDOWN_TIMEOUT` to finish;
+//! the 503), then stops; in-flight requests get `LOGBOOK_SHUTDOWN_TIMEOUT` to finish (a
+//! connection that has sent nothing yet gets `FIRST_REQUEST_GRACE` to send its request);
 //! queued appends are committed, the WAL is checkpointed and the database closed. A second
 //! signal exits at once, which loses nothing acknowledged because every 201 follows a
 //! durable commit.
@@ -10,15 +11,18 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::config::Config;
@@ -253,17 +257,23 @@ async fn drain(
         }
     }
     drop(listener);
-    let Server { graceful, mut connections, .. } = server;
-    tokio::select! {
-        _ = graceful.shutdown() => {}
-        _ = tokio::time::sleep(config.shutdown_timeout) => {
-            // A stuck client (say, half a request header) must not hold the process past
-            // the orchestrator's grace period, which would end in SIGKILL.
-            tracing::warn!(
-                connections = connections.len(),
-                "in-flight requests did not finish within LOGBOOK_SHUTDOWN_TIMEOUT; closing them"
-            );
-            connections.abort_all();
+    let Server { shutdown, mut connections, .. } = server;
+    shutdown.send_replace(true);
+    let timeout = tokio::time::sleep(config.shutdown_timeout);
+    tokio::pin!(timeout);
+    loop {
+        tokio::select! {
+            joined = connections.join_next() => if joined.is_none() { break },
+            () = &mut timeout => {
+                // A stuck client (say, half a request header) must not hold the process
+                // past the orchestrator's grace period, which would end in SIGKILL.
+                tracing::warn!(
+                    connections = connections.len(),
+                    "in-flight requests did not finish within LOGBOOK_SHUTDOWN_TIMEOUT; closing them"
+                );
+                connections.abort_all();
+                break;
+            }
         }
     }
     // Wait for aborted connections to let go of their state.
@@ -324,7 +334,8 @@ const MAX_HEAD_BUFFER: usize = 64 * 1024;
 struct Server {
     app: axum::Router,
     http: http1::Builder,
-    graceful: GracefulShutdown,
+    /// Turns true when shutdown starts: each connection then finishes what it has read.
+    shutdown: watch::Sender<bool>,
     connections: JoinSet<()>,
     max_connections: usize,
     write_timeout: Duration,
@@ -339,7 +350,7 @@ impl Server {
         Server {
             app,
             http,
-            graceful: GracefulShutdown::new(),
+            shutdown: watch::Sender::new(false),
             connections: JoinSet::new(),
             max_connections,
             write_timeout,
@@ -372,11 +383,20 @@ impl Server {
                 // A client that stops reading its answer is cut off rather than holding it.
                 let mut stream = tokio_io_timeout::TimeoutStream::new(stream);
                 stream.set_write_timeout(Some(self.write_timeout));
+                let (stream, first_bytes) = FirstBytes::new(Box::pin(stream));
                 let service = TowerToHyperService::new(self.app.clone());
-                let connection =
-                    self.graceful.watch(self.http.serve_connection(TokioIo::new(Box::pin(stream)), service));
+                let connection = self.http.serve_connection(TokioIo::new(stream), service);
+                let shutdown = self.shutdown.subscribe();
                 self.connections.spawn(async move {
-                    if let Err(e) = connection.await {
+                    tokio::pin!(connection);
+                    let result = tokio::select! {
+                        result = connection.as_mut() => result,
+                        () = shutdown_after_first_bytes(shutdown, first_bytes) => {
+                            connection.as_mut().graceful_shutdown();
+                            connection.await
+                        }
+                    };
+                    if let Err(e) = result {
                         count_unparsed(&e);
                         tracing::debug!(error = %e, "connection ended with an error");
                     }
@@ -388,6 +408,83 @@ impl Server {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
+    }
+}
+
+/// How long, at shutdown, a connection that has sent nothing yet gets to send its request.
+/// A proxy sends it right after connecting, so it is normally already there: the grace
+/// only bounds what a silent client can hold shutdown up by.
+const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
+
+/// Resolves once shutdown has started and the connection has sent its first bytes (or
+/// had `FIRST_REQUEST_GRACE` to). The HTTP layer's graceful shutdown closes a connection
+/// it has read nothing from, even when its request already waits in the socket: a
+/// connection accepted just as shutdown starts would lose a request that a proxy cannot
+/// retry, since it was sent.
+async fn shutdown_after_first_bytes(mut shutdown: watch::Receiver<bool>, first_bytes: watch::Receiver<bool>) {
+    // The sender lives in `Server` until shutdown, which sets it first.
+    let _ = shutdown.wait_for(|started| *started).await;
+    let mut first_bytes = first_bytes;
+    let _ = tokio::time::timeout(FIRST_REQUEST_GRACE, first_bytes.wait_for(|seen| *seen)).await;
+}
+
+/// A connection's stream that says when its first bytes have been read.
+struct FirstBytes<S> {
+    inner: S,
+    seen: Option<watch::Sender<bool>>,
+}
+
+impl<S> FirstBytes<S> {
+    fn new(inner: S) -> (Self, watch::Receiver<bool>) {
+        let (seen, receiver) = watch::channel(false);
+        (FirstBytes { inner, seen: Some(seen) }, receiver)
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for FirstBytes<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        // Bytes, the end of the stream or an error: either way, no longer waiting for them.
+        if polled.is_ready()
+            && let Some(seen) = self.seen.take()
+        {
+            seen.send_replace(true);
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for FirstBytes<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
 }
 

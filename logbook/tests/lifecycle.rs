@@ -294,6 +294,28 @@ fn connections_queued_on_the_ready_port_at_shutdown_are_served_not_reset() {
 }
 
 #[test]
+fn a_connection_that_has_sent_nothing_when_shutdown_starts_still_gets_its_answer() {
+    // A proxy's new connection can be accepted a moment before its request is read; the
+    // HTTP layer's own graceful shutdown would close it unanswered, and the proxy, having
+    // sent the request, could not retry it.
+    let mut server = Server::start(&[]);
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // Connections are accepted in the order they came: once a later one is answered,
+    // this one has been accepted too, and waits for its first bytes.
+    assert_eq!(request(server.addr, "GET", "/healthz", &[], None).unwrap().status, 200);
+    server.signal("TERM");
+    server.wait_for_log("shutdown started", Duration::from_secs(5));
+    stream.write_all(b"POST /api/entries HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: 15\r\n\r\n{\"text\":\"late\"}").unwrap();
+    let mut answer = Vec::new();
+    std::io::Read::read_to_end(&mut stream, &mut answer).unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer:?}");
+    assert_eq!(server.wait_exit(Duration::from_secs(10)).code(), Some(0));
+    assert_eq!(stored_entries(&server.db).len(), 1);
+}
+
+#[test]
 fn a_taken_ready_port_fails_the_start_naming_the_variable() {
     let dir = TempDir::new("ready-port-taken");
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
