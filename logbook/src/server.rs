@@ -258,6 +258,7 @@ async fn drain(
     }
     drop(listener);
     let Server { shutdown, mut connections, .. } = server;
+    tracing::info!(connections = connections.len(), "no longer accepting; closing connections once answered");
     shutdown.send_replace(true);
     let timeout = tokio::time::sleep(config.shutdown_timeout);
     tokio::pin!(timeout);
@@ -334,7 +335,8 @@ const MAX_HEAD_BUFFER: usize = 64 * 1024;
 struct Server {
     app: axum::Router,
     http: http1::Builder,
-    /// Turns true when shutdown starts: each connection then finishes what it has read.
+    /// Turns true when the listeners stop accepting (after the drain delay): each
+    /// connection then finishes the request it has and closes.
     shutdown: watch::Sender<bool>,
     connections: JoinSet<()>,
     max_connections: usize,
@@ -411,20 +413,23 @@ impl Server {
     }
 }
 
-/// How long, at shutdown, a connection that has sent nothing yet gets to send its request.
+/// How long, once connections are told to close, one that has sent nothing yet gets to
+/// send its first bytes.
 /// A proxy sends it right after connecting, so it is normally already there: the grace
 /// only bounds what a silent client can hold shutdown up by.
 const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
 
-/// Resolves once shutdown has started and the connection has sent its first bytes (or
+/// Resolves once connections are told to close and this one has sent its first bytes (or
 /// had `FIRST_REQUEST_GRACE` to). The HTTP layer's graceful shutdown closes a connection
 /// it has read nothing from, even when its request already waits in the socket: a
 /// connection accepted just as shutdown starts would lose a request that a proxy cannot
 /// retry, since it was sent.
-async fn shutdown_after_first_bytes(mut shutdown: watch::Receiver<bool>, first_bytes: watch::Receiver<bool>) {
-    // The sender lives in `Server` until shutdown, which sets it first.
+async fn shutdown_after_first_bytes(
+    mut shutdown: watch::Receiver<bool>,
+    mut first_bytes: watch::Receiver<bool>,
+) {
+    // The sender is set before it is dropped, so this resolves either way.
     let _ = shutdown.wait_for(|started| *started).await;
-    let mut first_bytes = first_bytes;
     let _ = tokio::time::timeout(FIRST_REQUEST_GRACE, first_bytes.wait_for(|seen| *seen)).await;
 }
 
