@@ -178,8 +178,8 @@ pub fn deploy(
     let new_has_ready_port = image::has_ready_port(sh, image);
     // As for compose: the ready port only when both releases have it, so that Swarm's own
     // rollback, which leaves the proxy as it is, keeps the old task reachable.
-    let chosen = stack.env.iter().any(|(k, _)| k == UPSTREAM_PORT_VAR)
-        || std::env::var(UPSTREAM_PORT_VAR).is_ok_and(|p| !p.trim().is_empty());
+    let chosen = stack.env.iter().any(|(k, _)| k == super::UPSTREAM_PORT_VAR)
+        || std::env::var(super::UPSTREAM_PORT_VAR).is_ok_and(|p| !p.trim().is_empty());
     let (during, after) = if chosen {
         (None, None)
     } else {
@@ -211,14 +211,7 @@ pub fn deploy(
         };
     }
     process::say(&format!("  rolled out in {:.1}s", started.elapsed().as_secs_f64()));
-    history.record(
-        image,
-        &image::revision(sh, image),
-        &crate::time::now_rfc3339(),
-        plan.previous,
-        new_has_ready_port,
-    );
-    process::write_file(history_file, &history.to_json())?;
+    super::record_serving(sh, &mut history, history_file, image, plan.previous, new_has_ready_port)?;
     if let Some(port) = after {
         process::say(&release::proxy_move_line(port));
         process::run(sh, &with_upstream_port(stack, Some(port)).deploy(image))?;
@@ -230,16 +223,13 @@ pub fn deploy(
     Ok(addr)
 }
 
-/// The port the proxy reaches the service on (the stack file's default: the ready port).
-const UPSTREAM_PORT_VAR: &str = "LOGBOOK_UPSTREAM_PORT";
-
-/// `stack` with the proxy on `port` (None: as the user set it); the stack file's default,
-/// the ready port, goes unsaid.
+/// `stack` with the proxy on `port` (None: as the user set it).
 fn with_upstream_port(stack: &Stack, port: Option<u16>) -> Stack {
-    let Some(port) = port else { return stack.clone() };
     let mut stack = stack.clone();
-    stack.env.retain(|(k, _)| k != UPSTREAM_PORT_VAR);
-    if port == project::READY_PORT { stack } else { stack.var(UPSTREAM_PORT_VAR, &port.to_string()) }
+    if let Some(port) = port {
+        super::set_upstream_port(&mut stack.env, port);
+    }
+    stack
 }
 
 fn ready(addr: &str) -> bool {

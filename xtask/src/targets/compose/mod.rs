@@ -49,19 +49,16 @@ pub fn stack(sh: &Shell, program: docker::ComposeProgram) -> Compose {
 /// `compose` with the proxy reaching the service on `port`: compose's own default (the
 /// ready port) goes unsaid, so the commands printed stay as they were.
 pub fn with_upstream_port(mut compose: Compose, port: u16) -> Compose {
-    compose.env.retain(|(k, _)| k != UPSTREAM_PORT_VAR);
-    if port == project::READY_PORT { compose } else { compose.var(UPSTREAM_PORT_VAR, &port.to_string()) }
+    super::set_upstream_port(&mut compose.env, port);
+    compose
 }
-
-/// The port the proxy reaches the service on (docker-compose.yml's default: the ready port).
-pub const UPSTREAM_PORT_VAR: &str = "LOGBOOK_UPSTREAM_PORT";
 
 /// The proxy's upstream port as the user set it (environment or .env), if they did: then
 /// the runner never changes it.
 pub fn chosen_upstream_port(sh: &Shell, compose: &Compose) -> Option<String> {
     let mut plain = compose.clone();
-    plain.env.retain(|(k, _)| k != UPSTREAM_PORT_VAR);
-    Some(setting(sh, &plain, UPSTREAM_PORT_VAR, "")).filter(|p| !p.trim().is_empty())
+    plain.env.retain(|(k, _)| k != super::UPSTREAM_PORT_VAR);
+    Some(setting(sh, &plain, super::UPSTREAM_PORT_VAR, "")).filter(|p| !p.trim().is_empty())
 }
 
 /// A variable as `compose` will see it: set on the command, else in the environment, else

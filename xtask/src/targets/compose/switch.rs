@@ -88,14 +88,7 @@ pub fn switch(sh: &Shell, compose: &Compose, history_file: &Path, image: &str, g
         }
         _ => start_fresh(sh, compose, image, &plan.on_failure, gate.timeout)?,
     };
-    history.record(
-        image,
-        &image::revision(sh, image),
-        &crate::time::now_rfc3339(),
-        plan.previous,
-        new_has_ready_port,
-    );
-    process::write_file(history_file, &history.to_json())?;
+    crate::targets::record_serving(sh, &mut history, history_file, image, plan.previous, new_has_ready_port)?;
     if let Some(port) = settle_port {
         process::say(&release::proxy_move_line(port));
         process::run(
