@@ -252,6 +252,53 @@ pub fn host_user(sh: &Shell) -> Result<String> {
     Ok(format!("{}:{}", id("-u")?, id("-g")?))
 }
 
+/// The host's own address as the engine's containers reach it, for a server the runner
+/// starts on the host network. The kernel says which address the host uses toward the
+/// default bridge's subnet; the engine's `Gateway` field is not read, because a freshly
+/// started engine leaves it empty although the bridge has that address.
+pub fn host_address_for_containers(sh: &Shell) -> Result<std::net::Ipv4Addr> {
+    let subnets = process::query(sh, &bridge_subnets())?;
+    let toward = probe_address(&subnets).with_context(|| {
+        format!(
+            "the default bridge network has no IPv4 subnet (`docker network inspect bridge` gave {subnets:?})"
+        )
+    })?;
+    source_address_toward(toward)
+        .with_context(|| format!("the host has no route toward the default bridge ({toward})"))
+}
+
+/// The default bridge's subnets, one per line.
+pub fn bridge_subnets() -> Cmd {
+    inspect_network("bridge", "{{range .IPAM.Config}}{{println .Subnet}}{{end}}")
+}
+
+fn inspect_network(network: &str, format: &str) -> Cmd {
+    Cmd::new("docker").args(["network", "inspect", "--format", format, network])
+}
+
+/// An address inside the first IPv4 subnet listed (`172.17.0.0/16` gives 172.17.0.2): a
+/// container's, which the host reaches through its bridge.
+fn probe_address(subnets: &str) -> Option<std::net::Ipv4Addr> {
+    subnets.lines().find_map(|line| {
+        let (base, bits) = line.trim().split_once('/')?;
+        let base: std::net::Ipv4Addr = base.parse().ok()?;
+        let bits: u32 = bits.parse().ok().filter(|b| *b <= 30)?;
+        let mask = u32::MAX.checked_shl(32 - bits).unwrap_or(0);
+        Some(std::net::Ipv4Addr::from((u32::from(base) & mask) + 2))
+    })
+}
+
+/// The local address the kernel would send from toward `peer`. A UDP "connect" only
+/// chooses the route: nothing is sent.
+pub fn source_address_toward(peer: std::net::Ipv4Addr) -> Result<std::net::Ipv4Addr> {
+    let socket = std::net::UdpSocket::bind(("0.0.0.0", 0)).context("cannot open a UDP socket")?;
+    socket.connect((peer, 9)).with_context(|| format!("no route to {peer}"))?;
+    match socket.local_addr().context("the socket has no local address")?.ip() {
+        std::net::IpAddr::V4(ip) if !ip.is_unspecified() => Ok(ip),
+        other => bail!("the route to {peer} leaves from {other}, not an IPv4 address of this host"),
+    }
+}
+
 pub fn image_exists(sh: &Shell, image: &str) -> bool {
     process::succeeds(sh, &Cmd::new("docker").args(["image", "inspect", image]))
 }
@@ -287,6 +334,35 @@ pub fn parse_ps(output: &str) -> Result<Vec<PsEntry>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_host_address_comes_from_the_subnet_not_the_gateway() {
+        // A freshly started engine's default bridge: a subnet and no gateway.
+        assert_eq!(probe_address("172.17.0.0/16\n"), Some("172.17.0.2".parse().unwrap()));
+        assert_eq!(probe_address("fd00::/64\n10.1.2.0/24\n"), Some("10.1.2.2".parse().unwrap()));
+        assert_eq!(probe_address("10.1.2.77/24"), Some("10.1.2.2".parse().unwrap()));
+        assert_eq!(probe_address(""), None);
+        assert_eq!(probe_address("<no value>\n"), None);
+        assert_eq!(
+            bridge_subnets().argv(),
+            [
+                "docker",
+                "network",
+                "inspect",
+                "--format",
+                "{{range .IPAM.Config}}{{println .Subnet}}{{end}}",
+                "bridge"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_kernel_names_the_source_address_of_a_route() {
+        assert_eq!(
+            source_address_toward("127.0.0.2".parse().unwrap()).unwrap(),
+            std::net::Ipv4Addr::LOCALHOST
+        );
+    }
 
     #[test]
     fn compose_commands_name_project_files_and_variables() {
