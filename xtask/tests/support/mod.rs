@@ -28,11 +28,11 @@ case "$*" in
   compose*' ps --all --format json') [ -n "$FAKE_RUNNING" ] && echo '{"ID":"c0ffee","Service":"logbook","State":"running"}' ;;
   compose*' config --format json') echo '{"services":{"proxy":{"image":"caddy:2.11.7"},"prometheus":{"image":"prom/prometheus:v3.5.0"},"alertmanager":{"image":"prom/alertmanager:v0.25.0"},"grafana":{"image":"grafana/grafana:12.2.0"}}}' ;;
   'inspect --format {{.Config.Image}} c0ffee') echo logbook:aaaaaaaaaaaa ;;
-  'inspect --format {{index .Config.Labels "io.logbook.ready-port"}} '*) [ -z "$FAKE_PRE_READY_PORT" ] && echo LOGBOOK_READY_PORT ;;
   'inspect c0ffee') echo '[{"Name":"/logbook-logbook-1","Config":{"Image":"logbook:aaaaaaaaaaaa","Labels":{"com.docker.compose.service":"logbook"}},"State":{"Status":"running","StartedAt":"2026-11-23T10:00:00Z"}}]' ;;
   'info --format {{.Swarm.LocalNodeState}} {{.Swarm.ControlAvailable}}') echo 'active true' ;;
   'info --format {{.Swarm.LocalNodeState}}') echo active ;;
   'info --format {{.Swarm.NodeID}}') echo node1 ;;
+  'network inspect --format {{range .IPAM.Config}}{{println .Subnet}}{{end}} bridge') echo 172.17.0.0/16 ;;
   'node ls'*) echo node1 ;;
   'service inspect'*) exit 1 ;;
   'run --rm --network none '*' verify '*) echo '{"entries":3,"bytes":4096}' ;;
