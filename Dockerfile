@@ -65,13 +65,10 @@ ARG VERSION=unknown
 ARG REVISION=unknown
 ARG CREATED=unknown
 ARG SOURCE=https://github.com/logbook-dev/logbook
-# io.logbook.ready-port says the binary has LOGBOOK_READY_PORT, which the proxy uses: the
-# runner refuses to switch to an image without it (one built before the ready port).
 LABEL org.opencontainers.image.title="logbook" \
       org.opencontainers.image.description="An append-only journal over HTTP on embedded SQLite" \
       org.opencontainers.image.licenses="MIT OR Apache-2.0" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.created="${CREATED}" \
-      org.opencontainers.image.source="${SOURCE}" \
-      io.logbook.ready-port="LOGBOOK_READY_PORT"
+      org.opencontainers.image.source="${SOURCE}"

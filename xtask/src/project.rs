@@ -4,9 +4,6 @@
 pub const NAME: &str = "logbook";
 /// The port the service listens on inside the container.
 pub const CONTAINER_PORT: u16 = 8080;
-/// The service's ready port (`LOGBOOK_READY_PORT`), which the proxy uses: it takes
-/// connections only while the container holds the database.
-pub const READY_PORT: u16 = 8081;
 /// Host port when neither the environment nor `.env` sets `LOGBOOK_HOST_PORT`.
 pub const DEFAULT_HOST_PORT: u16 = 8080;
 /// The reverse proxy in front of the service: the only published port, and the port it

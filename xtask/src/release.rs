@@ -27,10 +27,6 @@ pub struct Release {
     pub revision: String,
     pub deployed_at: String,
     pub previous: Option<String>,
-    /// Whether its binary has the ready port the proxy uses (`LOGBOOK_READY_PORT`). Records
-    /// written before there was one say nothing: those releases have none.
-    #[serde(default)]
-    pub ready_port: bool,
 }
 
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -91,20 +87,12 @@ impl History {
     }
 
     /// Appends a release that became ready.
-    pub fn record(
-        &mut self,
-        image: &str,
-        revision: &str,
-        deployed_at: &str,
-        previous: Option<String>,
-        ready_port: bool,
-    ) {
+    pub fn record(&mut self, image: &str, revision: &str, deployed_at: &str, previous: Option<String>) {
         self.releases.push(Release {
             image: image.to_owned(),
             revision: revision.to_owned(),
             deployed_at: deployed_at.to_owned(),
             previous,
-            ready_port,
         });
     }
 
@@ -217,56 +205,9 @@ pub fn plan_switch(
     SwitchPlan { previous, on_failure }
 }
 
-/// The port the proxy reaches the service on while the service switches from a release
-/// (whether it has the ready port, if one runs) to another: the ready port only when both
-/// have it, else the main port, on which every release listens. Afterwards it is the new
-/// release's alone.
-pub fn upstream_port(running_has_ready_port: Option<bool>, new_has_ready_port: bool) -> u16 {
-    if new_has_ready_port && running_has_ready_port.unwrap_or(true) {
-        crate::project::READY_PORT
-    } else {
-        crate::project::CONTAINER_PORT
-    }
-}
-
-/// Where the proxy reaches the service across a switch: `during` it, and `after`, once the
-/// new release serves, when that is another port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ProxyPorts {
-    pub during: u16,
-    pub after: Option<u16>,
-}
-
-impl ProxyPorts {
-    pub fn plan(running_has_ready_port: Option<bool>, new_has_ready_port: bool) -> Self {
-        let during = upstream_port(running_has_ready_port, new_has_ready_port);
-        let after = upstream_port(None, new_has_ready_port);
-        ProxyPorts { during, after: (after != during).then_some(after) }
-    }
-}
-
-/// What the runner says as it moves the proxy to the new release's ready port.
-pub fn proxy_move_line(port: u16) -> String {
-    format!(
-        "the proxy moves to the new release's ready port ({port}); it restarts, refusing requests for a moment"
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_proxy_uses_the_ready_port_only_when_both_releases_of_a_switch_have_it() {
-        assert_eq!(upstream_port(None, true), 8081, "a first release with it");
-        assert_eq!(upstream_port(Some(true), true), 8081);
-        assert_eq!(upstream_port(Some(false), true), 8080, "the old release would be unreachable");
-        assert_eq!(upstream_port(Some(true), false), 8080, "the new release would be unreachable");
-        assert_eq!(upstream_port(None, false), 8080);
-        assert_eq!(ProxyPorts::plan(Some(false), true), ProxyPorts { during: 8080, after: Some(8081) });
-        assert_eq!(ProxyPorts::plan(Some(true), true), ProxyPorts { during: 8081, after: None });
-        assert_eq!(ProxyPorts::plan(Some(true), false), ProxyPorts { during: 8080, after: None });
-    }
 
     fn release(image: &str, previous: Option<&str>) -> Release {
         Release {
@@ -274,25 +215,14 @@ mod tests {
             revision: format!("{}0000000000000", image.trim_start_matches("logbook:")),
             deployed_at: "2026-11-23T10:00:00Z".into(),
             previous: previous.map(Into::into),
-            ready_port: true,
         }
-    }
-
-    #[test]
-    fn a_record_from_before_the_ready_port_says_its_release_has_none() {
-        let old = r#"{"format": 1, "releases": [
-            {"image": "logbook:aaa", "revision": "r1", "deployed_at": "t1", "previous": null}]}"#;
-        assert!(!History::parse(old).unwrap().current().unwrap().ready_port);
-        let mut h = History::default();
-        h.record("logbook:bbb", "r2", "t2", None, true);
-        assert!(History::parse(&h.to_json()).unwrap().current().unwrap().ready_port);
     }
 
     fn history(images: &[&str]) -> History {
         let mut history = History::default();
         for image in images {
             let previous = history.current().map(|r| r.image.clone());
-            history.record(image, "rev", "2026-11-23T10:00:00Z", previous, true);
+            history.record(image, "rev", "2026-11-23T10:00:00Z", previous);
         }
         history
     }
@@ -418,8 +348,8 @@ mod tests {
     #[test]
     fn recording_appends_newest_last() {
         let mut h = History::default();
-        h.record("logbook:aaa", "r1", "t1", None, false);
-        h.record("logbook:bbb", "r2", "t2", Some("logbook:aaa".into()), true);
+        h.record("logbook:aaa", "r1", "t1", None);
+        h.record("logbook:bbb", "r2", "t2", Some("logbook:aaa".into()));
         assert_eq!(h.current().unwrap(), &release_with("logbook:bbb", "r2", "t2", Some("logbook:aaa")));
         assert_eq!(h.releases.len(), 2);
     }
@@ -430,7 +360,6 @@ mod tests {
             revision: revision.into(),
             deployed_at: at.into(),
             previous: previous.map(Into::into),
-            ready_port: true,
         }
     }
 }

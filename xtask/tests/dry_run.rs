@@ -294,44 +294,6 @@ fn an_image_that_cannot_be_pulled_changes_nothing() {
     assert!(changed.is_empty(), "a failed pull went on to change things: {changed:#?}");
 }
 
-/// A switch that involves a release built before the ready port has the proxy use the
-/// port every release listens on, and says so; one the user set is kept.
-#[test]
-fn a_release_built_before_the_ready_port_is_reached_on_the_main_port() {
-    let state = tempdir("pre-ready-port");
-    let fakes = fakes("pre-ready-port", &state);
-    let images = format!("{TREE_IMAGE} logbook:aaaaaaaaaaaa");
-    let up = ["up", "--tag", "aaaaaaaaaaaa", "--dry-run"];
-    let base = [("FAKE_IMAGES", images.as_str()), ("FAKE_RUNNING", "1"), ("LOGBOOK_UPSTREAM_PORT", "")];
-    let (ok, output) = fakes.xtask_with(&up, &base);
-    assert!(ok, "{output}");
-    assert!(
-        !output.contains("LOGBOOK_UPSTREAM_PORT"),
-        "a release with the ready port moved the proxy:\n{output}"
-    );
-    let mut old = base.to_vec();
-    old.push(("FAKE_PRE_READY_PORT", "1"));
-    let (ok, output) = fakes.xtask_with(&up, &old);
-    assert!(ok, "{output}");
-    assert!(
-        output.contains("was built before the ready port: for this switch the proxy uses port 8080"),
-        "{output}"
-    );
-    let compose_up =
-        output.lines().find(|l| l.contains("docker compose") && l.contains(" up ")).unwrap_or_default();
-    assert!(
-        compose_up.contains("LOGBOOK_UPSTREAM_PORT=8080"),
-        "the proxy is not told the main port:\n{output}"
-    );
-    let mut chosen = old.clone();
-    chosen.retain(|(k, _)| *k != "LOGBOOK_UPSTREAM_PORT");
-    chosen.push(("LOGBOOK_UPSTREAM_PORT", "8081"));
-    let (ok, output) = fakes.xtask_with(&up, &chosen);
-    assert!(ok, "{output}");
-    assert!(!output.contains("port 8080"), "the port the user set was overridden:\n{output}");
-    std::fs::remove_dir_all(state.parent().unwrap()).unwrap();
-}
-
 /// Wrong replica settings stop `up` before anything changes, with one line naming the
 /// setting.
 #[test]

@@ -11,7 +11,6 @@ use crate::flags::{Builder, Drill};
 use crate::outside::docker::{self, Compose};
 use crate::outside::image::{self, ImagePlan};
 use crate::outside::process::{self, Cmd};
-use crate::project;
 use crate::release::History;
 use crate::targets::compose::switch::{self, Gate};
 use crate::targets::compose::{self, OnDrop, StackGuard, data};
@@ -37,8 +36,6 @@ struct Rehearsal<'a> {
     v1_revision: String,
     v2: ImagePlan,
     broken: String,
-    /// v1 without the ready-port label: a release built before the ready port.
-    pre_ready_port: String,
 }
 
 impl Drill {
@@ -56,20 +53,16 @@ impl Drill {
             gate: Gate { timeout: Duration::from_secs(60), restore_previous: true },
             v2: plan.variant("drill-v2"),
             broken: format!("{v1}-drill-broken"),
-            pre_ready_port: format!("{v1}-drill-pre-ready-port"),
             v1,
             v1_revision: plan.revision,
         };
         let mut guard = StackGuard::new(sh, &drill.compose, OnDrop::RemoveWithVolumes);
         guard.remove_image(&drill.v2.tag);
         guard.remove_image(&drill.broken);
-        guard.remove_image(&drill.pre_ready_port);
         image::build(sh, &drill.v2, Builder::Buildkit)?;
         image::build_broken_image(sh, &drill.v1, &drill.broken)?;
-        image::build_image_without_ready_port(sh, &drill.v1, &drill.pre_ready_port)?;
         let mut checks = Checks::stop_at_first();
         let (rollback_took, traffic) = drill.releases(&mut checks)?;
-        drill.release_before_the_ready_port(&mut checks)?;
         let compared = drill.compare_switches(&mut checks)?;
         drill.crash_and_restart(&mut checks)?;
         drill.backup_and_restore(&mut checks, &state.path().join("drill-backup.db"))?;
@@ -180,46 +173,6 @@ impl Rehearsal<'_> {
             harness::expect_acknowledged(&addr, &seen.acknowledged)
         })?;
         Ok((took, seen))
-    }
-
-    /// A release built before the ready port: the proxy reaches it on the port every
-    /// release listens on, and moves back to the ready port once v1 (which has it) serves
-    /// again. Each move restarts the proxy, so no client runs here.
-    fn release_before_the_ready_port(&self, checks: &mut Checks) -> Result<()> {
-        let addr = compose::published_addr(self.sh, &self.compose)?;
-        let name =
-            "a release built before the ready port is reached on port 8080, then v1 on the ready port again";
-        checks.run(name, || {
-            self.switch(&self.pre_ready_port)?;
-            let running = compose::running_image(self.sh, &self.compose)?;
-            ensure!(
-                running.as_deref() == Some(self.pre_ready_port.as_str()),
-                "it is not running: {running:?}"
-            );
-            harness::expect_revision(&addr, &self.v1_revision)?;
-            ensure!(self.proxy_upstream_port()? == "8080", "the proxy does not use port 8080 for it");
-            self.switch(&self.v1)?;
-            let running = compose::running_image(self.sh, &self.compose)?;
-            ensure!(running.as_deref() == Some(self.v1.as_str()), "v1 is not running: {running:?}");
-            ensure!(self.proxy_upstream_port()? == "8081", "the proxy did not move back to the ready port");
-            Ok(())
-        })
-    }
-
-    /// The upstream port the running proxy container was created with.
-    fn proxy_upstream_port(&self) -> Result<String> {
-        let proxy = compose::containers(self.sh, &self.compose)?
-            .into_iter()
-            .find(|c| c.service == project::PROXY_SERVICE && c.state == "running")
-            .context("the proxy does not run")?;
-        let env = process::query(
-            self.sh,
-            &docker::inspect_format(&proxy.id, "{{range .Config.Env}}{{println .}}{{end}}"),
-        )?;
-        env.lines()
-            .find_map(|l| l.strip_prefix("LOGBOOK_UPSTREAM_PORT="))
-            .map(str::to_owned)
-            .context("the proxy has no LOGBOOK_UPSTREAM_PORT")
     }
 
     /// The same change of release both ways, under traffic, in one run: stop-first (what

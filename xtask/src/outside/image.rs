@@ -118,31 +118,12 @@ pub fn build_broken_image(sh: &Shell, image: &str, tag: &str) -> Result<()> {
     build_on(sh, image, tag, &format!("ENV {BROKEN_SETTING}=not-an-address"))
 }
 
-/// Builds `tag` from `image` without the ready-port label: what a release built before
-/// the ready port looks like to the runner.
-pub fn build_image_without_ready_port(sh: &Shell, image: &str, tag: &str) -> Result<()> {
-    build_on(sh, image, tag, &format!("LABEL {READY_PORT_LABEL}=\"\""))
-}
-
 /// Builds `tag` as `image` plus one Dockerfile instruction.
 fn build_on(sh: &Shell, image: &str, tag: &str, instruction: &str) -> Result<()> {
     let dir = sh.create_temp_dir()?;
     sh.write_file(dir.path().join("Dockerfile"), format!("FROM {image}\n{instruction}\n"))?;
     let context = dir.path().display().to_string();
     process::run(sh, &Cmd::new("docker").args(["build", "--quiet", "--tag", tag, &context]))
-}
-
-/// The label an image carries when its binary has the ready port (`LOGBOOK_READY_PORT`).
-pub const READY_PORT_LABEL: &str = "io.logbook.ready-port";
-
-/// Whether `image`'s binary has the ready port; an image built before it has no label.
-/// One that cannot be inspected (not pulled yet, in a dry run) is taken to have it.
-pub fn has_ready_port(sh: &Shell, image: &str) -> bool {
-    let format = format!("{{{{index .Config.Labels \"{READY_PORT_LABEL}\"}}}}");
-    match process::query(sh, &docker::inspect_format(image, &format)) {
-        Ok(value) => !matches!(value.trim(), "" | "<no value>"),
-        Err(_) => true,
-    }
 }
 
 /// The git revision `image` was built from, by its label; "unknown" when it has none.

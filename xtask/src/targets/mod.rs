@@ -15,21 +15,7 @@ use xshell::Shell;
 use crate::flags::{Deploy, DeployTarget, Rollback, RollbackCompose, RollbackTarget};
 use crate::outside::docker;
 use crate::outside::{image, process};
-use crate::project;
 use crate::release::History;
-
-/// The port the proxy reaches the service on; both stack files default it to the ready
-/// port.
-pub const UPSTREAM_PORT_VAR: &str = "LOGBOOK_UPSTREAM_PORT";
-
-/// Sets the proxy's upstream `port` in a command's environment. The stack files' own
-/// default, the ready port, goes unsaid, so the commands printed stay as they were.
-pub fn set_upstream_port(env: &mut Vec<(String, String)>, port: u16) {
-    env.retain(|(k, _)| k != UPSTREAM_PORT_VAR);
-    if port != project::READY_PORT {
-        env.push((UPSTREAM_PORT_VAR.to_owned(), port.to_string()));
-    }
-}
 
 /// Records `image` in `history` as the release now serving (its revision from its label,
 /// deployed now) and writes the history to `file`.
@@ -39,9 +25,8 @@ pub fn record_serving(
     file: &Path,
     image: &str,
     previous: Option<String>,
-    ready_port: bool,
 ) -> Result<()> {
-    history.record(image, &image::revision(sh, image), &crate::time::now_rfc3339(), previous, ready_port);
+    history.record(image, &image::revision(sh, image), &crate::time::now_rfc3339(), previous);
     process::write_file(file, &history.to_json())
 }
 

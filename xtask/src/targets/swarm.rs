@@ -13,7 +13,7 @@ use serde_json::Value;
 use xshell::Shell;
 
 use crate::outside::process::{self, Cmd};
-use crate::outside::{docker, http, image};
+use crate::outside::{docker, http};
 use crate::project;
 use crate::release::{self, History};
 
@@ -175,19 +175,6 @@ pub fn deploy(
     let running = service_json(sh, stack).and_then(|s| service_image(&s));
     // Swarm restores the old task itself; the plan only says what this one replaces.
     let plan = release::plan_switch(running.as_deref(), &history, image, false);
-    let new_has_ready_port = image::has_ready_port(sh, image);
-    // As for compose: the ready port only when both releases have it, so that Swarm's own
-    // rollback, which leaves the proxy as it is, keeps the old task reachable.
-    let chosen = stack.env.iter().any(|(k, _)| k == super::UPSTREAM_PORT_VAR)
-        || std::env::var(super::UPSTREAM_PORT_VAR).is_ok_and(|p| !p.trim().is_empty());
-    let (during, after) = if chosen {
-        (None, None)
-    } else {
-        let running_has_ready_port = running.as_deref().map(|i| image::has_ready_port(sh, i));
-        let ports = release::ProxyPorts::plan(running_has_ready_port, new_has_ready_port);
-        (Some(ports.during), ports.after)
-    };
-    let stack = &with_upstream_port(stack, during);
     let started = Instant::now();
     let deployed_at = SystemTime::now();
     process::run(sh, &stack.deploy(image))?;
@@ -211,25 +198,8 @@ pub fn deploy(
         };
     }
     process::say(&format!("  rolled out in {:.1}s", started.elapsed().as_secs_f64()));
-    super::record_serving(sh, &mut history, history_file, image, plan.previous, new_has_ready_port)?;
-    if let Some(port) = after {
-        process::say(&release::proxy_move_line(port));
-        process::run(sh, &with_upstream_port(stack, Some(port)).deploy(image))?;
-        process::wait_for("the proxy on the ready port", timeout, Duration::from_millis(250), || {
-            Ok(ready(&addr).then_some(()))
-        })
-        .context("the new release serves, but the proxy did not come back on its ready port")?;
-    }
+    super::record_serving(sh, &mut history, history_file, image, plan.previous)?;
     Ok(addr)
-}
-
-/// `stack` with the proxy on `port` (None: as the user set it).
-fn with_upstream_port(stack: &Stack, port: Option<u16>) -> Stack {
-    let mut stack = stack.clone();
-    if let Some(port) = port {
-        super::set_upstream_port(&mut stack.env, port);
-    }
-    stack
 }
 
 fn ready(addr: &str) -> bool {

@@ -36,29 +36,7 @@ pub fn stack(sh: &Shell, program: docker::ComposeProgram) -> Compose {
     if !setting(sh, &compose, replica::URL_VAR, "").is_empty() {
         compose = compose.with_file(project::REPLICA_COMPOSE_FILE);
     }
-    if chosen_upstream_port(sh, &compose).is_none() {
-        // The proxy reaches the current release on its ready port, if it has one. A
-        // missing or unreadable history means a new stack, of releases that have it.
-        let history = crate::release::History::load(&history_path(sh, &compose)).unwrap_or_default();
-        let ready = history.current().is_none_or(|r| r.ready_port);
-        compose = with_upstream_port(compose, crate::release::upstream_port(None, ready));
-    }
     compose
-}
-
-/// `compose` with the proxy reaching the service on `port`: compose's own default (the
-/// ready port) goes unsaid, so the commands printed stay as they were.
-pub fn with_upstream_port(mut compose: Compose, port: u16) -> Compose {
-    super::set_upstream_port(&mut compose.env, port);
-    compose
-}
-
-/// The proxy's upstream port as the user set it (environment or .env), if they did: then
-/// the runner never changes it.
-pub fn chosen_upstream_port(sh: &Shell, compose: &Compose) -> Option<String> {
-    let mut plain = compose.clone();
-    plain.env.retain(|(k, _)| k != super::UPSTREAM_PORT_VAR);
-    Some(setting(sh, &plain, super::UPSTREAM_PORT_VAR, "")).filter(|p| !p.trim().is_empty())
 }
 
 /// A variable as `compose` will see it: set on the command, else in the environment, else

@@ -64,16 +64,6 @@ pub fn switch(sh: &Shell, compose: &Compose, history_file: &Path, image: &str, g
     let mut history = History::load(history_file)?;
     check_proxy_config(sh, compose)?;
     let running = super::running(sh, compose)?;
-    let new_has_ready_port = image::has_ready_port(sh, image);
-    let (compose, settle_port) = upstream_ports(
-        sh,
-        compose,
-        &history,
-        running.as_ref().map(|(_, i)| i.as_str()),
-        image,
-        new_has_ready_port,
-    );
-    let compose = &compose;
     let replica = check_replication(sh, compose, running.is_some())?;
     let plan = release::plan_switch(
         running.as_ref().map(|(_, i)| i.as_str()),
@@ -88,15 +78,7 @@ pub fn switch(sh: &Shell, compose: &Compose, history_file: &Path, image: &str, g
         }
         _ => start_fresh(sh, compose, image, &plan.on_failure, gate.timeout)?,
     };
-    crate::targets::record_serving(sh, &mut history, history_file, image, plan.previous, new_has_ready_port)?;
-    if let Some(port) = settle_port {
-        process::say(&release::proxy_move_line(port));
-        process::run(
-            sh,
-            &super::with_upstream_port(compose_new.clone(), port).up_alone(project::PROXY_SERVICE),
-        )
-        .context("the new release serves, but the proxy did not move to its ready port")?;
-    }
+    crate::targets::record_serving(sh, &mut history, history_file, image, plan.previous)?;
     // The new release serves and is recorded; now the sidecar follows it.
     if replica {
         // A start-first switch touches only the service: start the sidecar if it was not
@@ -113,39 +95,6 @@ pub fn switch(sh: &Shell, compose: &Compose, history_file: &Path, image: &str, g
         super::replica::remove_leftovers(sh, compose)?;
     }
     Ok(addr)
-}
-
-/// `compose` with the port the proxy reaches the service on during a switch from
-/// `running` to `image`, and the port it moves to afterwards, if another. The ready port
-/// is used only when both releases have it (release::upstream_port); a port the user
-/// chose is kept throughout.
-fn upstream_ports(
-    sh: &Shell,
-    compose: &Compose,
-    history: &History,
-    running: Option<&str>,
-    image: &str,
-    new_has_ready_port: bool,
-) -> (Compose, Option<u16>) {
-    if super::chosen_upstream_port(sh, compose).is_some() {
-        return (compose.clone(), None);
-    }
-    let running_has_ready_port = running.map(|i| image::has_ready_port(sh, i));
-    let release::ProxyPorts { during, after } =
-        release::ProxyPorts::plan(running_has_ready_port, new_has_ready_port);
-    // Where the proxy is now: where the current release needed it.
-    let now = release::upstream_port(None, history.current().is_none_or(|r| r.ready_port));
-    if now != during {
-        let why = match (during == project::READY_PORT, new_has_ready_port) {
-            (true, _) => "both releases have the ready port".to_owned(),
-            (false, true) => "the running release was built before the ready port".to_owned(),
-            (false, false) => format!("{image} was built before the ready port"),
-        };
-        process::say(&format!(
-            "{why}: for this switch the proxy uses port {during}; it restarts, refusing requests for a moment"
-        ));
-    }
-    (super::with_upstream_port(compose.clone(), during), after)
 }
 
 /// Checks the replica settings before anything changes and says which state replication
