@@ -47,6 +47,7 @@ pub enum Command {
     Advisories(Advisories),
     Ci(Ci),
     Bench(Bench),
+    Lock(Lock),
 }
 
 /// Build the image: tagged `logbook:<git sha>` (with `-dirty` for a modified tree) and
@@ -95,6 +96,9 @@ pub struct Up {
     /// previous one.
     #[arg(long)]
     pub no_rollback: bool,
+
+    #[command(flatten)]
+    pub lock: LockArgs,
 }
 
 /// Stop the stack. The data volume is kept unless --volumes is given.
@@ -108,6 +112,9 @@ pub struct Down {
     /// Confirm --volumes without asking.
     #[arg(long, requires = "volumes")]
     pub yes: bool,
+
+    #[command(flatten)]
+    pub lock: LockArgs,
 }
 
 /// Show the stack's containers: image tag, state, health and uptime.
@@ -200,13 +207,17 @@ pub struct RollbackCompose {
     #[arg(long, conflicts_with = "list")]
     pub to: Option<String>,
 
-    /// List the recorded releases, newest first, with their revisions and times; change nothing.
+    /// List the recorded releases, newest first, with their revisions and times, who
+    /// deployed each with which command, and why; change nothing.
     #[arg(long)]
     pub list: bool,
 
     /// Seconds to wait for /readyz to answer 200.
     #[arg(long, default_value_t = 60)]
     pub timeout: u64,
+
+    #[command(flatten)]
+    pub lock: LockArgs,
 }
 
 #[derive(Debug, Args)]
@@ -283,6 +294,66 @@ pub struct Restore {
     /// Seconds to wait for /readyz to answer 200 after the restore.
     #[arg(long, default_value_t = 60)]
     pub timeout: u64,
+
+    #[command(flatten)]
+    pub lock: LockArgs,
+}
+
+/// How a command that changes the stack takes the stack's lock (docs/OPERATIONS.md, "The
+/// stack's state and its lock").
+#[derive(Debug, Clone, Args)]
+pub struct LockArgs {
+    /// How long to wait while another command holds the lock, or deploys are frozen
+    /// (e.g. 90s, 10m), instead of refusing at once.
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_duration)]
+    pub lock_wait: std::time::Duration,
+
+    /// Why: shown to anyone the lock holds up, and recorded in the release history.
+    #[arg(long, short = 'm')]
+    pub message: Option<String>,
+}
+
+impl LockArgs {
+    pub fn request(&self) -> crate::state::LockRequest {
+        crate::state::LockRequest { wait: self.lock_wait, message: self.message.clone(), reads_only: false }
+    }
+}
+
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("expected a duration such as 90s or 10m: {e}"))
+}
+
+/// See, take or lift the lock of this host's stack (the project LOGBOOK_PROJECT names,
+/// default logbook). Every command that changes the stack (up, deploy, rollback, restore,
+/// down, monitoring-up/-down) holds it while it runs; `backup` waits for it.
+#[derive(Debug, Args)]
+pub struct Lock {
+    #[command(subcommand)]
+    pub action: LockAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LockAction {
+    /// Who holds the lock and since when, whether deploys are frozen and why, and a
+    /// holder that died without releasing it. Changes nothing.
+    Status {
+        /// Print it as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Freeze deploys with a reason: every changing command is refused (naming you and the
+    /// reason) until `lock release`. Waits for, or refuses, a command that runs now.
+    Acquire {
+        /// Why deploys are frozen (shown to whoever is refused).
+        #[arg(long, short = 'm')]
+        message: String,
+
+        /// How long to wait for a command that holds the lock now (e.g. 90s, 10m).
+        #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_duration)]
+        lock_wait: std::time::Duration,
+    },
+    /// Lift a freeze put by `lock acquire`.
+    Release,
 }
 
 fn parse_point_in_time(text: &str) -> Result<std::time::SystemTime, String> {
@@ -346,6 +417,9 @@ pub struct MonitoringUp {
     /// Seconds to wait for each service.
     #[arg(long, default_value_t = 90)]
     pub timeout: u64,
+
+    #[command(flatten)]
+    pub lock: LockArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -361,7 +435,10 @@ pub enum MonitoringService {
 /// Stop and remove Prometheus, Alertmanager and Grafana; the app keeps running and their
 /// volumes are kept.
 #[derive(Debug, Args)]
-pub struct MonitoringDown {}
+pub struct MonitoringDown {
+    #[command(flatten)]
+    pub lock: LockArgs,
+}
 
 /// Prove the monitoring stack on a throwaway project: Prometheus comes up, scrapes the
 /// service as up, answers a PromQL query for its request counter, and monitoring-down

@@ -10,6 +10,7 @@ mod flags;
 mod outside;
 mod project;
 mod release;
+mod state;
 mod targets;
 mod time;
 
@@ -61,6 +62,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Advisories(cmd) => cmd.run(&sh),
         Command::Ci(cmd) => cmd.run(&sh),
         Command::Bench(cmd) => cmd.run(&sh),
+        Command::Lock(cmd) => cmd.run(&sh),
     }
 }
 

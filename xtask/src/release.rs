@@ -2,19 +2,21 @@
 //! and what a switch does when the new image fails. Pure: no process, no Docker, no clock;
 //! the deploy targets apply these decisions.
 //!
-//! The history is a small JSON file per compose project or swarm stack, under the state
-//! directory (`.logbook/`, or `LOGBOOK_STATE_DIR`), replaced whole on every write:
+//! The history is a small JSON file per compose project or swarm stack, in the stack's
+//! state directory on the host ([`crate::state`]), replaced whole on every write:
 //!
 //! ```json
 //! {"format": 1, "releases": [
 //!   {"image": "logbook:0123456789ab", "revision": "0123…", "deployed_at": "2026-11-23T10:00:00Z",
-//!    "previous": null}
+//!    "previous": null, "by": "alice@web1", "command": "up --tag 0123456789ab",
+//!    "message": "hotfix for #42"}
 //! ]}
 //! ```
 //!
-//! Newest last. The runner never deletes images; those named here stay usable for rollback.
+//! Newest last. `by` is `user@host`, or the CI run's address; `message` is the one the
+//! command's lock was taken with (`--message`). Records written before them lack both. The runner never deletes images; those named here stay usable for rollback.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
@@ -27,6 +29,20 @@ pub struct Release {
     pub revision: String,
     pub deployed_at: String,
     pub previous: Option<String>,
+    #[serde(default)]
+    pub by: String,
+    #[serde(default)]
+    pub command: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// Who changed the stack, how, and why: recorded with each release.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Audit {
+    pub by: String,
+    pub command: String,
+    pub message: Option<String>,
 }
 
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -39,14 +55,6 @@ pub struct History {
 struct HistoryFile {
     format: u64,
     releases: Vec<Release>,
-}
-
-/// Where `scope`'s history lives (a compose project name, or `swarm-<stack>`).
-pub fn history_path(project_root: &Path, scope: &str) -> PathBuf {
-    let dir = std::env::var_os("LOGBOOK_STATE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| project_root.join(".logbook"));
-    dir.join(format!("releases-{scope}.json"))
 }
 
 impl History {
@@ -87,12 +95,22 @@ impl History {
     }
 
     /// Appends a release that became ready.
-    pub fn record(&mut self, image: &str, revision: &str, deployed_at: &str, previous: Option<String>) {
+    pub fn record(
+        &mut self,
+        image: &str,
+        revision: &str,
+        deployed_at: &str,
+        previous: Option<String>,
+        audit: Audit,
+    ) {
         self.releases.push(Release {
             image: image.to_owned(),
             revision: revision.to_owned(),
             deployed_at: deployed_at.to_owned(),
             previous,
+            by: audit.by,
+            command: audit.command,
+            message: audit.message,
         });
     }
 
@@ -158,7 +176,11 @@ impl History {
             .map(|r| {
                 let mark = if Some(r.image.as_str()) == running { "*" } else { " " };
                 let revision: String = r.revision.chars().take(12).collect();
-                format!("{mark} {:<28} {revision:<12}  {}", r.image, r.deployed_at)
+                let why = r.message.as_deref().map(|m| format!(" {m:?}")).unwrap_or_default();
+                let how = if r.command.is_empty() { String::new() } else { format!(" `{}`", r.command) };
+                format!("{mark} {:<28} {revision:<12}  {}  {}{how}{why}", r.image, r.deployed_at, r.by)
+                    .trim_end()
+                    .to_owned()
             })
             .collect::<Vec<_>>()
             .join("\n")
@@ -215,14 +237,36 @@ mod tests {
             revision: format!("{}0000000000000", image.trim_start_matches("logbook:")),
             deployed_at: "2026-11-23T10:00:00Z".into(),
             previous: previous.map(Into::into),
+            by: String::new(),
+            command: String::new(),
+            message: None,
         }
+    }
+
+    #[test]
+    fn the_list_says_who_deployed_each_release_how_and_why() {
+        let mut h = History::default();
+        h.record("logbook:aaa", "r1", "2026-12-04T10:00:00Z", None, Audit::default());
+        let audit = Audit {
+            by: "alice@web1".into(),
+            command: "up --tag bbb".into(),
+            message: Some("hotfix #42".into()),
+        };
+        h.record("logbook:bbb", "r2", "2026-12-04T11:00:00Z", Some("logbook:aaa".into()), audit);
+        let parsed = History::parse(&h.to_json()).unwrap();
+        assert_eq!(parsed, h);
+        let table = parsed.table(Some("logbook:bbb"));
+        assert_eq!(
+            table,
+            "* logbook:bbb                  r2            2026-12-04T11:00:00Z  alice@web1 `up --tag bbb` \"hotfix #42\"\n  logbook:aaa                  r1            2026-12-04T10:00:00Z"
+        );
     }
 
     fn history(images: &[&str]) -> History {
         let mut history = History::default();
         for image in images {
             let previous = history.current().map(|r| r.image.clone());
-            history.record(image, "rev", "2026-11-23T10:00:00Z", previous);
+            history.record(image, "rev", "2026-11-23T10:00:00Z", previous, Audit::default());
         }
         history
     }
@@ -348,8 +392,8 @@ mod tests {
     #[test]
     fn recording_appends_newest_last() {
         let mut h = History::default();
-        h.record("logbook:aaa", "r1", "t1", None);
-        h.record("logbook:bbb", "r2", "t2", Some("logbook:aaa".into()));
+        h.record("logbook:aaa", "r1", "t1", None, Audit::default());
+        h.record("logbook:bbb", "r2", "t2", Some("logbook:aaa".into()), Audit::default());
         assert_eq!(h.current().unwrap(), &release_with("logbook:bbb", "r2", "t2", Some("logbook:aaa")));
         assert_eq!(h.releases.len(), 2);
     }
@@ -360,6 +404,9 @@ mod tests {
             revision: revision.into(),
             deployed_at: at.into(),
             previous: previous.map(Into::into),
+            by: String::new(),
+            command: String::new(),
+            message: None,
         }
     }
 }

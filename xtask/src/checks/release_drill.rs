@@ -36,7 +36,7 @@ impl ReleaseDrill {
         let addr = format!("127.0.0.1:{}", port.context("the throwaway project has no port")?);
         let mut guard = StackGuard::new(sh, &compose, OnDrop::RemoveWithVolumes);
         guard.remove_image(&v2.tag);
-        let _history = HistoryCleanup(crate::targets::compose::history_path(sh, &compose));
+        let _history = HistoryCleanup(crate::targets::compose::history_path(sh, &compose)?);
         image::build(sh, &v2, Builder::Buildkit)?;
         let registry = LocalRegistry::start(sh)?;
         let repository = format!("{}/{}", registry.addr, project::NAME);

@@ -22,6 +22,13 @@ impl Backup {
             return check_replica(sh, &compose);
         }
         let out = self.out.unwrap_or_else(|| default_backup_path(sh));
+        // A copy taken in the middle of a switch or a restore could be of either side.
+        let wait = crate::state::LockRequest {
+            wait: std::time::Duration::from_secs(600),
+            reads_only: true,
+            ..Default::default()
+        };
+        let _lock = crate::state::lock(&compose::history_path(sh, &compose)?, &wait)?;
         let report = data::backup(sh, &compose, &out)?;
         process::result(&format!(
             "backup: {} ({} bytes, {} entries)",
@@ -42,7 +49,7 @@ fn check_replica(sh: &Shell, compose: &docker::Compose) -> Result<()> {
     let scratch = Scratch::new(sh)?;
     let (file, listing) = replica::restore_into(sh, compose, &settings, None, &scratch)?;
     process::needs_effects("verify the replica's copy")?;
-    let image = data::image_for(sh, compose, &compose::history_path(sh, compose))?;
+    let image = data::image_for(sh, compose, &compose::history_path(sh, compose)?)?;
     let report = data::verify(sh, &image, &file)?;
     let (newest, age) = match listing.as_ref().and_then(|l| l.newest_change()) {
         Some(newest) => (crate::time::format(newest), crate::time::age(newest, SystemTime::now())),

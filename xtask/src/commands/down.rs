@@ -18,6 +18,7 @@ impl Down {
         if self.volumes && !self.yes {
             confirm_volume_deletion(&compose.project)?;
         }
+        let _lock = crate::state::lock(&compose::history_path(sh, &compose)?, &self.lock.request())?;
         process::run(sh, &compose.down(self.volumes))?;
         let what = if self.volumes {
             "stopped; its volumes, and the data in them, are deleted"

@@ -8,6 +8,7 @@ pub mod ci;
 pub mod completions;
 pub mod doctor;
 pub mod down;
+pub mod lock;
 pub mod logs;
 pub mod monitoring;
 pub mod publish;

@@ -20,7 +20,8 @@ impl MonitoringUp {
         } else {
             self.services.clone()
         };
-        let history = compose::history_path(sh, &stack);
+        let history = compose::history_path(sh, &stack)?;
+        let _lock = crate::state::lock(&history, &self.lock.request())?;
         let timeout = Duration::from_secs(self.timeout);
         let urls = monitoring::monitoring_up(sh, &stack, &history, &image, &services, timeout)?;
         for (name, url) in urls.0 {
@@ -33,6 +34,7 @@ impl MonitoringUp {
 impl MonitoringDown {
     pub fn run(self, sh: &Shell) -> Result<()> {
         let stack = monitoring::interpolable(sh, compose::stack(sh, docker::connect(sh)?));
+        let _lock = crate::state::lock(&compose::history_path(sh, &stack)?, &self.lock.request())?;
         monitoring::monitoring_down(sh, &stack)?;
         process::result(&format!("monitoring stopped in project {}; the app keeps running", stack.project));
         Ok(())

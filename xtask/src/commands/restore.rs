@@ -14,7 +14,8 @@ use crate::targets::compose;
 impl Restore {
     pub fn run(self, sh: &Shell) -> Result<()> {
         let stack = compose::stack(sh, docker::connect(sh)?);
-        let history = compose::history_path(sh, &stack);
+        let history = compose::history_path(sh, &stack)?;
+        let _lock = crate::state::lock(&history, &self.lock.request())?;
         let timeout = Duration::from_secs(self.timeout);
         let report = match &self.file {
             Some(file) => {

@@ -16,6 +16,7 @@ impl Up {
             self.no_build,
             Duration::from_secs(self.timeout),
             !self.no_rollback,
+            &self.lock.request(),
         )
     }
 }

@@ -308,47 +308,6 @@ pub fn create_dir_all(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// An exclusive lock, held until dropped (the kernel releases it if the process dies).
-pub struct Lock {
-    _file: Option<std::fs::File>,
-}
-
-/// Takes the lock at `path`, or fails at once naming the process that holds it. `what` says
-/// what the holder is doing, for that message. A dry run takes no lock and creates no file.
-pub fn exclusive_lock(path: &Path, what: &str) -> Result<Lock> {
-    use std::io::Write;
-    if runner().dry_run {
-        return Ok(Lock { _file: None });
-    }
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .open(path)
-        .with_context(|| format!("cannot open the lock {}", path.display()))?;
-    match file.try_lock() {
-        Ok(()) => {
-            let note = format!("pid {}, {what} since {}", std::process::id(), crate::time::now_rfc3339());
-            file.set_len(0).and_then(|()| file.write_all(note.as_bytes())).ok();
-            Ok(Lock { _file: Some(file) })
-        }
-        Err(std::fs::TryLockError::WouldBlock) => {
-            let holder = std::fs::read_to_string(path).unwrap_or_default();
-            bail!(
-                "another cargo xtask ({}) holds {}: wait for it to finish; nothing was changed",
-                holder.trim(),
-                path.display()
-            )
-        }
-        Err(std::fs::TryLockError::Error(e)) => {
-            Err(e).with_context(|| format!("cannot lock {}", path.display()))
-        }
-    }
-}
-
 /// Writes `contents` to `path` whole (echoed; not under --dry-run): beside it first, synced,
 /// then renamed into place, so a crash or Ctrl-C leaves the old file or the new one.
 pub fn write_file(path: &Path, contents: &str) -> Result<()> {
@@ -666,20 +625,6 @@ mod tests {
         write_file(&path, "two").unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "two");
         assert_eq!(std::fs::read_dir(path.parent().unwrap()).unwrap().count(), 1, "no partial file left");
-    }
-
-    #[test]
-    fn a_second_lock_holder_is_refused_with_the_first_named() {
-        let sh = Shell::new().unwrap();
-        let dir = sh.create_temp_dir().unwrap();
-        let path = dir.path().join("state/releases-logbook.lock");
-        let held = exclusive_lock(&path, "switching").unwrap();
-        let err = exclusive_lock(&path, "switching").err().unwrap().to_string();
-        let pid = std::process::id();
-        assert!(err.starts_with(&format!("another cargo xtask (pid {pid}, switching since ")), "{err}");
-        assert!(err.ends_with("wait for it to finish; nothing was changed"), "{err}");
-        drop(held);
-        exclusive_lock(&path, "switching").unwrap();
     }
 
     #[test]

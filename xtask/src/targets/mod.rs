@@ -26,7 +26,12 @@ pub fn record_serving(
     image: &str,
     previous: Option<String>,
 ) -> Result<()> {
-    history.record(image, &image::revision(sh, image), &crate::time::now_rfc3339(), previous);
+    let audit = crate::release::Audit {
+        by: crate::state::actor(),
+        command: crate::state::this_command(),
+        message: crate::state::lock_message(),
+    };
+    history.record(image, &image::revision(sh, image), &crate::time::now_rfc3339(), previous, audit);
     process::write_file(file, &history.to_json())
 }
 
@@ -47,7 +52,7 @@ impl Deploy {
                 }
                 docker::connect(sh)?;
                 let image = image::tag_or_tree(sh, flags.tag.as_deref())?;
-                let history = swarm::history_path(sh, &stack);
+                let history = swarm::history_path(sh, &stack)?;
                 let addr = swarm::deploy(sh, &stack, &history, &image, Duration::from_secs(flags.timeout))?;
                 process::result(&format!("{image} serves on the swarm at http://{addr}"));
                 Ok(())
@@ -65,7 +70,7 @@ impl Rollback {
             Some(RollbackTarget::Swarm(flags)) => {
                 let stack = swarm::Stack::new(&flags.stack);
                 if flags.list {
-                    let history = crate::release::History::load(&swarm::history_path(sh, &stack))?;
+                    let history = crate::release::History::load(&swarm::history_path(sh, &stack)?)?;
                     process::result(&history.table(None));
                     return Ok(());
                 }
@@ -87,7 +92,7 @@ impl Rollback {
 
 fn rollback_compose(sh: &Shell, flags: RollbackCompose) -> Result<()> {
     let stack = compose::stack(sh, docker::connect(sh)?);
-    let history_file = compose::history_path(sh, &stack);
+    let history_file = compose::history_path(sh, &stack)?;
     if flags.list {
         let history = crate::release::History::load(&history_file)?;
         let running = compose::running_image(sh, &stack).unwrap_or(None);
@@ -95,6 +100,7 @@ fn rollback_compose(sh: &Shell, flags: RollbackCompose) -> Result<()> {
         process::result(&history.table(running.as_deref()));
         return Ok(());
     }
+    let _lock = crate::state::lock(&history_file, &flags.lock.request())?;
     let started = Instant::now();
     let timeout = Duration::from_secs(flags.timeout);
     let image = compose::switch::rollback(sh, &stack, &history_file, flags.to.as_deref(), timeout)?;

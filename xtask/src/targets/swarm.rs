@@ -162,7 +162,7 @@ pub fn deploy(
     image: &str,
     timeout: Duration,
 ) -> Result<String> {
-    let _lock = process::exclusive_lock(&history_file.with_extension("lock"), "deploying to the swarm")?;
+    let _lock = crate::state::lock(history_file, &crate::state::LockRequest::default())?;
     check_ready(sh, stack)?;
     let config = sh
         .read_file(project::PROXY_CONFIG)
@@ -265,13 +265,13 @@ pub fn content_hash(text: &str) -> String {
 }
 
 /// The history file for a stack, beside the compose project's.
-pub fn history_path(sh: &Shell, stack: &Stack) -> std::path::PathBuf {
-    release::history_path(&sh.current_dir(), &format!("swarm-{}", stack.name))
+pub fn history_path(sh: &Shell, stack: &Stack) -> Result<std::path::PathBuf> {
+    crate::state::history_path(sh, &format!("swarm-{}", stack.name))
 }
 
 /// `rollback swarm`: the previous release in the swarm history (or `to`).
 pub fn rollback(sh: &Shell, stack: &Stack, to: Option<&str>, timeout: Duration) -> Result<String> {
-    let history_file = history_path(sh, stack);
+    let history_file = history_path(sh, stack)?;
     let history = History::load(&history_file)?;
     let running = service_json(sh, stack).and_then(|s| service_image(&s));
     let scope = format!("swarm stack {} ({})", stack.name, history_file.display());

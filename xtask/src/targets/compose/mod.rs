@@ -139,9 +139,9 @@ pub fn proxy_running(sh: &Shell, compose: &Compose) -> Result<bool> {
     Ok(containers(sh, compose)?.iter().any(|c| c.service == project::PROXY_SERVICE && c.state == "running"))
 }
 
-/// The release history of `compose`'s project.
-pub fn history_path(sh: &Shell, compose: &Compose) -> std::path::PathBuf {
-    crate::release::history_path(&sh.current_dir(), &compose.project)
+/// The release history of `compose`'s project, in the stack's state on this host.
+pub fn history_path(sh: &Shell, compose: &Compose) -> Result<std::path::PathBuf> {
+    crate::state::history_path(sh, &compose.project)
 }
 
 /// `host:port` where the proxy publishes the service, as Compose reports it.

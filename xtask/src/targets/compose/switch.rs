@@ -35,6 +35,7 @@ pub fn up(
     no_build: bool,
     timeout: Duration,
     restore_previous: bool,
+    lock: &crate::state::LockRequest,
 ) -> Result<()> {
     let program = docker::connect(sh)?;
     let image = match tag {
@@ -45,7 +46,8 @@ pub fn up(
     if let Some(warning) = super::open_writes_warning(sh, &stack) {
         process::say(&warning);
     }
-    let history = super::history_path(sh, &stack);
+    let history = super::history_path(sh, &stack)?;
+    let _lock = crate::state::lock(&history, lock)?;
     let addr = switch(sh, &stack, &history, &image, Gate { timeout, restore_previous })?;
     process::result(&format!("{} is ready at http://{addr} (image {image})", project::NAME));
     Ok(())
@@ -60,7 +62,7 @@ pub fn up(
 /// serving, the failed one is left for diagnosis, or a stack that was not running before
 /// is stopped again (volumes kept).
 pub fn switch(sh: &Shell, compose: &Compose, history_file: &Path, image: &str, gate: Gate) -> Result<String> {
-    let _lock = process::exclusive_lock(&history_file.with_extension("lock"), "switching")?;
+    let _lock = crate::state::lock(history_file, &crate::state::LockRequest::default())?;
     let mut history = History::load(history_file)?;
     check_proxy_config(sh, compose)?;
     let running = super::running(sh, compose)?;
