@@ -83,13 +83,20 @@ impl Secret {
         Secret(value.into())
     }
 
-    /// Compares in time independent of where the first difference is.
+    /// Compares in a time that depends only on the candidate's length (which its sender
+    /// knows): neither where the first difference is nor the secret's length shows. Every
+    /// candidate byte is compared, against the secret repeated, and a length mismatch
+    /// counts as one more difference.
     pub fn matches(&self, candidate: &[u8]) -> bool {
         let expected = self.0.as_bytes();
-        if expected.len() != candidate.len() {
+        if expected.is_empty() {
             return false;
         }
-        expected.iter().zip(candidate).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+        let mut diff = usize::from(expected.len() != candidate.len());
+        for (i, byte) in candidate.iter().enumerate() {
+            diff |= usize::from(byte ^ expected[i % expected.len()]);
+        }
+        std::hint::black_box(diff) == 0
     }
 }
 
@@ -461,6 +468,18 @@ mod tests {
         assert_eq!(parse_duration("-1s"), None);
         assert_eq!(parse_duration("1h"), None);
         assert_eq!(parse_duration(""), None);
+    }
+
+    #[test]
+    fn a_token_matches_only_itself_whatever_its_length() {
+        let token = Secret::new("s3cret");
+        assert!(token.matches(b"s3cret"));
+        for other in [&b""[..], b"s", b"s3cre", b"s3crets", b"s3cret s3cret", b"s3cres", b"S3cret"] {
+            assert!(!token.matches(other), "{:?} matched", String::from_utf8_lossy(other));
+        }
+        // A candidate that repeats the token is still not the token.
+        assert!(!Secret::new("ab").matches(b"abab"));
+        assert!(!Secret::new("").matches(b""));
     }
 
     #[test]
