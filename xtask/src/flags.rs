@@ -40,6 +40,7 @@ pub enum Command {
     SwarmDrill(SwarmDrill),
     ReleaseDrill(ReleaseDrill),
     RecoveryDrill(RecoveryDrill),
+    FaultDrill(FaultDrill),
     Doctor(Doctor),
     Coverage(Coverage),
     Completions(Completions),
@@ -380,6 +381,17 @@ pub struct Drill {
 /// the restore time and what was lost; always tears down.
 #[derive(Debug, Args)]
 pub struct RecoveryDrill {
+    /// Use the existing image for this tree; fail if it has not been built.
+    #[arg(long)]
+    pub no_build: bool,
+}
+
+/// Rehearse interruptions: on a throwaway stack, while a client appends and reads through
+/// the proxy, interrupt `up` at each step of its switch journal with Ctrl-C, Ctrl-C twice
+/// and SIGKILL, then run the next `up`. After each, exactly one release must serve and no
+/// acknowledged entry may be lost. Prints a table per step; always tears down.
+#[derive(Debug, Args)]
+pub struct FaultDrill {
     /// Use the existing image for this tree; fail if it has not been built.
     #[arg(long)]
     pub no_build: bool,
@@ -738,6 +750,8 @@ pub enum CiStep {
     ReleaseDrill,
     /// cargo xtask recovery-drill: volume loss, point-in-time restore and a replica outage
     RecoveryDrill,
+    /// cargo xtask fault-drill: a switch interrupted at every step, then repaired
+    FaultDrill,
     /// cargo xtask scan: Trivy (skipped when Trivy is not available, unless required)
     Scan,
 }

@@ -5,6 +5,7 @@ pub mod advisories;
 pub mod audit;
 pub mod coverage;
 pub mod drill;
+pub mod fault_drill;
 pub mod harness;
 pub mod lint;
 pub mod monitoring_smoke;

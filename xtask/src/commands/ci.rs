@@ -10,8 +10,8 @@ use clap::ValueEnum;
 
 use crate::checks::{advisories, coverage, lint, scan::Trivy};
 use crate::flags::{
-    AuditImage, Build, Builder, Ci, CiStep, DEFAULT_FAIL_UNDER, Drill, MonitoringSmoke, RecoveryDrill,
-    ReleaseDrill, Scan, ScanFormat, Smoke, SwarmDrill,
+    AuditImage, Build, Builder, Ci, CiStep, DEFAULT_FAIL_UNDER, Drill, FaultDrill, MonitoringSmoke,
+    RecoveryDrill, ReleaseDrill, Scan, ScanFormat, Smoke, SwarmDrill,
 };
 use crate::outside::process::{self, Cmd};
 use crate::outside::tools::{self, cargo};
@@ -45,6 +45,7 @@ impl CiStep {
             | CiStep::SwarmDrill
             | CiStep::ReleaseDrill
             | CiStep::RecoveryDrill
+            | CiStep::FaultDrill
             | CiStep::AuditImage
             | CiStep::Scan => &[CiStep::Build],
         }
@@ -67,6 +68,7 @@ impl CiStep {
             CiStep::SwarmDrill => done(SwarmDrill { no_build: true, timeout: 120 }.run(sh)),
             CiStep::ReleaseDrill => done(ReleaseDrill { no_build: true }.run(sh)),
             CiStep::RecoveryDrill => done(RecoveryDrill { no_build: true }.run(sh)),
+            CiStep::FaultDrill => done(FaultDrill { no_build: true }.run(sh)),
             CiStep::AuditImage => done(AuditImage { tag: None, self_test: true }.run(sh)),
             CiStep::Advisories => advisories::check(sh, true).map(Outcome::Pass),
             CiStep::Scan => scan_step(sh, required),

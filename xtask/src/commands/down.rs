@@ -18,8 +18,17 @@ impl Down {
         if self.volumes && !self.yes {
             confirm_volume_deletion(&compose.project)?;
         }
-        let _lock = crate::state::lock(&compose::history_path(sh, &compose)?, &self.lock.request())?;
+        let history = compose::history_path(sh, &compose)?;
+        let _lock = crate::state::lock(&history, &self.lock.request())?;
         process::run(sh, &compose.down(self.volumes))?;
+        // Every container is gone: an unfinished switch has nothing left to repair.
+        if let Some(unfinished) = compose::journal::Journal::load(&history).unwrap_or(None) {
+            compose::journal::clear(&history)?;
+            process::say(&format!(
+                "the unfinished switch ({}) is closed: the stack is down",
+                unfinished.describe()
+            ));
+        }
         let what = if self.volumes {
             "stopped; its volumes, and the data in them, are deleted"
         } else {

@@ -21,8 +21,8 @@ impl MonitoringUp {
             self.services.clone()
         };
         let history = compose::history_path(sh, &stack)?;
-        let _lock = crate::state::lock(&history, &self.lock.request())?;
         let timeout = Duration::from_secs(self.timeout);
+        let _lock = compose::lock_and_repair(sh, &stack, &history, &self.lock.request(), timeout)?;
         let urls = monitoring::monitoring_up(sh, &stack, &history, &image, &services, timeout)?;
         for (name, url) in urls.0 {
             process::result(&format!("{name:<11} {url}"));
@@ -34,7 +34,9 @@ impl MonitoringUp {
 impl MonitoringDown {
     pub fn run(self, sh: &Shell) -> Result<()> {
         let stack = monitoring::interpolable(sh, compose::stack(sh, docker::connect(sh)?));
-        let _lock = crate::state::lock(&compose::history_path(sh, &stack)?, &self.lock.request())?;
+        let history = compose::history_path(sh, &stack)?;
+        let _lock =
+            compose::lock_and_repair(sh, &stack, &history, &self.lock.request(), Duration::from_secs(60))?;
         monitoring::monitoring_down(sh, &stack)?;
         process::result(&format!("monitoring stopped in project {}; the app keeps running", stack.project));
         Ok(())

@@ -15,8 +15,8 @@ impl Restore {
     pub fn run(self, sh: &Shell) -> Result<()> {
         let stack = compose::stack(sh, docker::connect(sh)?);
         let history = compose::history_path(sh, &stack)?;
-        let _lock = crate::state::lock(&history, &self.lock.request())?;
         let timeout = Duration::from_secs(self.timeout);
+        let _lock = compose::lock_and_repair(sh, &stack, &history, &self.lock.request(), timeout)?;
         let report = match &self.file {
             Some(file) => {
                 compose::data::restore(sh, &stack, &history, file, &file.display().to_string(), timeout)?

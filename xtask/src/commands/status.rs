@@ -52,6 +52,12 @@ impl Status {
             }
             (None, _) => "serving: nothing: no service container runs".to_owned(),
         });
+        if let Some(unfinished) = compose::journal::Journal::load(&compose::history_path(sh, &stack)?)? {
+            process::result(&format!(
+                "unfinished switch: {}; the next `cargo xtask up` (or any command that changes the stack) repairs it",
+                unfinished.describe()
+            ));
+        }
         Ok(())
     }
 }

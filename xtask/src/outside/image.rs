@@ -118,6 +118,12 @@ pub fn build_broken_image(sh: &Shell, image: &str, tag: &str) -> Result<()> {
     build_on(sh, image, tag, &format!("ENV {BROKEN_SETTING}=not-an-address"))
 }
 
+/// Builds `tag` from `image` with one more label: another release of the same binary,
+/// for drills that switch back and forth.
+pub fn build_variant(sh: &Shell, image: &str, tag: &str) -> Result<()> {
+    build_on(sh, image, tag, &format!("LABEL io.logbook.drill-variant=\"{tag}\""))
+}
+
 /// Builds `tag` as `image` plus one Dockerfile instruction.
 fn build_on(sh: &Shell, image: &str, tag: &str, instruction: &str) -> Result<()> {
     let dir = sh.create_temp_dir()?;

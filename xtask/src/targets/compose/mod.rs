@@ -4,6 +4,7 @@
 //! Prometheus and Grafana beside it.
 
 pub mod data;
+pub mod journal;
 pub mod monitoring;
 pub mod replica;
 pub mod switch;
@@ -137,6 +138,20 @@ pub fn running_image(sh: &Shell, compose: &Compose) -> Result<Option<String>> {
 /// Whether the proxy, which holds the published port, runs.
 pub fn proxy_running(sh: &Shell, compose: &Compose) -> Result<bool> {
     Ok(containers(sh, compose)?.iter().any(|c| c.service == project::PROXY_SERVICE && c.state == "running"))
+}
+
+/// Takes the project's lock, then repairs a switch that an interruption left unfinished
+/// (the journal), so the command starts from exactly one serving release.
+pub fn lock_and_repair(
+    sh: &Shell,
+    compose: &Compose,
+    history_file: &std::path::Path,
+    request: &crate::state::LockRequest,
+    timeout: Duration,
+) -> Result<crate::state::StackLock> {
+    let lock = crate::state::lock(history_file, request)?;
+    journal::repair(sh, compose, history_file, timeout)?;
+    Ok(lock)
 }
 
 /// The release history of `compose`'s project, in the stack's state on this host.

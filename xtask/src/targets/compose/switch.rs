@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use xshell::Shell;
 
+use super::journal::{self, Journal, Step};
 use super::{OnDrop, StackGuard};
 use crate::outside::docker::{self, Compose};
 use crate::outside::image;
@@ -63,6 +64,7 @@ pub fn up(
 /// is stopped again (volumes kept).
 pub fn switch(sh: &Shell, compose: &Compose, history_file: &Path, image: &str, gate: Gate) -> Result<String> {
     let _lock = crate::state::lock(history_file, &crate::state::LockRequest::default())?;
+    journal::repair(sh, compose, history_file, gate.timeout)?;
     let mut history = History::load(history_file)?;
     check_proxy_config(sh, compose)?;
     let running = super::running(sh, compose)?;
@@ -75,12 +77,22 @@ pub fn switch(sh: &Shell, compose: &Compose, history_file: &Path, image: &str, g
     );
     let compose_new = compose.clone().var("LOGBOOK_IMAGE", image);
     let addr = match &running {
-        Some((old, old_image)) if old_image != image => {
-            start_first(sh, &compose_new, old, &plan.on_failure, gate.timeout)?
+        Some((old, old_image)) if old_image != image => start_first(
+            sh,
+            &compose_new,
+            history_file,
+            &mut history,
+            (old, old_image),
+            &plan,
+            image,
+            gate.timeout,
+        )?,
+        _ => {
+            let addr = start_fresh(sh, compose, image, &plan.on_failure, gate.timeout)?;
+            crate::targets::record_serving(sh, &mut history, history_file, image, plan.previous)?;
+            addr
         }
-        _ => start_fresh(sh, compose, image, &plan.on_failure, gate.timeout)?,
     };
-    crate::targets::record_serving(sh, &mut history, history_file, image, plan.previous)?;
     // The new release serves and is recorded; now the sidecar follows it.
     if replica {
         // A start-first switch touches only the service: start the sidecar if it was not
@@ -177,52 +189,70 @@ fn start_fresh(
     }
 }
 
-/// Where a start-first switch stands, for the guard that undoes it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stage {
-    /// The new container starts beside the old one, which serves.
-    Starting,
-    /// The old one was stopped; the new one takes over.
-    OldStopped,
-    /// The new one is ready: nothing to undo.
-    Done,
-}
-
 /// Undoes an unfinished start-first switch however the code leaves it (errors, panics,
 /// Ctrl-C): the new container's logs are printed and it is removed (or, when asked, kept
-/// stopped for inspection), and a stopped old container is started again. Exactly one
-/// release serves afterwards, never none and never two writers.
+/// stopped for inspection), and an old container that was being stopped, or was stopped,
+/// is started again. Exactly one release serves afterwards, never none and never two
+/// writers. Once that is so, the journal is cleared; if the undo itself fails (or the
+/// runner is killed), the journal stays for the next command to repair.
 struct SwitchGuard<'a> {
     sh: &'a Shell,
-    old: String,
-    new: Option<String>,
+    history_file: &'a Path,
+    journal: Journal,
     keep_failed: bool,
-    stage: Stage,
+    done: bool,
+}
+
+impl SwitchGuard<'_> {
+    /// Records the step about to be taken, before it is taken.
+    fn enter(&mut self, step: Step) -> Result<()> {
+        self.journal.step = step;
+        self.journal.write(self.history_file)
+    }
+
+    fn undo(&self) -> Result<()> {
+        let docker =
+            |args: &[&str]| process::run_cleanup(self.sh, &Cmd::new("docker").args(args.iter().copied()));
+        let old = &self.journal.old_container;
+        if let Some(new) = &self.journal.new_container {
+            process::say(&format!("--- last log lines of the new container {} ---", short(new)));
+            let _ = docker(&["logs", "--tail", "30", new]);
+            // The new container goes first: it may hold the database the old one needs.
+            if self.keep_failed {
+                docker(&["stop", new])?;
+                process::say(&format!(
+                    "the failed container {} is kept, stopped, for inspection; the next switch removes it",
+                    short(new)
+                ));
+            } else {
+                docker(&["rm", "--force", "--volumes", new])?;
+            }
+        }
+        if self.journal.step != Step::StartingNew {
+            process::say(&format!("restarting the previous release's container {}", short(old)));
+            // A stop that was interrupted may still be draining it: finish it first, so
+            // the start is not swallowed by a container about to exit.
+            docker(&["stop", old])?;
+            docker(&["start", old])?;
+        }
+        Ok(())
+    }
 }
 
 impl Drop for SwitchGuard<'_> {
     fn drop(&mut self) {
-        if self.stage == Stage::Done || !process::changed_anything() {
+        if self.done || !process::changed_anything() {
             return;
         }
         process::clear_interrupt();
-        let docker =
-            |args: &[&str]| process::run_cleanup(self.sh, &Cmd::new("docker").args(args.iter().copied()));
-        if let Some(new) = &self.new {
-            process::say(&format!("--- last log lines of the new container {} ---", short(new)));
-            let _ = docker(&["logs", "--tail", "30", new]);
-            // The new container goes first: it may hold the database the old one needs.
-            let _ = if self.keep_failed {
-                docker(&["stop", new])
-            } else {
-                docker(&["rm", "--force", "--volumes", new])
-            };
-        }
-        if self.stage == Stage::OldStopped {
-            process::say(&format!("restarting the previous release's container {}", short(&self.old)));
-            if let Err(e) = docker(&["start", &self.old]) {
-                process::say(&format!("cannot restart {}: {e:#}", short(&self.old)));
+        match self.undo() {
+            Ok(()) => {
+                let _ = journal::clear(self.history_file);
             }
+            Err(e) => process::say(&format!(
+                "cannot undo the switch ({e:#}); the journal {} stays, and the next `cargo xtask up` repairs it",
+                journal::path(self.history_file).display()
+            )),
         }
     }
 }
@@ -231,26 +261,33 @@ fn short(id: &str) -> &str {
     &id[..id.len().min(12)]
 }
 
-/// The start-first switch from container `old` to `compose_new`'s image; returns the
-/// published address once the new release is ready and the old one is gone.
+/// The start-first switch from container `old` (running `old_image`) to `compose_new`'s
+/// image, each step written to the journal first; returns the published address once the
+/// new release is ready, the old one is gone and the release is recorded.
+#[allow(clippy::too_many_arguments)]
 fn start_first(
     sh: &Shell,
     compose_new: &Compose,
-    old: &str,
-    on_failure: &OnFailure,
+    history_file: &Path,
+    history: &mut History,
+    (old, old_image): (&str, &str),
+    plan: &release::SwitchPlan,
+    new_image: &str,
     timeout: Duration,
 ) -> Result<String> {
     let started = Instant::now();
     // The proxy holds the published port; make sure it runs (it is recreated only if its
     // own configuration changed).
     process::run(sh, &compose_new.up_alone(project::PROXY_SERVICE))?;
+    remove_leftovers(sh, compose_new, old)?;
     let mut guard = SwitchGuard {
         sh,
-        old: old.to_owned(),
-        new: None,
-        keep_failed: *on_failure == OnFailure::KeepFailed,
-        stage: Stage::Starting,
+        history_file,
+        journal: Journal::begin(old, old_image, new_image, plan.previous.clone()),
+        keep_failed: plan.on_failure == OnFailure::KeepFailed,
+        done: false,
     };
+    guard.enter(Step::StartingNew)?;
     process::run(sh, &compose_new.start_beside(project::NAME))?;
     process::needs_effects("wait for the new container")?;
     let new = super::containers(sh, compose_new)?
@@ -258,21 +295,44 @@ fn start_first(
         .find(|c| c.service == project::NAME && c.id != old)
         .map(|c| c.id)
         .context("compose started no new container beside the old one")?;
-    guard.new = Some(new.clone());
+    guard.journal.new_container = Some(new.clone());
+    guard.enter(Step::StartingNew)?;
     wait_live(sh, &new, timeout).context("the new release never answered; the previous one keeps serving")?;
     process::say(&format!(
         "  new container {} answers after {:.1}s; draining the old one",
         short(&new),
         started.elapsed().as_secs_f64()
     ));
+    guard.enter(Step::StoppingOld)?;
     process::run(sh, &Cmd::new("docker").args(["stop", old]))?;
-    guard.stage = Stage::OldStopped;
+    guard.enter(Step::TakingOver)?;
     let addr = super::wait_ready(sh, compose_new, timeout)
         .context("the new release did not become ready; the previous one is restarted")?;
-    guard.stage = Stage::Done;
+    guard.enter(Step::RemovingOld)?;
     process::run(sh, &Cmd::new("docker").args(["rm", "--volumes", old]))?;
+    crate::targets::record_serving(sh, history, history_file, new_image, plan.previous.clone())?;
+    guard.done = true;
+    journal::clear(history_file)?;
     process::say(&format!("  switched in {:.1}s", started.elapsed().as_secs_f64()));
     Ok(addr)
+}
+
+/// Service containers that neither run nor are the old one: left by a failed switch
+/// (`--no-rollback` keeps one for inspection) or an interrupted one. Removed before a
+/// switch, so Compose never starts one of them as the new release.
+fn remove_leftovers(sh: &Shell, compose: &Compose, old: &str) -> Result<()> {
+    for leftover in super::containers(sh, compose)?
+        .into_iter()
+        .filter(|c| c.service == project::NAME && c.id != old && c.state != "running")
+    {
+        process::say(&format!(
+            "removing container {} ({}), left by an earlier switch: it is never adopted as the new release",
+            short(&leftover.id),
+            leftover.state
+        ));
+        process::run(sh, &Cmd::new("docker").args(["rm", "--force", "--volumes", &leftover.id]))?;
+    }
+    Ok(())
 }
 
 /// Waits until the container's own process answers `/healthz` (probed inside it, not

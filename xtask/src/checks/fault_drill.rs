@@ -1,0 +1,278 @@
+//! `cargo xtask fault-drill`: no interruption leaves the stack needing a person. On a
+//! throwaway stack, a client appends and reads through the proxy while `up` switches
+//! between two releases; the drill interrupts the switch at each step of its journal with
+//! Ctrl-C (SIGINT to the runner's process group), Ctrl-C twice, and SIGKILL of the whole
+//! group, then runs the next `up`. After each, exactly one release must serve and no
+//! acknowledged entry may be lost; the table says who repaired it, and what clients saw.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use xshell::Shell;
+
+use super::harness::{self, Checks, Traffic};
+use crate::flags::FaultDrill;
+use crate::outside::docker::{self, Compose};
+use crate::outside::{image, process};
+use crate::project;
+use crate::targets::compose::journal::{self, Journal, Step};
+use crate::targets::compose::{self, OnDrop, StackGuard};
+
+/// How the runner is interrupted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    /// Ctrl-C: SIGINT to the runner's process group (it and the docker CLI it runs).
+    Interrupt,
+    /// Ctrl-C twice, 100 ms apart: the second exits at once, without cleaning up.
+    InterruptTwice,
+    /// SIGKILL to the whole group: no cleanup at all, as when a CI job is cancelled hard.
+    Kill,
+}
+
+impl Fault {
+    const ALL: [Fault; 3] = [Fault::Interrupt, Fault::InterruptTwice, Fault::Kill];
+
+    fn name(self) -> &'static str {
+        match self {
+            Fault::Interrupt => "SIGINT",
+            Fault::InterruptTwice => "SIGINT x2",
+            Fault::Kill => "SIGKILL",
+        }
+    }
+}
+
+/// One interruption and what followed.
+struct Row {
+    step: Step,
+    fault: Fault,
+    /// Whether the signal arrived while the journal named the step (else the switch
+    /// passed it first, and the row proves less).
+    hit: bool,
+    /// Who brought the stack back to one release: the interrupted `up`, or the next one.
+    repaired_by: &'static str,
+    serving: usize,
+    requests: usize,
+    failed: usize,
+    lost: usize,
+    took: Duration,
+}
+
+impl FaultDrill {
+    pub fn run(self, sh: &Shell) -> Result<()> {
+        let program = docker::connect(sh)?;
+        let v1 = image::ensure(sh, self.no_build)?;
+        let v2 = format!("{v1}-fault-v2");
+        let compose = harness::throwaway_project(program, "fault")?;
+        let scratch = sh.create_temp_dir()?;
+        // The runner under test, copied: a rebuild of target/ while the drill runs must not
+        // change it.
+        let runner = scratch.path().join("xtask");
+        std::fs::copy(std::env::current_exe()?, &runner).context("cannot copy the runner")?;
+        let drill = Drill { sh, compose, runner, state: scratch.path().join("state"), v1, v2 };
+        let mut guard = StackGuard::new(sh, &drill.compose, OnDrop::RemoveWithVolumes);
+        guard.remove_image(&drill.v2);
+        image::build_variant(sh, &drill.v1, &drill.v2)?;
+        process::needs_effects("run the runner under test against the throwaway stack")?;
+        let mut checks = Checks::stop_at_first();
+        let addr = checks.step("v1 deploys through the runner", || drill.up(&drill.v1.clone()))?;
+        let mut rows = Vec::new();
+        let mut target = drill.v2.clone();
+        for step in Step::ALL {
+            for fault in Fault::ALL {
+                let name = format!(
+                    "{} at {}: then exactly one release serves and no acknowledged entry is lost",
+                    fault.name(),
+                    step.name()
+                );
+                let row = checks.step(&name, || drill.interrupt(&addr, &target, step, fault))?;
+                rows.push(row);
+                target = if target == drill.v1 { drill.v2.clone() } else { drill.v1.clone() };
+            }
+        }
+        guard.succeeded();
+        process::result(&table(&rows));
+        let failed: usize = rows.iter().map(|r| r.failed).sum();
+        let requests: usize = rows.iter().map(|r| r.requests).sum();
+        let missed = rows.iter().filter(|r| !r.hit).count();
+        process::result(&format!(
+            "fault-drill: all {} checks passed; {} interruptions, {missed} of them after the switch had passed the step; one release served after each; 0 acknowledged entries lost; {failed} of {requests} requests failed",
+            checks.passed(),
+            rows.len()
+        ));
+        Ok(())
+    }
+}
+
+struct Drill<'a> {
+    sh: &'a Shell,
+    compose: Compose,
+    runner: PathBuf,
+    state: PathBuf,
+    v1: String,
+    v2: String,
+}
+
+impl Drill<'_> {
+    /// The runner as an operator would start it, on the throwaway project: its own
+    /// process group, so a signal reaches it and the commands it runs, as a Ctrl-C would.
+    fn runner(&self, args: &[&str]) -> Command {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = Command::new(&self.runner);
+        cmd.args(args)
+            .env("LOGBOOK_STATE_DIR", &self.state)
+            .env("LOGBOOK_PROJECT", &self.compose.project)
+            .env("LOGBOOK_ENV_FILE", "/dev/null")
+            .env_remove("LOGBOOK_REPLICA_URL")
+            .env_remove("LOGBOOK_DOMAIN")
+            .stdin(std::process::Stdio::null())
+            .process_group(0);
+        for (key, value) in &self.compose.env {
+            cmd.env(key, value);
+        }
+        cmd
+    }
+
+    fn up(&self, image: &str) -> Result<String> {
+        let status = self
+            .runner(&["up", "--tag", image, "--timeout", "60"])
+            .status()
+            .context("cannot start the runner")?;
+        ensure!(status.success(), "`up --tag {image}` failed ({status})");
+        compose::published_addr(self.sh, &self.compose)
+    }
+
+    fn history(&self) -> PathBuf {
+        self.state.join(format!("releases-{}.json", self.compose.project))
+    }
+
+    fn interrupt(&self, addr: &str, target: &str, step: Step, fault: Fault) -> Result<Row> {
+        let started = Instant::now();
+        let traffic = Traffic::start(addr, &format!("fault {} {}", step.name(), fault.name()), None);
+        let outcome = (|| -> Result<(bool, &'static str)> {
+            let mut child = self.runner(&["up", "--tag", target, "--timeout", "60"]).spawn()?;
+            let hit = wait_for_step(&mut child, &self.history(), step)?;
+            if hit {
+                signal(&child, fault)?;
+            }
+            let exited = wait_exit(&mut child, Duration::from_secs(120))?;
+            process::say(&format!("  the interrupted runner ended: {exited}"));
+            // The next command repairs whatever the interrupted one left; it then switches
+            // to the same target, as an operator would run it again.
+            let left = Journal::load(&self.history())?.is_some();
+            let next = self.runner(&["up", "--tag", target, "--timeout", "60"]).status()?;
+            ensure!(next.success(), "the next `up --tag {target}` failed ({next})");
+            Ok((hit, if left { "next up" } else { "itself" }))
+        })();
+        let report = traffic.stop()?;
+        let (hit, repaired_by) = outcome?;
+        let serving = self.serving()?;
+        ensure!(serving == 1, "{serving} service containers run afterwards, not exactly one");
+        ensure!(Journal::load(&self.history())?.is_none(), "the journal is still there after the next `up`");
+        let running = compose::running_image(self.sh, &self.compose)?;
+        ensure!(running.as_deref() == Some(target), "{running:?} serves, not {target}");
+        let held: std::collections::BTreeMap<i64, String> =
+            harness::all_entries(addr)?.into_iter().map(|e| (e.id, e.text)).collect();
+        let lost = report.acknowledged.iter().filter(|(id, text)| held.get(id) != Some(text)).count();
+        ensure!(lost == 0, "{lost} of {} acknowledged entries are lost", report.acknowledged.len());
+        process::say(&format!("  traffic: {}", report.summary()));
+        Ok(Row {
+            step,
+            fault,
+            hit,
+            repaired_by,
+            serving,
+            requests: report.requests,
+            failed: report.failed,
+            lost,
+            took: started.elapsed(),
+        })
+    }
+
+    /// Running service containers: exactly one when one release serves.
+    fn serving(&self) -> Result<usize> {
+        Ok(compose::containers(self.sh, &self.compose)?
+            .iter()
+            .filter(|c| c.service == project::NAME && c.state == "running")
+            .count())
+    }
+}
+
+/// Polls the journal until it names `step` (true), or the runner ends first (false: the
+/// switch passed the step, or never reached it).
+fn wait_for_step(child: &mut Child, history: &Path, step: Step) -> Result<bool> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while Instant::now() < deadline {
+        // A journal caught mid-rename reads as missing, never as damaged.
+        if let Ok(Some(journal)) = Journal::load(history)
+            && journal.step == step
+        {
+            return Ok(true);
+        }
+        if child.try_wait()?.is_some() {
+            return Ok(false);
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    bail!(
+        "the switch did not reach step {} within 90 s (journal {})",
+        step.name(),
+        journal::path(history).display()
+    )
+}
+
+fn signal(child: &Child, fault: Fault) -> Result<()> {
+    let group = format!("-{}", child.id());
+    let kill = |sig: &str| -> Result<()> {
+        let status = Command::new("kill").args([sig, "--", &group]).status().context("cannot run kill")?;
+        ensure!(status.success(), "kill {sig} -- {group} failed");
+        Ok(())
+    };
+    match fault {
+        Fault::Interrupt => kill("-INT"),
+        Fault::InterruptTwice => {
+            kill("-INT")?;
+            std::thread::sleep(Duration::from_millis(100));
+            // The group may be gone already: the first signal ended it.
+            let _ = kill("-INT");
+            Ok(())
+        }
+        Fault::Kill => kill("-KILL"),
+    }
+}
+
+fn wait_exit(child: &mut Child, timeout: Duration) -> Result<std::process::ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            bail!("the interrupted runner did not end within {} s", timeout.as_secs());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn table(rows: &[Row]) -> String {
+    let mut out = String::from(
+        "| step | fault | hit | repaired by | serving after | requests | failed | lost | took |\n|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {:.1}s |\n",
+            r.step.name(),
+            r.fault.name(),
+            if r.hit { "yes" } else { "passed first" },
+            r.repaired_by,
+            r.serving,
+            r.requests,
+            r.failed,
+            r.lost,
+            r.took.as_secs_f64()
+        ));
+    }
+    out.trim_end().to_owned()
+}
