@@ -14,7 +14,10 @@ impl Logs {
         let compose = monitoring::interpolable(sh, compose::stack(sh, docker::connect(sh)?));
         // Runs with the terminal's stdin, so Ctrl-C and paging behave as in a shell; Ctrl-C
         // is how following ends, not a failure.
-        match process::run(sh, &compose.logs(self.service.as_deref(), self.follow, Some(self.tail))) {
+        let logs = compose.logs(self.service.as_deref(), self.follow, Some(self.tail));
+        // Following runs until the user stops it.
+        let logs = if self.follow { logs.limit(process::Limit::Unbounded) } else { logs };
+        match process::run(sh, &logs) {
             Err(_) if process::interrupted() => Ok(()),
             other => other,
         }

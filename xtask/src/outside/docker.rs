@@ -15,7 +15,10 @@ pub struct ComposeProgram(pub Vec<String>);
 
 /// Fails with one actionable line when Docker is missing or its daemon is not running.
 pub fn check_engine(sh: &Shell) -> Result<()> {
-    let probe = Cmd::new("docker").args(["version", "--format", "{{.Server.Version}}"]);
+    // A daemon that does not answer this in 20 s is wedged; say so rather than hang.
+    let probe = Cmd::new("docker")
+        .args(["version", "--format", "{{.Server.Version}}"])
+        .limit(process::Limit::After(std::time::Duration::from_secs(20)));
     match process::query(sh, &probe) {
         Ok(_) => Ok(()),
         Err(_) if !process::succeeds(sh, &Cmd::new("docker").arg("--version")) => {

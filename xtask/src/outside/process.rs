@@ -20,11 +20,43 @@ pub struct Cmd {
     pub program: String,
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
+    pub limit: Limit,
 }
+
+/// How long the runner waits for a command before it stops it and fails, naming it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Limit {
+    /// [`QUERY_LIMIT`] for a read-only query, [`RUN_LIMIT`] for anything else.
+    #[default]
+    Default,
+    After(Duration),
+    /// Only for what runs until the user stops it (`logs -f`).
+    Unbounded,
+}
+
+/// A query (`docker inspect`, `compose ps`, a probe) answers in seconds; one that does not
+/// has a wedged engine behind it.
+pub const QUERY_LIMIT: Duration = Duration::from_secs(120);
+/// A change (a build, a pull, a test run, a drain) may take minutes, not hours.
+pub const RUN_LIMIT: Duration = Duration::from_secs(30 * 60);
 
 impl Cmd {
     pub fn new(program: impl Into<String>) -> Self {
-        Cmd { program: program.into(), args: Vec::new(), env: Vec::new() }
+        Cmd { program: program.into(), args: Vec::new(), env: Vec::new(), limit: Limit::Default }
+    }
+
+    /// Waits at most `limit` for it (instead of the default).
+    pub fn limit(mut self, limit: Limit) -> Self {
+        self.limit = limit;
+        self
+    }
+
+    fn limit_or(&self, default: Duration) -> Option<Duration> {
+        match self.limit {
+            Limit::Default => Some(default),
+            Limit::After(limit) => Some(limit),
+            Limit::Unbounded => None,
+        }
     }
 
     pub fn arg(mut self, arg: impl Into<String>) -> Self {
@@ -205,7 +237,8 @@ impl Runner {
         }
         // Through std, so the child inherits stdin too (xshell would give it a null one).
         let mut command: std::process::Command = cmd.to_xshell(sh).into();
-        let status = command.status().map_err(|e| spawn_error(cmd, &e))?;
+        let mut child = command.spawn().map_err(|e| spawn_error(cmd, &e))?;
+        let status = wait_within(cmd, &mut child, cmd.limit_or(RUN_LIMIT))?;
         check_status(cmd, status)
     }
 
@@ -415,7 +448,7 @@ pub fn is_dry_run() -> bool {
 /// Runs a read-only command silently and returns its trimmed stdout. Runs even under
 /// `--dry-run`, since it changes nothing; a failure includes the command's stderr.
 pub fn query(sh: &Shell, cmd: &Cmd) -> Result<String> {
-    let output = cmd.to_xshell(sh).ignore_status().output().map_err(|e| spawn_error(cmd, &e))?;
+    let output = output_within(sh, cmd, None)?;
     if !output.status.success() {
         // Most tools explain themselves on stderr; some (validators) on stdout.
         let stderr = String::from_utf8_lossy(&output.stderr);
@@ -437,7 +470,7 @@ pub fn check(sh: &Shell, cmd: &Cmd) -> Result<()> {
 
 /// [`query`], with `input` on the command's stdin.
 pub fn query_with_input(sh: &Shell, cmd: &Cmd, input: &str) -> Result<String> {
-    let output = cmd.to_xshell(sh).stdin(input).ignore_status().output().map_err(|e| spawn_error(cmd, &e))?;
+    let output = output_within(sh, cmd, Some(input))?;
     if !output.status.success() {
         bail!(
             "`{cmd}` failed ({}): {}{}",
@@ -451,12 +484,66 @@ pub fn query_with_input(sh: &Shell, cmd: &Cmd, input: &str) -> Result<String> {
 
 /// Whether `cmd` runs and exits 0, quietly. For probing tools.
 pub fn succeeds(sh: &Shell, cmd: &Cmd) -> bool {
-    cmd.to_xshell(sh)
-        .ignore_status()
-        .ignore_stdout()
-        .ignore_stderr()
-        .output()
-        .is_ok_and(|o| o.status.success())
+    output_within(sh, cmd, None).is_ok_and(|o| o.status.success())
+}
+
+/// Waits for `child` for at most `limit`; past it, kills it and fails, naming the command
+/// and the limit. Inside a switch, that is an interruption like any other: the switch's
+/// guard undoes it, or its journal has the next command repair it.
+fn wait_within(
+    cmd: &Cmd,
+    child: &mut std::process::Child,
+    limit: Option<Duration>,
+) -> Result<std::process::ExitStatus> {
+    let Some(limit) = limit else { return child.wait().map_err(|e| spawn_error(cmd, &e)) };
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(1);
+    loop {
+        if let Some(status) = child.try_wait().map_err(|e| spawn_error(cmd, &e))? {
+            return Ok(status);
+        }
+        if started.elapsed() >= limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!(
+                "`{cmd}` did not finish within {} and was stopped (a wedged engine or a stalled transfer?)",
+                humantime::format_duration(limit)
+            );
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+}
+
+/// Runs `cmd` quietly (with `input` on its stdin, else none) for its output, waiting at
+/// most its limit ([`QUERY_LIMIT`] by default).
+fn output_within(sh: &Shell, cmd: &Cmd, input: Option<&str>) -> Result<std::process::Output> {
+    use std::io::{Read, Write};
+    use std::process::Stdio;
+    let mut command: std::process::Command = cmd.to_xshell(sh).into();
+    command.stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() });
+    command.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = command.spawn().map_err(|e| spawn_error(cmd, &e))?;
+    let read = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = read(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let stderr = read(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    if let (Some(mut stdin), Some(input)) = (child.stdin.take(), input) {
+        let input = input.to_owned();
+        std::thread::spawn(move || {
+            let _ = stdin.write_all(input.as_bytes());
+        });
+    }
+    let status = wait_within(cmd, &mut child, cmd.limit_or(QUERY_LIMIT))?;
+    let joined = |h: std::thread::JoinHandle<Vec<u8>>| h.join().unwrap_or_default();
+    Ok(std::process::Output { status, stdout: joined(stdout), stderr: joined(stderr) })
 }
 
 fn check_status(cmd: &Cmd, status: std::process::ExitStatus) -> Result<()> {
@@ -625,6 +712,23 @@ mod tests {
         write_file(&path, "two").unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "two");
         assert_eq!(std::fs::read_dir(path.parent().unwrap()).unwrap().count(), 1, "no partial file left");
+    }
+
+    #[test]
+    fn a_command_past_its_limit_is_stopped_and_named() {
+        let sh = Shell::new().unwrap();
+        let slow = Cmd::new("sleep").arg("30").limit(Limit::After(Duration::from_millis(300)));
+        let started = Instant::now();
+        let err = query(&sh, &slow).unwrap_err().to_string();
+        assert!(err.starts_with("`sleep 30` did not finish within 300ms and was stopped"), "{err}");
+        let err = Runner::new(false).run(&sh, &slow).unwrap_err().to_string();
+        assert!(err.contains("did not finish within 300ms"), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(5), "the limit was not kept");
+        assert!(!succeeds(&sh, &slow));
+        // Output and input still pass through, and a quick command is not held up.
+        let echo = Cmd::new("sh").args(["-c", "cat; echo out; echo err >&2"]);
+        assert_eq!(query_with_input(&sh, &echo, "in\n").unwrap(), "in\nout");
+        assert_eq!(Cmd::new("true").limit, Limit::Default);
     }
 
     #[test]

@@ -211,6 +211,8 @@ pub fn repair(sh: &Shell, compose: &Compose, history_file: &Path, timeout: Durat
     }
     debug_assert_eq!(repair, Repair::Back);
     if let Some(new) = new {
+        // Stopped first: it may be answering requests, which it finishes.
+        docker(&["stop", &new.id])?;
         docker(&["rm", "--force", "--volumes", &new.id])?;
     }
     match old {

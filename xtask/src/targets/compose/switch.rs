@@ -217,9 +217,11 @@ impl SwitchGuard<'_> {
         if let Some(new) = &self.journal.new_container {
             process::say(&format!("--- last log lines of the new container {} ---", short(new)));
             let _ = docker(&["logs", "--tail", "30", new]);
-            // The new container goes first: it may hold the database the old one needs.
+            // The new container goes first: it may hold the database the old one needs. It
+            // is stopped before it is removed: by now it may answer requests, which it
+            // finishes (a forced removal would cut them off).
+            docker(&["stop", new])?;
             if self.keep_failed {
-                docker(&["stop", new])?;
                 process::say(&format!(
                     "the failed container {} is kept, stopped, for inspection; the next switch removes it",
                     short(new)
