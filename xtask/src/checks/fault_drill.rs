@@ -64,6 +64,7 @@ impl FaultDrill {
         let program = docker::connect(sh)?;
         let v1 = image::ensure(sh, self.no_build)?;
         let v2 = format!("{v1}-fault-v2");
+        let broken = format!("{v1}-fault-broken");
         let compose = harness::throwaway_project(program, "fault")?;
         let scratch = sh.create_temp_dir()?;
         // The runner under test, copied: a rebuild of target/ while the drill runs must not
@@ -73,7 +74,9 @@ impl FaultDrill {
         let drill = Drill { sh, compose, runner, state: scratch.path().join("state"), v1, v2 };
         let mut guard = StackGuard::new(sh, &drill.compose, OnDrop::RemoveWithVolumes);
         guard.remove_image(&drill.v2);
+        guard.remove_image(&broken);
         image::build_variant(sh, &drill.v1, &drill.v2)?;
+        image::build_broken_image(sh, &drill.v1, &broken)?;
         process::needs_effects("run the runner under test against the throwaway stack")?;
         let mut checks = Checks::stop_at_first();
         let addr = checks.step("v1 deploys through the runner", || drill.up(&drill.v1.clone()))?;
@@ -91,6 +94,9 @@ impl FaultDrill {
                 target = if target == drill.v1 { drill.v2.clone() } else { drill.v1.clone() };
             }
         }
+        checks.run("a failed release kept with --no-rollback is never adopted: the next `up` creates a new container", || {
+            drill.kept_failure_is_not_adopted(&broken)
+        })?;
         guard.succeeded();
         process::result(&table(&rows));
         let failed: usize = rows.iter().map(|r| r.failed).sum();
@@ -177,6 +183,10 @@ impl Drill<'_> {
         let lost = report.acknowledged.iter().filter(|(id, text)| held.get(id) != Some(text)).count();
         ensure!(lost == 0, "{lost} of {} acknowledged entries are lost", report.acknowledged.len());
         process::say(&format!("  traffic: {}", report.summary()));
+        // A release refuses no request, interrupted or not: the proxy holds requests while
+        // no container is ready, and a container is stopped (drained), never killed, by
+        // either the interrupted command or the repair.
+        report.expect_no_failures(&format!("{} at {}", fault.name(), step.name()))?;
         Ok(Row {
             step,
             fault,
@@ -188,6 +198,28 @@ impl Drill<'_> {
             lost,
             took: started.elapsed(),
         })
+    }
+
+    fn kept_failure_is_not_adopted(&self, broken: &str) -> Result<()> {
+        let serving = compose::running_image(self.sh, &self.compose)?.context("nothing serves")?;
+        let target = if serving == self.v1 { self.v2.clone() } else { self.v1.clone() };
+        let failed = self.runner(&["up", "--tag", broken, "--timeout", "20", "--no-rollback"]).status()?;
+        ensure!(!failed.success(), "the broken release came up");
+        let kept = compose::containers(self.sh, &self.compose)?
+            .into_iter()
+            .filter(|c| c.service == project::NAME && c.state != "running")
+            .count();
+        ensure!(kept == 1, "{kept} stopped service containers are kept, expected the failed one");
+        self.up(&target)?;
+        ensure!(self.serving()? == 1, "not exactly one release serves");
+        let running = compose::running_image(self.sh, &self.compose)?;
+        ensure!(running.as_deref() == Some(target.as_str()), "{running:?} serves, not {target}");
+        let left = compose::containers(self.sh, &self.compose)?
+            .into_iter()
+            .filter(|c| c.service == project::NAME && c.state != "running")
+            .count();
+        ensure!(left == 0, "{left} stopped service containers are left");
+        Ok(())
     }
 
     /// Running service containers: exactly one when one release serves.
