@@ -212,14 +212,33 @@ fn up_prints_the_exact_commands_and_stops_before_waiting() {
     assert!(ok, "{output}");
     assert!(output.contains("image logbook:0123456789ab is up to date"), "{output}");
     let up = output.lines().find(|l| l.contains(" up --detach")).expect("no compose up printed");
+    // Published on loopback alone, writes need no token: the runner says so to the service.
     assert_eq!(
         up,
-        "$ LOGBOOK_IMAGE=logbook:0123456789ab docker compose --project-name logbook --file docker-compose.yml up --detach --no-build"
+        "$ LOGBOOK_ALLOW_UNAUTHENTICATED=1 LOGBOOK_IMAGE=logbook:0123456789ab docker compose --project-name logbook --file docker-compose.yml up --detach --no-build"
     );
     assert!(
         output.contains("dry run ends here: next the runner would wait for the service to be ready"),
         "{output}"
     );
+
+    // Published further without a token: refused before anything changes, with one line.
+    for (key, value) in [("LOGBOOK_HOST_BIND", "0.0.0.0"), ("LOGBOOK_DOMAIN", "logbook.example.com")] {
+        let env = [("FAKE_IMAGES", TREE_IMAGE), (key, value)];
+        let (ok, output) = fakes.xtask_with(&["up", "--dry-run"], &env);
+        assert!(!ok, "{key}={value} without a token was published:\n{output}");
+        assert!(output.contains("refusing to publish the service"), "{output}");
+        assert!(output.contains("set LOGBOOK_API_TOKEN (or LOGBOOK_API_TOKEN_FILE)"), "{output}");
+        assert!(!output.contains(" up --detach"), "{output}");
+        // A token, or the user's own choice, lets it through; the runner adds nothing.
+        for extra in [("LOGBOOK_API_TOKEN", "s3cret"), ("LOGBOOK_ALLOW_UNAUTHENTICATED", "1")] {
+            let env = [("FAKE_IMAGES", TREE_IMAGE), (key, value), extra];
+            let (ok, output) = fakes.xtask_with(&["up", "--dry-run"], &env);
+            assert!(ok, "{key}={value} with {extra:?}:\n{output}");
+            let up = output.lines().find(|l| l.contains(" up --detach")).expect("no compose up printed");
+            assert!(!up.contains("LOGBOOK_ALLOW_UNAUTHENTICATED"), "{up}");
+        }
+    }
     std::fs::remove_dir_all(state.parent().unwrap()).unwrap();
 }
 

@@ -343,3 +343,21 @@ fn the_proxy_alone_publishes_the_service() {
         assert_eq!(upstream_port, ready_port, "{file}: the proxy does not use the service's ready port");
     }
 }
+
+#[test]
+fn nothing_is_exposed_without_authentication_by_default() {
+    let app = yaml("docker-compose.yml");
+    let allow = &app["services"]["logbook"]["environment"]["LOGBOOK_ALLOW_UNAUTHENTICATED"];
+    // A name without a value: only the runner (loopback alone) or the user sets it.
+    assert!(allow.is_null(), "the compose file sets LOGBOOK_ALLOW_UNAUTHENTICATED: {allow:?}");
+    let monitoring = yaml("docker-compose.monitoring.yml");
+    for service in ["prometheus", "alertmanager"] {
+        for port in monitoring["services"][service]["ports"].as_vec().unwrap() {
+            let port = port.as_str().unwrap();
+            assert!(port.starts_with("127.0.0.1:"), "{service} is published beyond loopback: {port}");
+        }
+    }
+    let caddyfile = std::fs::read_to_string(root().join("deploy/proxy/Caddyfile")).unwrap();
+    assert!(caddyfile.contains("@https protocol https"), "HSTS is not limited to HTTPS");
+    assert!(caddyfile.contains("header @https Strict-Transport-Security"), "no HSTS over HTTPS");
+}

@@ -104,7 +104,9 @@ pub fn throwaway_project(program: docker::ComposeProgram, kind: &str) -> Result<
     Ok(compose
         .project(&format!("{}-{kind}-{}", project::NAME, std::process::id()))
         .var("LOGBOOK_HOST_BIND", "127.0.0.1")
-        .var("LOGBOOK_HOST_PORT", &port))
+        .var("LOGBOOK_HOST_PORT", &port)
+        // Published on loopback alone, as `up` would allow.
+        .var(crate::targets::compose::ALLOW_UNAUTHENTICATED_VAR, "1"))
 }
 
 pub fn expect_status(addr: &str, path: &str, status: u16) -> Result<()> {
@@ -401,6 +403,6 @@ mod tests {
         assert_eq!(compose.project, format!("logbook-smoke-{}", std::process::id()));
         assert_eq!(compose.env_file.as_deref(), Some("/dev/null"));
         let vars: Vec<&str> = compose.env.iter().map(|(k, _)| k.as_str()).collect();
-        assert_eq!(vars, ["LOGBOOK_HOST_BIND", "LOGBOOK_HOST_PORT"]);
+        assert_eq!(vars, ["LOGBOOK_HOST_BIND", "LOGBOOK_HOST_PORT", "LOGBOOK_ALLOW_UNAUTHENTICATED"]);
     }
 }

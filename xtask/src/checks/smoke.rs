@@ -44,7 +44,7 @@ impl Smoke {
         )?;
         if tools::CURL.installed(sh) {
             checks.run(
-                "with LOGBOOK_DOMAIN, HTTPS is served (the proxy's own CA here) and HTTP redirects",
+                "with LOGBOOK_DOMAIN, HTTPS is served (the proxy's own CA here) with HSTS, and HTTP redirects",
                 || https_is_served(sh, program, &image),
             )?;
         } else {
@@ -334,6 +334,18 @@ fn https_is_served(sh: &Shell, program: docker::ComposeProgram, image: &str) -> 
         answer.ends_with(" https://logbook.localhost/readyz") && answer.starts_with('3'),
         "plain HTTP answered {answer:?}, not a redirect to HTTPS"
     );
+    // HSTS over HTTPS; never on plain HTTP, where it would mean nothing.
+    let hsts = |cmd: Cmd| -> Result<String> {
+        process::query(
+            sh,
+            &cmd.args(["--output", "/dev/null", "--write-out", "%header{strict-transport-security}"]),
+        )
+    };
+    let over_https = hsts(https.clone())?;
+    ensure!(over_https == "max-age=31536000", "HTTPS answered Strict-Transport-Security {over_https:?}");
+    let addr = compose::published_addr(sh, &compose)?;
+    let over_http = hsts(Cmd::new("curl").arg("--silent").arg(format!("http://{addr}/readyz")))?;
+    ensure!(over_http.is_empty(), "plain HTTP answered Strict-Transport-Security {over_http:?}");
     guard.succeeded();
     Ok(())
 }

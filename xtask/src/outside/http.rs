@@ -196,6 +196,11 @@ mod tests {
         let answer =
             request_with_headers(&addr, "POST", "/alerts", &[], Some(body), Duration::from_secs(5)).unwrap();
         assert_eq!(answer.status, 200);
+        // The receiver keeps the body once it has answered: poll, with a deadline.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while receiver.arrived(&["\"LogbookDown\""]).is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         assert!(receiver.arrived(&["\"LogbookDown\"", "\"firing\""]).is_some());
         assert!(receiver.arrived(&["\"resolved\""]).is_none());
     }

@@ -37,6 +37,9 @@ pub fn stack(sh: &Shell, program: docker::ComposeProgram) -> Compose {
     if !setting(sh, &compose, replica::URL_VAR, "").is_empty() {
         compose = compose.with_file(project::REPLICA_COMPOSE_FILE);
     }
+    if exposure(sh, &compose) == Exposure::LoopbackOnly {
+        compose = compose.var(ALLOW_UNAUTHENTICATED_VAR, "1");
+    }
     compose
 }
 
@@ -58,29 +61,47 @@ pub fn setting(sh: &Shell, compose: &Compose, key: &str, default: &str) -> Strin
         .unwrap_or_else(|| default.to_owned())
 }
 
-/// A warning line when the stack would take anyone's writes from beyond this host: the
-/// compose file lets the service accept writes without a token (it is reachable only
-/// through the proxy, on loopback by default), which is wrong once the proxy publishes
-/// further. None with a token, on loopback, or when the user chose it explicitly.
-pub fn open_writes_warning(sh: &Shell, compose: &Compose) -> Option<String> {
+/// The variable that lets the service take writes without a token.
+pub const ALLOW_UNAUTHENTICATED_VAR: &str = "LOGBOOK_ALLOW_UNAUTHENTICATED";
+
+/// Who may write, as the stack is published. Without a token, the service takes writes
+/// only when told so, and the runner tells it so only while the proxy publishes on
+/// loopback alone (then only this host's users reach it). Published further (a
+/// non-loopback LOGBOOK_HOST_BIND, or a domain) without a token, the switch is refused,
+/// unless the user set LOGBOOK_ALLOW_UNAUTHENTICATED=1 themselves.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Exposure {
+    /// A token guards writes, or the user chose open writes: nothing to add.
+    AsSet,
+    /// Loopback alone and no token: the runner allows writes without one.
+    LoopbackOnly,
+    /// Published beyond loopback with no token: refused, with this line.
+    Refused(String),
+}
+
+pub fn exposure(sh: &Shell, compose: &Compose) -> Exposure {
     let get = |key: &str| setting(sh, compose, key, "");
-    open_writes(
+    exposure_of(
         &get("LOGBOOK_HOST_BIND"),
         &get("LOGBOOK_DOMAIN"),
-        !get("LOGBOOK_API_TOKEN").is_empty() || !get("LOGBOOK_API_TOKEN_FILE").is_empty(),
-        &get("LOGBOOK_ALLOW_UNAUTHENTICATED"),
+        !get("LOGBOOK_API_TOKEN").trim().is_empty() || !get("LOGBOOK_API_TOKEN_FILE").trim().is_empty(),
+        &get(ALLOW_UNAUTHENTICATED_VAR),
     )
 }
 
-fn open_writes(host_bind: &str, domain: &str, has_token: bool, allow: &str) -> Option<String> {
+fn exposure_of(host_bind: &str, domain: &str, has_token: bool, allow: &str) -> Exposure {
     let loopback = host_bind.is_empty() || host_bind.starts_with("127.") || host_bind == "::1";
-    if has_token || !allow.is_empty() || (loopback && domain.is_empty()) {
-        return None;
+    if has_token || matches!(allow.trim(), "1" | "true") {
+        return Exposure::AsSet;
+    }
+    if loopback && domain.is_empty() {
+        return Exposure::LoopbackOnly;
     }
     let reach = if domain.is_empty() { format!("on {host_bind}") } else { format!("as {domain}") };
-    Some(format!(
-        "warning: the stack is published {reach} and accepts writes from anyone who reaches it: \
-         set LOGBOOK_API_TOKEN (or LOGBOOK_ALLOW_UNAUTHENTICATED=1 to say that is intended)"
+    Exposure::Refused(format!(
+        "refusing to publish the service {reach} without a token, where anyone who reaches it could append: \
+         set LOGBOOK_API_TOKEN (or LOGBOOK_API_TOKEN_FILE), or LOGBOOK_ALLOW_UNAUTHENTICATED=1 if that is \
+         intended; nothing was changed"
     ))
 }
 
@@ -300,15 +321,23 @@ mod tests {
     }
 
     #[test]
-    fn publishing_writes_beyond_loopback_without_a_token_is_warned_about() {
-        assert_eq!(open_writes("", "", false, ""), None, "the default: loopback");
-        assert_eq!(open_writes("127.0.0.1", "", false, ""), None);
-        let wide = open_writes("0.0.0.0", "", false, "").unwrap();
+    fn publishing_writes_beyond_loopback_without_a_token_is_refused() {
+        assert_eq!(exposure_of("", "", false, ""), Exposure::LoopbackOnly, "the default: loopback");
+        assert_eq!(exposure_of("127.0.0.1", "", false, ""), Exposure::LoopbackOnly);
+        assert_eq!(exposure_of("::1", "", false, ""), Exposure::LoopbackOnly);
+        let Exposure::Refused(wide) = exposure_of("0.0.0.0", "", false, "") else { panic!("not refused") };
         assert!(wide.contains("on 0.0.0.0") && wide.contains("LOGBOOK_API_TOKEN"), "{wide}");
-        let domain = open_writes("", "logbook.example.com", false, "").unwrap();
-        assert!(domain.contains("as logbook.example.com"), "{domain}");
-        assert_eq!(open_writes("0.0.0.0", "", true, ""), None, "a token");
-        assert_eq!(open_writes("0.0.0.0", "", false, "1"), None, "chosen explicitly");
+        let Exposure::Refused(domain) = exposure_of("", "logbook.example.com", false, "") else {
+            panic!("a domain without a token is not refused")
+        };
+        assert!(
+            domain.contains("as logbook.example.com") && domain.ends_with("nothing was changed"),
+            "{domain}"
+        );
+        assert_eq!(exposure_of("0.0.0.0", "", true, ""), Exposure::AsSet, "a token");
+        assert_eq!(exposure_of("0.0.0.0", "", false, "1"), Exposure::AsSet, "chosen explicitly");
+        assert!(matches!(exposure_of("0.0.0.0", "", false, "0"), Exposure::Refused(_)), "0 is no choice");
+        assert_eq!(exposure_of("127.0.0.1", "", true, ""), Exposure::AsSet, "a token on loopback");
     }
 
     #[test]

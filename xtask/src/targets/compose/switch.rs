@@ -44,9 +44,6 @@ pub fn up(
         None => image::ensure(sh, no_build)?,
     };
     let stack = super::stack(sh, program);
-    if let Some(warning) = super::open_writes_warning(sh, &stack) {
-        process::say(&warning);
-    }
     let history = super::history_path(sh, &stack)?;
     let _lock = crate::state::lock(&history, lock)?;
     let addr = switch(sh, &stack, &history, &image, Gate { timeout, restore_previous })?;
@@ -63,6 +60,9 @@ pub fn up(
 /// serving, the failed one is left for diagnosis, or a stack that was not running before
 /// is stopped again (volumes kept).
 pub fn switch(sh: &Shell, compose: &Compose, history_file: &Path, image: &str, gate: Gate) -> Result<String> {
+    if let super::Exposure::Refused(line) = super::exposure(sh, compose) {
+        bail!("{line}");
+    }
     let _lock = crate::state::lock(history_file, &crate::state::LockRequest::default())?;
     journal::repair(sh, compose, history_file, gate.timeout)?;
     let mut history = History::load(history_file)?;
