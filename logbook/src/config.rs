@@ -23,6 +23,8 @@ pub const KNOWN: &[&str] = &[
     "LOGBOOK_LOCK_WAIT",
     "LOGBOOK_API_TOKEN",
     "LOGBOOK_API_TOKEN_FILE",
+    "LOGBOOK_READ_TOKEN",
+    "LOGBOOK_READ_TOKEN_FILE",
     "LOGBOOK_ALLOW_UNAUTHENTICATED",
     "LOGBOOK_MAX_CONNECTIONS",
     "LOGBOOK_BODY_TIMEOUT",
@@ -52,6 +54,8 @@ pub struct Config {
     /// How long to wait at start for another process to release the database.
     pub lock_wait: Duration,
     pub api_token: Option<Secret>,
+    /// LOGBOOK_READ_TOKEN(_FILE): when set, reads and /metrics need it (or the API token).
+    pub read_token: Option<Secret>,
     /// LOGBOOK_ALLOW_UNAUTHENTICATED: writes without a token on a non-loopback address.
     pub allow_unauthenticated: bool,
     /// Open connections beyond this wait in the kernel's backlog (LOGBOOK_MAX_CONNECTIONS).
@@ -194,7 +198,7 @@ impl Config {
         let shutdown_timeout = positive_duration(&get, "LOGBOOK_SHUTDOWN_TIMEOUT", Duration::from_secs(10))?;
         let drain_delay = duration_var(&get, "LOGBOOK_DRAIN_DELAY", Duration::ZERO)?;
         let lock_wait = duration_var(&get, "LOGBOOK_LOCK_WAIT", Duration::from_secs(30))?;
-        let (api_token, allow_unauthenticated) = read_auth(&lookup, &get)?;
+        let (api_token, read_token, allow_unauthenticated) = read_auth(&lookup, &get)?;
         let max_connections = match get("LOGBOOK_MAX_CONNECTIONS") {
             None => DEFAULT_MAX_CONNECTIONS,
             Some((var, v)) => v
@@ -234,6 +238,7 @@ impl Config {
             drain_delay,
             lock_wait,
             api_token,
+            read_token,
             allow_unauthenticated,
             max_connections,
             body_timeout,
@@ -264,13 +269,15 @@ impl Config {
     }
 }
 
-/// The write token and whether writes without one are allowed.
+/// The write token, the read token, and whether writes without a token are allowed.
 fn read_auth(
     lookup: &impl Fn(&str) -> Option<String>,
     get: &impl Fn(&'static str) -> Option<(&'static str, String)>,
-) -> Result<(Option<Secret>, bool), ConfigError> {
+) -> Result<(Option<Secret>, Option<Secret>, bool), ConfigError> {
     // Set but empty is a mistake (a template left unfilled), never "authentication off".
-    for var in ["LOGBOOK_API_TOKEN", "LOGBOOK_API_TOKEN_FILE"] {
+    for var in
+        ["LOGBOOK_API_TOKEN", "LOGBOOK_API_TOKEN_FILE", "LOGBOOK_READ_TOKEN", "LOGBOOK_READ_TOKEN_FILE"]
+    {
         if lookup(var).is_some_and(|v| v.is_empty()) {
             return Err(ConfigError {
                 var,
@@ -279,18 +286,8 @@ fn read_auth(
             });
         }
     }
-    let api_token = match (get("LOGBOOK_API_TOKEN"), get("LOGBOOK_API_TOKEN_FILE")) {
-        (Some(_), Some(_)) => {
-            return Err(ConfigError {
-                var: "LOGBOOK_API_TOKEN",
-                value: None,
-                expected: "either LOGBOOK_API_TOKEN or LOGBOOK_API_TOKEN_FILE, not both".into(),
-            });
-        }
-        (Some((_, token)), None) => Some(Secret(token)),
-        (None, Some((var, path))) => Some(read_token_file(var, &path)?),
-        (None, None) => None,
-    };
+    let api_token = token(&get, "LOGBOOK_API_TOKEN", "LOGBOOK_API_TOKEN_FILE")?;
+    let read_token = token(&get, "LOGBOOK_READ_TOKEN", "LOGBOOK_READ_TOKEN_FILE")?;
     let allow_unauthenticated = match get("LOGBOOK_ALLOW_UNAUTHENTICATED") {
         None => false,
         Some((var, v)) => match v.as_str() {
@@ -299,7 +296,7 @@ fn read_auth(
             _ => return Err(invalid(var, &v, "1 or 0")),
         },
     };
-    Ok((api_token, allow_unauthenticated))
+    Ok((api_token, read_token, allow_unauthenticated))
 }
 
 fn invalid(var: &'static str, value: &str, expected: &str) -> ConfigError {
@@ -348,12 +345,29 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
     }
 }
 
+/// A token from `var`, or from the file `file_var` names (a Docker or Kubernetes secret);
+/// both set is an error.
+fn token(
+    get: &impl Fn(&'static str) -> Option<(&'static str, String)>,
+    var: &'static str,
+    file_var: &'static str,
+) -> Result<Option<Secret>, ConfigError> {
+    match (get(var), get(file_var)) {
+        (Some(_), Some(_)) => {
+            Err(ConfigError { var, value: None, expected: format!("either {var} or {file_var}, not both") })
+        }
+        (Some((_, token)), None) => Ok(Some(Secret(token))),
+        (None, Some((file_var, path))) => read_token_file(file_var, &path).map(Some),
+        (None, None) => Ok(None),
+    }
+}
+
 fn read_token_file(var: &'static str, path: &str) -> Result<Secret, ConfigError> {
     let content = std::fs::read_to_string(path)
-        .map_err(|e| invalid(var, path, &format!("a readable file holding the API token ({e})")))?;
+        .map_err(|e| invalid(var, path, &format!("a readable file holding the token ({e})")))?;
     let token = content.trim_end_matches(['\r', '\n']);
     if token.is_empty() {
-        return Err(invalid(var, path, "a file holding a non-empty API token"));
+        return Err(invalid(var, path, "a file holding a non-empty token"));
     }
     Ok(Secret(token.to_owned()))
 }
@@ -468,6 +482,20 @@ mod tests {
         assert_eq!(parse_duration("-1s"), None);
         assert_eq!(parse_duration("1h"), None);
         assert_eq!(parse_duration(""), None);
+    }
+
+    #[test]
+    fn a_read_token_is_one_or_the_other_and_never_empty() {
+        let c = config(&[("LOGBOOK_READ_TOKEN", "reader")]).unwrap();
+        assert!(c.read_token.unwrap().matches(b"reader"));
+        assert!(config(&[]).unwrap().read_token.is_none());
+        let both = config(&[("LOGBOOK_READ_TOKEN", "a"), ("LOGBOOK_READ_TOKEN_FILE", "/x")]).unwrap_err();
+        assert_eq!(both.var, "LOGBOOK_READ_TOKEN");
+        assert!(both.to_string().contains("not both"), "{both}");
+        let empty = config(&[("LOGBOOK_READ_TOKEN", "")]).unwrap_err();
+        assert_eq!((empty.var, empty.value), ("LOGBOOK_READ_TOKEN", None));
+        let missing = config(&[("LOGBOOK_READ_TOKEN_FILE", "/nonexistent/read-token")]).unwrap_err();
+        assert_eq!(missing.var, "LOGBOOK_READ_TOKEN_FILE");
     }
 
     #[test]

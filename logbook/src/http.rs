@@ -47,6 +47,8 @@ pub struct AppState {
     pub storage_wait: std::time::Duration,
     pub draining: Arc<AtomicBool>,
     pub api_token: Option<Secret>,
+    /// When set, reads and /metrics need it, or the API token.
+    pub read_token: Option<Secret>,
     pub metrics: PrometheusHandle,
     pub started: Instant,
     /// The database file, whose size and free space `/metrics` reports.
@@ -213,8 +215,7 @@ async fn append_entry(State(state): State<AppState>, request: Request) -> Result
 
 fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(token) = &state.api_token else { return Ok(()) };
-    let presented = headers.get(header::AUTHORIZATION).and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
-    match presented {
+    match bearer(headers) {
         Some(candidate) if token.matches(candidate) => Ok(()),
         _ => Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -222,6 +223,28 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
             "writes need the header Authorization: Bearer <LOGBOOK_API_TOKEN>",
         )),
     }
+}
+
+/// Reads (entries and /metrics) are open unless LOGBOOK_READ_TOKEN is set; then the read
+/// token or the API token lets them through. Both are compared whatever the first gives,
+/// so the time says nothing about which one matched.
+fn authorize_read(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(read) = &state.read_token else { return Ok(()) };
+    let candidate = bearer(headers).unwrap_or_default();
+    let by_read = read.matches(candidate);
+    let by_write = state.api_token.as_ref().is_some_and(|t| t.matches(candidate));
+    if by_read | by_write {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "reads need the header Authorization: Bearer <LOGBOOK_READ_TOKEN>",
+    ))
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&[u8]> {
+    headers.get(header::AUTHORIZATION).and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
 }
 
 fn validate(request: AppendRequest) -> Result<NewEntry, ApiError> {
@@ -283,8 +306,10 @@ struct ListParams {
 
 async fn list_entries(
     State(state): State<AppState>,
+    headers: HeaderMap,
     params: Result<Query<ListParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
+    authorize_read(&state, &headers)?;
     let Query(params) = params.map_err(|e| {
         ApiError::bad_request(
             "invalid_query",
@@ -350,8 +375,10 @@ impl Page {
 
 async fn get_entry(
     State(state): State<AppState>,
+    headers: HeaderMap,
     id: Result<Path<i64>, PathRejection>,
 ) -> Result<Response, ApiError> {
+    authorize_read(&state, &headers)?;
     let id = match id {
         Ok(Path(id)) if id > 0 => id,
         _ => return Err(ApiError::bad_request("invalid_id", "the entry id must be a positive integer")),
@@ -406,10 +433,11 @@ async fn version(State(state): State<AppState>) -> Response {
     .into_response()
 }
 
-async fn metrics(State(state): State<AppState>) -> Response {
+async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    authorize_read(&state, &headers)?;
     crate::telemetry::record_disk(&state.db_path);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render())
-        .into_response()
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render())
+        .into_response())
 }
 
 async fn not_found() -> ApiError {

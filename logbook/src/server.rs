@@ -156,6 +156,7 @@ pub async fn serve(
         storage,
         draining: draining.clone(),
         api_token: config.api_token.clone(),
+        read_token: config.read_token.clone(),
         storage_wait: config.lock_wait,
         metrics,
         started,
@@ -171,6 +172,7 @@ pub async fn serve(
         version = crate::build_info::VERSION,
         revision = crate::build_info::REVISION,
         auth = config.api_token.is_some(),
+        read_auth = config.read_token.is_some(),
         max_connections = config.max_connections,
         startup_ms = started.elapsed().as_millis() as u64,
         "listening"

@@ -74,6 +74,7 @@ fn state(storage: Option<Storage>, token: Option<&str>) -> AppState {
         storage_wait: Duration::from_millis(50),
         draining: Arc::new(AtomicBool::new(false)),
         api_token: token.map(Secret::new),
+        read_token: None,
         metrics: logbook::telemetry::init_metrics().unwrap(),
         started: Instant::now(),
         db_path: std::path::PathBuf::from("logbook.db"),
@@ -148,6 +149,36 @@ async fn writes_need_the_token_when_one_is_set() {
     assert_eq!(error_of(&app.post(body, Some("wrong")).await), (StatusCode::UNAUTHORIZED, "unauthorized"));
     assert_eq!(app.post(body, Some(TOKEN)).await.0, StatusCode::CREATED);
     assert_eq!(app.get("/api/entries/1").await.0, StatusCode::OK, "reads need no token");
+}
+
+#[tokio::test]
+async fn reads_and_metrics_need_the_read_token_or_the_api_token_when_one_is_set() {
+    let mut app = App::new(Some(TOKEN));
+    let get = |uri: &str, token: Option<&str>| {
+        let mut request = Request::get(uri);
+        if let Some(token) = token {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        request.body(Body::empty()).unwrap()
+    };
+    // No read token: reads are open, as before.
+    assert_eq!(app.post(r#"{"text":"one"}"#, Some(TOKEN)).await.0, StatusCode::CREATED);
+    assert_eq!(app.call(get("/api/entries", None)).await.0, StatusCode::OK);
+    app.state.read_token = Some(Secret::new("reader"));
+    for uri in ["/api/entries", "/api/entries/1", "/metrics"] {
+        let refused = app.call(get(uri, None)).await;
+        assert_eq!(error_of(&refused), (StatusCode::UNAUTHORIZED, "unauthorized"), "{uri}");
+        assert!(refused.1["message"].as_str().unwrap().contains("LOGBOOK_READ_TOKEN"), "{uri}");
+        assert_eq!(app.call(get(uri, Some("wrong"))).await.0, StatusCode::UNAUTHORIZED, "{uri}");
+        assert_eq!(app.call(get(uri, Some("reader"))).await.0, StatusCode::OK, "{uri}");
+        assert_eq!(app.call(get(uri, Some(TOKEN))).await.0, StatusCode::OK, "{uri} with the API token");
+    }
+    // Probes stay open: orchestrators and the proxy carry no token.
+    for uri in ["/healthz", "/readyz", "/version"] {
+        assert_eq!(app.call(get(uri, None)).await.0, StatusCode::OK, "{uri}");
+    }
+    // The read token does not let anyone write.
+    assert_eq!(app.post(r#"{"text":"two"}"#, Some("reader")).await.0, StatusCode::UNAUTHORIZED);
 }
 
 #[tokio::test]

@@ -11,6 +11,9 @@ use crate::flags::{MonitoringService, MonitoringSmoke};
 use crate::outside::{docker, http, image, process};
 use crate::targets::compose::{self, OnDrop, StackGuard, monitoring};
 
+/// The throwaway stack's read token.
+const READ_TOKEN: &str = "monitoring-smoke-read-token";
+
 /// A PromQL answer, as far as it is read here.
 #[derive(Deserialize)]
 struct Query {
@@ -32,7 +35,9 @@ impl MonitoringSmoke {
         let app = harness::throwaway_project(program, "monitoring")?
             .var("PROMETHEUS_HOST_PORT", &http::free_port()?.to_string())
             .var("ALERTMANAGER_HOST_PORT", &http::free_port()?.to_string())
-            .var(monitoring::WEBHOOK_VAR, &format!("http://host.docker.internal:{}/alerts", receiver.port));
+            .var(monitoring::WEBHOOK_VAR, &format!("http://host.docker.internal:{}/alerts", receiver.port))
+            // Reads and /metrics need a token: Prometheus must scrape with it.
+            .var("LOGBOOK_READ_TOKEN", READ_TOKEN);
         let everything = monitoring::interpolable(sh, app.clone());
         let guard = StackGuard::new(sh, &everything, OnDrop::RemoveWithVolumes);
         let state = sh.create_temp_dir()?;
@@ -61,6 +66,27 @@ impl MonitoringSmoke {
                     Ok((!answer.data.result.is_empty()).then_some(()))
                 },
             )
+        })?;
+        checks.run("/metrics needs the read token, which Prometheus scrapes with", || {
+            let addr = compose::published_addr(sh, &app)?;
+            let without = http::get(&addr, "/metrics", Duration::from_secs(5))?;
+            ensure!(without.status == 401, "/metrics without the read token answered {}", without.status);
+            let bearer = format!("Bearer {READ_TOKEN}");
+            let with = http::request_with_headers(
+                &addr,
+                "GET",
+                "/metrics",
+                &[("Authorization", bearer.as_str())],
+                None,
+                Duration::from_secs(5),
+            )?;
+            ensure!(with.status == 200, "/metrics with the read token answered {}", with.status);
+            // The target is up only if Prometheus's scrapes carry the token.
+            let up = "/api/v1/query?query=up%7Bjob%3D%22logbook%22%7D%3D%3D1";
+            let answer: Query =
+                serde_json::from_str(&http::get(&prometheus, up, Duration::from_secs(5))?.body)?;
+            ensure!(!answer.data.result.is_empty(), "Prometheus does not scrape the service as up");
+            Ok(())
         })?;
         checks.run("Prometheus sends its alerts to Alertmanager", || {
             process::wait_for(
