@@ -347,3 +347,39 @@ fn bad_replica_settings_refuse_up_before_anything_changes() {
     assert!(changed.is_empty(), "a refused `up` changed things: {changed:#?}");
     std::fs::remove_dir_all(state.parent().unwrap()).unwrap();
 }
+
+/// A checkout with no `.env` (a cleaned CI workspace, a fresh clone) uses the settings the
+/// stack was last switched with, from its state on the host: its layers and token stay.
+#[test]
+fn a_bare_checkout_uses_the_settings_the_stack_was_started_with() {
+    let checkout = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+    if checkout.join(".env").exists() {
+        // The checkout's own .env wins, as it should; this case needs a checkout without one
+        // (CI's clean clone is one).
+        eprintln!("skipped: this checkout has a .env");
+        return;
+    }
+    let state = tempdir("bare-checkout");
+    let recorded = state.join("releases-logbook.env");
+    std::fs::write(&recorded, "LOGBOOK_DOMAIN=logbook.example.com\nLOGBOOK_API_TOKEN=s3cret\n").unwrap();
+    let fakes = fakes("bare-checkout", &state);
+    let env = [("FAKE_IMAGES", "logbook:aaaaaaaaaaaa")];
+    let (ok, output) = fakes.xtask_with(&["up", "--tag", "aaaaaaaaaaaa", "--dry-run"], &env);
+    assert!(ok, "{output}");
+    assert!(
+        output.contains("no .env here: using the settings project logbook was last switched with"),
+        "{output}"
+    );
+    let up = output.lines().find(|l| l.contains(" up --detach")).expect("no compose up printed");
+    assert!(up.contains(&format!("--env-file {}", recorded.display())), "{up}");
+    assert!(up.contains("--file docker-compose.tls.yml"), "the TLS layer was dropped: {up}");
+    // A token is recorded: the runner does not open writes.
+    assert!(!up.contains("LOGBOOK_ALLOW_UNAUTHENTICATED"), "{up}");
+    // LOGBOOK_ENV_FILE, when given, is used instead.
+    let (ok, output) = fakes.xtask_with(
+        &["up", "--tag", "aaaaaaaaaaaa", "--dry-run"],
+        &[("FAKE_IMAGES", "logbook:aaaaaaaaaaaa"), ("LOGBOOK_ENV_FILE", "/dev/null")],
+    );
+    assert!(ok && !output.contains("docker-compose.tls.yml"), "{output}");
+    std::fs::remove_dir_all(state.parent().unwrap()).unwrap();
+}

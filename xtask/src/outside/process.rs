@@ -344,6 +344,12 @@ pub fn create_dir_all(dir: &Path) -> Result<()> {
 /// Writes `contents` to `path` whole (echoed; not under --dry-run): beside it first, synced,
 /// then renamed into place, so a crash or Ctrl-C leaves the old file or the new one.
 pub fn write_file(path: &Path, contents: &str) -> Result<()> {
+    write_file_with_mode(path, contents, 0o644)
+}
+
+/// [`write_file`], the file created with `mode` (0o600 for one that holds a secret: it is
+/// never readable by others, not even for a moment).
+pub fn write_file_with_mode(path: &Path, contents: &str, mode: u32) -> Result<()> {
     if !runner().change(&format!("write {}", quote(&path.display().to_string()))) {
         return Ok(());
     }
@@ -353,7 +359,10 @@ pub fn write_file(path: &Path, contents: &str) -> Result<()> {
         std::fs::create_dir_all(dir)?;
         // A fresh name, created exclusively: ours alone, whatever else is in the directory.
         let partial = unique_beside(path, "partial");
-        let mut file = std::fs::OpenOptions::new().write(true).create_new(true).open(&partial)?;
+        let mut file = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&partial)?
+        };
         let written = file.write_all(contents.as_bytes()).and_then(|()| file.sync_all());
         let placed = written.and_then(|()| std::fs::rename(&partial, path));
         if placed.is_err() {

@@ -7,6 +7,7 @@ pub mod data;
 pub mod journal;
 pub mod monitoring;
 pub mod replica;
+pub mod settings;
 pub mod switch;
 
 use std::net::{IpAddr, TcpListener};
@@ -25,12 +26,26 @@ use crate::project;
 /// LOGBOOK_REPLICA_URL is. From the environment only,
 /// LOGBOOK_PROJECT names another project (a second stack on one host: staging beside
 /// production, a rehearsal) and LOGBOOK_ENV_FILE another settings file than `.env`.
+/// With neither LOGBOOK_ENV_FILE nor a `.env` here, the settings the stack was last
+/// switched with, from its state on the host ([`settings`]).
 pub fn stack(sh: &Shell, program: docker::ComposeProgram) -> Compose {
     let mut compose = Compose::app(program);
     if let Some(project) = std::env::var("LOGBOOK_PROJECT").ok().filter(|p| !p.is_empty()) {
         compose = compose.project(&project);
     }
     compose.env_file = std::env::var("LOGBOOK_ENV_FILE").ok().filter(|f| !f.is_empty());
+    if compose.env_file.is_none() {
+        let has_dotenv = sh.current_dir().join(".env").is_file();
+        let recorded = history_path(sh, &compose).ok().map(|h| settings::path(&h));
+        if let Some(file) = recorded.and_then(|r| settings::fallback(has_dotenv, &r)) {
+            process::say(&format!(
+                "no .env here: using the settings project {} was last switched with ({})",
+                compose.project,
+                file.display()
+            ));
+            compose.env_file = Some(file.display().to_string());
+        }
+    }
     if !setting(sh, &compose, "LOGBOOK_DOMAIN", "").is_empty() {
         compose = compose.with_file(project::TLS_COMPOSE_FILE);
     }

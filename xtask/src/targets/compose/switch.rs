@@ -76,6 +76,8 @@ pub fn switch(sh: &Shell, compose: &Compose, history_file: &Path, image: &str, g
         gate.restore_previous,
     );
     let compose_new = compose.clone().var("LOGBOOK_IMAGE", image);
+    // Written before the switch: if it is interrupted, the repair needs them too.
+    super::settings::record(sh, compose, history_file)?;
     let addr = match &running {
         Some((old, old_image)) if old_image != image => start_first(
             sh,
