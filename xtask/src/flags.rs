@@ -401,7 +401,10 @@ pub struct FaultDrill {
 /// loopback ($REGISTRY_IMAGE, default registry:2.8.2), publish the tested image and a
 /// second release to it, remove the local copies, then run the workflow's own staging and
 /// production job commands (up by digest, smoke --url) and its rollback job's, on a
-/// throwaway project, under writes. Checks that no entry is lost; always tears down.
+/// throwaway project, under writes, each job in a clone of the repository cleaned as a
+/// runner's workspace is (`git clean -ffdx`, no `.env` carried over). Then a release that
+/// fails its check takes the production job's failure step (rollback). Checks that no
+/// entry is lost; always tears down.
 #[derive(Debug, Args)]
 pub struct ReleaseDrill {
     /// Use the existing image for this tree; fail if it has not been built.

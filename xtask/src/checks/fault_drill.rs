@@ -70,7 +70,8 @@ impl FaultDrill {
         // The runner under test, copied: a rebuild of target/ while the drill runs must not
         // change it.
         let runner = scratch.path().join("xtask");
-        std::fs::copy(std::env::current_exe()?, &runner).context("cannot copy the runner")?;
+        // /proc/self/exe: this very binary, even if target/ has been rebuilt since.
+        std::fs::copy("/proc/self/exe", &runner).context("cannot copy the runner")?;
         let drill = Drill { sh, compose, runner, state: scratch.path().join("state"), v1, v2 };
         let mut guard = StackGuard::new(sh, &drill.compose, OnDrop::RemoveWithVolumes);
         guard.remove_image(&drill.v2);

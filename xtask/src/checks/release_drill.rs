@@ -1,6 +1,9 @@
 //! `cargo xtask release-drill`: the release path of the workflow, run here. A registry on
 //! loopback stands in for GHCR; the workflow's own job commands, read from the workflow
-//! files, deploy by digest to a throwaway project, check it, and roll it back.
+//! files, deploy by digest to a throwaway project, check it, and roll it back. Each job
+//! runs in a clone of the repository cleaned as `actions/checkout` cleans a runner's
+//! workspace (`git clean -ffdx`, so no `.env` is carried over), and a release that fails
+//! its check takes the workflow's failure path.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -38,6 +41,12 @@ impl ReleaseDrill {
         guard.remove_image(&v2.tag);
         let _history = HistoryCleanup(crate::targets::compose::history_path(sh, &compose)?);
         image::build(sh, &v2, Builder::Buildkit)?;
+        // A release that becomes ready but fails its check: its reads need a token the
+        // check does not have (the image's own /etc/passwd, as a read token file).
+        let unreadable = format!("{v1}-release-unreadable");
+        guard.remove_image(&unreadable);
+        image::build_with_setting(sh, &v1, &unreadable, "LOGBOOK_READ_TOKEN_FILE=/etc/passwd")?;
+        let workspace = Workspace::clone(sh)?;
         let registry = LocalRegistry::start(sh)?;
         let repository = format!("{}/{}", registry.addr, project::NAME);
 
@@ -53,7 +62,7 @@ impl ReleaseDrill {
         let _copies = checks.step("the local copies are removed, so every deploy must pull", || {
             LocalCopies::remove(sh, &v1, &repository, &[v2.tag.as_str()], &d1)
         })?;
-        let jobs = JobEnv { sh, project: &compose.project, addr: &addr };
+        let jobs = JobEnv { sh, project: &compose.project, addr: &addr, workspace: &workspace };
         checks.run(
             "staging: the workflow's job pulls the tested image by digest, deploys and checks it",
             || jobs.run(RELEASE_WORKFLOW, "staging", &[("IMAGE", &d1)]),
@@ -77,6 +86,16 @@ impl ReleaseDrill {
             acknowledged.extend(report.acknowledged.iter().cloned());
             harness::expect_acknowledged(&addr, &acknowledged)
         })?;
+        checks.run(
+            "a release that fails its check: the production job's failure step rolls back to the one before",
+            || {
+                let (d3, _) = registry::push(sh, &unreadable, &repository, None)?;
+                let failed = jobs.run_failing(RELEASE_WORKFLOW, "production", &[("IMAGE", &d3)])?;
+                process::say(&format!("  the job's step failed as expected: {failed}"));
+                harness::expect_revision(&addr, &v1_revision)?;
+                harness::expect_acknowledged(&addr, &acknowledged)
+            },
+        )?;
         guard.succeeded();
         process::result(&format!(
             "release-drill: all {} checks passed in {:.1}s: publish, pull by digest, staging, production, rollback; \
@@ -93,60 +112,163 @@ impl ReleaseDrill {
 }
 
 /// What the release jobs find on their hosts, here: the throwaway project on its own port,
-/// with no `.env`, and a token required for writes.
+/// a token required for writes, and a workspace cleaned before every job.
 struct JobEnv<'a> {
     sh: &'a Shell,
     project: &'a str,
     addr: &'a str,
+    workspace: &'a Workspace,
 }
 
 impl JobEnv<'_> {
     /// Runs the `run:` lines of `job` in `workflow`, in order, as GitHub's bash would, with
-    /// `cargo xtask` being this runner; steps that run only on failure are left out.
+    /// `cargo xtask` being this runner, in the cleaned workspace; steps that run only on
+    /// failure are left out.
     fn run(&self, workflow: &str, job: &str, inputs: &[(&str, &str)]) -> Result<()> {
-        let text = self.sh.read_file(workflow).with_context(|| format!("cannot read {workflow}"))?;
-        let port = self.addr.rsplit_once(':').map_or("8080", |(_, port)| port);
-        for line in job_commands(&text, job).with_context(|| format!("{workflow}: job {job}"))? {
-            ensure!(
-                line.starts_with("cargo xtask "),
-                "{workflow} job {job}: `{line}` is not `cargo xtask …`"
-            );
-            // As written, through cargo, as on the runner (this process's own executable
-            // may have been rebuilt since it started).
-            let mut cmd = Cmd::new("bash")
-                .args(["-c", line.as_str()])
-                .env("LOGBOOK_PROJECT", self.project)
-                .env("LOGBOOK_ENV_FILE", "/dev/null")
-                .env("LOGBOOK_HOST_BIND", "127.0.0.1")
-                .env("LOGBOOK_HOST_PORT", port)
-                .env("LOGBOOK_API_TOKEN", DRILL_TOKEN);
-            for (key, value) in inputs {
-                cmd = cmd.env(*key, *value);
+        self.workspace.clean(self.sh)?;
+        for step in self.steps(workflow, job)?.into_iter().filter(|s| !s.on_failure) {
+            for line in &step.commands {
+                self.run_line(workflow, job, line, inputs)?;
             }
-            process::say(&format!("{workflow} job {job}: {line}"));
-            process::run(self.sh, &cmd).with_context(|| format!("{workflow} job {job}: `{line}` failed"))?;
         }
+        Ok(())
+    }
+
+    /// Runs `job` expecting one of its steps to fail: the steps after it are skipped and
+    /// its `if: failure()` steps run instead, which must succeed. Returns the failure.
+    fn run_failing(&self, workflow: &str, job: &str, inputs: &[(&str, &str)]) -> Result<String> {
+        self.workspace.clean(self.sh)?;
+        let steps = self.steps(workflow, job)?;
+        let mut failed = None;
+        for step in steps.iter().filter(|s| !s.on_failure) {
+            for line in &step.commands {
+                if let Err(e) = self.run_line(workflow, job, line, inputs) {
+                    failed = Some(format!("{e:#}"));
+                    break;
+                }
+            }
+            if failed.is_some() {
+                break;
+            }
+        }
+        let failed = failed.with_context(|| format!("{workflow} job {job}: no step failed"))?;
+        let recovery: Vec<&JobStep> = steps.iter().filter(|s| s.on_failure).collect();
+        ensure!(!recovery.is_empty(), "{workflow} job {job} has no step for a failure");
+        for line in recovery.iter().flat_map(|s| &s.commands) {
+            self.run_line(workflow, job, line, inputs)?;
+        }
+        Ok(failed)
+    }
+
+    fn steps(&self, workflow: &str, job: &str) -> Result<Vec<JobStep>> {
+        let text = self.sh.read_file(workflow).with_context(|| format!("cannot read {workflow}"))?;
+        job_steps(&text, job).with_context(|| format!("{workflow}: job {job}"))
+    }
+
+    fn run_line(&self, workflow: &str, job: &str, line: &str, inputs: &[(&str, &str)]) -> Result<()> {
+        ensure!(line.starts_with("cargo xtask "), "{workflow} job {job}: `{line}` is not `cargo xtask …`");
+        let port = self.addr.rsplit_once(':').map_or("8080", |(_, port)| port);
+        // As written, through cargo, as on the runner, in the workspace's own clone. No
+        // LOGBOOK_ENV_FILE: a runner's workspace has no .env, so the stack's recorded
+        // settings apply.
+        let mut cmd = Cmd::new("bash")
+            .args(["-c", &format!("cd {} && {line}", self.workspace.checkout.display())])
+            .env("CARGO_TARGET_DIR", self.workspace.target.display().to_string())
+            .env("LOGBOOK_PROJECT", self.project)
+            .env("LOGBOOK_HOST_BIND", "127.0.0.1")
+            .env("LOGBOOK_HOST_PORT", port)
+            .env("LOGBOOK_API_TOKEN", DRILL_TOKEN);
+        for (key, value) in inputs {
+            cmd = cmd.env(*key, *value);
+        }
+        process::say(&format!("{workflow} job {job}: {line}"));
+        process::run(self.sh, &cmd).with_context(|| format!("{workflow} job {job}: `{line}` failed"))
+    }
+}
+
+/// A clone of the repository, as a self-hosted runner's workspace: cleaned before every
+/// job as `actions/checkout` does (`git clean -ffdx`). Its builds go to a target
+/// directory of their own, outside it, kept between runs.
+struct Workspace {
+    checkout: std::path::PathBuf,
+    target: std::path::PathBuf,
+    _dir: xshell::TempDir,
+}
+
+impl Workspace {
+    fn clone(sh: &Shell) -> Result<Self> {
+        let dir = sh.create_temp_dir()?;
+        let checkout = dir.path().join("checkout");
+        let root = sh.current_dir();
+        process::say("  the jobs run in a clone of this repository's HEAD, cleaned before each job");
+        process::run(
+            sh,
+            &Cmd::new("git")
+                .args(["clone", "--quiet", "--no-hardlinks"])
+                .arg(root.display().to_string())
+                .arg(checkout.display().to_string()),
+        )?;
+        let target = crate::outside::tools::target_dir(sh).join("release-drill-workspace");
+        Ok(Workspace { checkout, target, _dir: dir })
+    }
+
+    /// Leaves what a runner leaves behind (a `.env` that would send the jobs to a port
+    /// where nothing listens), then cleans as `actions/checkout` does.
+    fn clean(&self, sh: &Shell) -> Result<()> {
+        std::fs::write(
+            self.checkout.join(".env"),
+            "LOGBOOK_HOST_PORT=1\nLOGBOOK_DOMAIN=left.behind.example\n",
+        )?;
+        process::run(
+            sh,
+            &Cmd::new("git")
+                .arg("-C")
+                .arg(self.checkout.display().to_string())
+                .args(["clean", "-ffdx", "--quiet"]),
+        )?;
+        ensure!(!self.checkout.join(".env").exists(), "git clean left .env in the workspace");
         Ok(())
     }
 }
 
+/// One step of a workflow job: its `run:` lines, and whether it runs only on failure.
+struct JobStep {
+    on_failure: bool,
+    commands: Vec<String>,
+}
+
+#[cfg(test)]
 /// The `run:` lines of a job's steps, in order, leaving out steps that run only when an
 /// earlier one failed (`if: failure() …`).
 pub fn job_commands(workflow: &str, job: &str) -> Result<Vec<String>> {
+    let commands: Vec<String> =
+        job_steps(workflow, job)?.into_iter().filter(|s| !s.on_failure).flat_map(|s| s.commands).collect();
+    ensure!(!commands.is_empty(), "job {job} runs nothing");
+    Ok(commands)
+}
+
+/// A job's steps that run commands, in order.
+fn job_steps(workflow: &str, job: &str) -> Result<Vec<JobStep>> {
     let docs = YamlLoader::load_from_str(workflow).context("the workflow is not valid YAML")?;
     let steps = docs
         .first()
         .and_then(|doc| doc["jobs"][job]["steps"].as_vec())
         .with_context(|| format!("no job {job} with steps"))?;
-    let mut commands = Vec::new();
-    for step in steps {
-        let on_failure = step["if"].as_str().is_some_and(|c| c.contains("failure()"));
-        if let (Some(script), false) = (step["run"].as_str(), on_failure) {
-            commands.extend(script.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned));
-        }
-    }
-    ensure!(!commands.is_empty(), "job {job} runs nothing");
-    Ok(commands)
+    Ok(steps
+        .iter()
+        .filter_map(|step| {
+            let script = step["run"].as_str()?;
+            Some(JobStep {
+                on_failure: step["if"].as_str().is_some_and(|c| c.contains("failure()")),
+                commands: script
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+            })
+        })
+        .collect())
 }
 
 /// A container registry on a free loopback port, removed (with its storage) when dropped.
@@ -273,6 +395,17 @@ mod tests {
             ["cargo xtask up --tag \"$IMAGE\"", "cargo xtask smoke --url http://127.0.0.1:8080"]
         );
         assert!(job_commands(workflow, "staging").is_err());
+        let steps = job_steps(workflow, "production").unwrap();
+        let failure: Vec<(bool, String)> =
+            steps.iter().map(|s| (s.on_failure, s.commands.join(";"))).collect();
+        assert_eq!(
+            failure,
+            [
+                (false, "cargo xtask up --tag \"$IMAGE\"".to_owned()),
+                (false, "cargo xtask smoke --url http://127.0.0.1:8080".to_owned()),
+                (true, "cargo xtask rollback".to_owned()),
+            ]
+        );
     }
 
     #[test]

@@ -124,6 +124,11 @@ pub fn build_variant(sh: &Shell, image: &str, tag: &str) -> Result<()> {
     build_on(sh, image, tag, &format!("LABEL io.logbook.drill-variant=\"{tag}\""))
 }
 
+/// Builds `tag` from `image` with one more setting in its environment (`KEY=value`).
+pub fn build_with_setting(sh: &Shell, image: &str, tag: &str, setting: &str) -> Result<()> {
+    build_on(sh, image, tag, &format!("ENV {setting}"))
+}
+
 /// Builds `tag` as `image` plus one Dockerfile instruction.
 fn build_on(sh: &Shell, image: &str, tag: &str, instruction: &str) -> Result<()> {
     let dir = sh.create_temp_dir()?;
