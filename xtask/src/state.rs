@@ -35,13 +35,20 @@ pub fn dir(sh: &Shell) -> Result<PathBuf> {
     let engine = process::query(sh, &engine_id())
         .context("cannot tell which Docker engine this is (its state is kept per engine)")?;
     let engine = engine.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "-");
-    let base = if writable(Path::new(SYSTEM_DIR)) {
-        PathBuf::from(SYSTEM_DIR)
-    } else {
-        user_state_dir()
-            .context("neither /var/lib/logbook is writable nor HOME set: set LOGBOOK_STATE_DIR")?
-    };
-    Ok(base.join(engine))
+    let system = Path::new(SYSTEM_DIR);
+    if writable(system) {
+        let dir = system.join(engine);
+        // Shared by the operators' group, as the administrator set up the parent for.
+        if !process::is_dry_run() && !dir.exists() {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o2775));
+        }
+        return Ok(dir);
+    }
+    let user = user_state_dir()
+        .context("neither /var/lib/logbook is writable nor HOME set: set LOGBOOK_STATE_DIR")?;
+    Ok(user.join(engine))
 }
 
 pub fn engine_id() -> Cmd {
@@ -55,7 +62,16 @@ fn user_state_dir() -> Option<PathBuf> {
 }
 
 /// Whether this user may create files in `dir`, creating it (and its parents) if need be.
+/// A dry run creates nothing: it goes by whether this is root, or the directory is
+/// writable by all.
 fn writable(dir: &Path) -> bool {
+    if process::is_dry_run() {
+        use std::os::unix::fs::MetadataExt;
+        let root = std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+            s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+        });
+        return root || std::fs::metadata(dir).is_ok_and(|m| m.mode() & 0o002 != 0);
+    }
     if std::fs::create_dir_all(dir).is_err() {
         return false;
     }
@@ -74,6 +90,15 @@ pub fn history_path(sh: &Shell, scope: &str) -> Result<PathBuf> {
 fn take_over(state_dir: &Path, checkout: &Path, scope: &str) -> Result<PathBuf> {
     let path = state_dir.join(format!("releases-{scope}.json"));
     let old = checkout.join(".logbook").join(format!("releases-{scope}.json"));
+    if !path.exists() && old.exists() && old != path && process::is_dry_run() {
+        // Nothing is moved in a dry run: it plans from the history where it still is.
+        process::say(&format!(
+            "would take over the release history {} into {}",
+            old.display(),
+            path.display()
+        ));
+        return Ok(old);
+    }
     if !path.exists() && old.exists() && old != path {
         let text = std::fs::read_to_string(&old).with_context(|| format!("cannot read {}", old.display()))?;
         crate::release::History::parse(&text).with_context(|| {
@@ -174,6 +199,8 @@ pub struct StackLock {
 }
 
 static HELD: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+/// How long a command waits for a lock whose holder has not written its record yet.
+const HOLDER_GRACE: Duration = Duration::from_secs(2);
 static MESSAGE: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
 
 /// The message the running command's lock was taken with, for the release history.
@@ -219,6 +246,13 @@ pub fn lock(history_file: &Path, request: &LockRequest) -> Result<StackLock> {
             },
             Err(std::fs::TryLockError::WouldBlock) => {
                 let holder = read_holder_from(&mut file).ok().flatten();
+                // A holder not yet recorded is one just starting (or `lock status` looking):
+                // worth a moment's wait before refusing.
+                if holder.is_none() && started.elapsed() < HOLDER_GRACE {
+                    drop(file);
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
                 let who =
                     holder.map_or_else(|| "another command".to_owned(), |h| h.describe(SystemTime::now()));
                 format!("the stack is locked by {who}")
@@ -257,12 +291,15 @@ impl Drop for StackLock {
             // An empty file says nobody holds it; a file left naming a holder says it died.
             let _ = file.set_len(0);
             HELD.lock().unwrap_or_else(std::sync::PoisonError::into_inner).retain(|p| p != &self.path);
+            *MESSAGE.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
         }
     }
 }
 
 fn open_lock(path: &Path) -> Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
     std::fs::OpenOptions::new()
+        .mode(0o664)
         .create(true)
         .truncate(false)
         .read(true)
@@ -313,7 +350,9 @@ fn frozen_line(freeze: &Holder, history_file: &Path) -> String {
 /// What `lock status` reports.
 #[derive(Debug, PartialEq, Eq, Serialize)]
 pub struct LockStatus {
-    /// The command holding the lock now, if one does.
+    /// Whether a command holds the lock now.
+    pub held: bool,
+    /// Who, once it has written its record.
     pub held_by: Option<Holder>,
     /// A holder recorded by a command that died without releasing the lock.
     pub left_by: Option<Holder>,
@@ -324,13 +363,21 @@ pub fn status(history_file: &Path) -> Result<LockStatus> {
     let path = lock_path(history_file);
     let frozen_by = read_holder(&frozen_path(history_file))?;
     if !path.exists() {
-        return Ok(LockStatus { held_by: None, left_by: None, frozen_by });
+        return Ok(LockStatus { held: false, held_by: None, left_by: None, frozen_by });
     }
     let mut file = open_lock(&path)?;
-    let recorded = read_holder_from(&mut file).with_context(|| format!("{} is damaged", path.display()))?;
+    // Locked first, then read: what it says then is settled (a dead holder's record), or
+    // being written by a live holder (so perhaps not whole yet).
     Ok(match file.try_lock() {
-        Ok(()) => LockStatus { held_by: None, left_by: recorded, frozen_by },
-        Err(std::fs::TryLockError::WouldBlock) => LockStatus { held_by: recorded, left_by: None, frozen_by },
+        Ok(()) => {
+            let left =
+                read_holder_from(&mut file).with_context(|| format!("{} is damaged", path.display()))?;
+            LockStatus { held: false, held_by: None, left_by: left, frozen_by }
+        }
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let holder = read_holder_from(&mut file).ok().flatten();
+            LockStatus { held: true, held_by: holder, left_by: None, frozen_by }
+        }
         Err(std::fs::TryLockError::Error(e)) => {
             return Err(e).with_context(|| format!("cannot check {}", path.display()));
         }
@@ -377,7 +424,7 @@ mod tests {
         assert_eq!(recorded.held_by.as_ref().and_then(|h| h.message.as_deref()), Some("hotfix"));
         drop(first);
         let after = status(&file).unwrap();
-        assert_eq!(after, LockStatus { held_by: None, left_by: None, frozen_by: None });
+        assert_eq!(after, LockStatus { held: false, held_by: None, left_by: None, frozen_by: None });
     }
 
     #[test]

@@ -25,7 +25,8 @@ use crate::targets::compose::{self, OnDrop, StackGuard};
 enum Fault {
     /// Ctrl-C: SIGINT to the runner's process group (it and the docker CLI it runs).
     Interrupt,
-    /// Ctrl-C twice, 100 ms apart: the second exits at once, without cleaning up.
+    /// Ctrl-C twice, 100 ms apart: the second exits at once, without cleaning up, unless
+    /// the cleanup the first began is already under way.
     InterruptTwice,
     /// SIGKILL to the whole group: no cleanup at all, as when a CI job is cancelled hard.
     Kill,
@@ -43,9 +44,41 @@ impl Fault {
     }
 }
 
+/// Where in the switch the interruption lands: when the journal names a step, or (the
+/// first step, written twice) once it also names the new container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Step(Step),
+    NewRecorded,
+}
+
+impl Target {
+    const ALL: [Target; 5] = [
+        Target::Step(Step::StartingNew),
+        Target::NewRecorded,
+        Target::Step(Step::StoppingOld),
+        Target::Step(Step::TakingOver),
+        Target::Step(Step::RemovingOld),
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Target::Step(step) => step.name(),
+            Target::NewRecorded => "starting-new, container recorded",
+        }
+    }
+
+    fn reached(self, journal: &Journal) -> bool {
+        match self {
+            Target::Step(step) => journal.step == step,
+            Target::NewRecorded => journal.step == Step::StartingNew && journal.new_container.is_some(),
+        }
+    }
+}
+
 /// One interruption and what followed.
 struct Row {
-    step: Step,
+    target: Target,
     fault: Fault,
     /// Whether the signal arrived while the journal named the step (else the switch
     /// passed it first, and the row proves less).
@@ -83,7 +116,7 @@ impl FaultDrill {
         let addr = checks.step("v1 deploys through the runner", || drill.up(&drill.v1.clone()))?;
         let mut rows = Vec::new();
         let mut target = drill.v2.clone();
-        for step in Step::ALL {
+        for step in Target::ALL {
             for fault in Fault::ALL {
                 let name = format!(
                     "{} at {}: then exactly one release serves and no acknowledged entry is lost",
@@ -154,20 +187,28 @@ impl Drill<'_> {
         self.state.join(format!("releases-{}.json", self.compose.project))
     }
 
-    fn interrupt(&self, addr: &str, target: &str, step: Step, fault: Fault) -> Result<Row> {
+    fn interrupt(&self, addr: &str, target: &str, step: Target, fault: Fault) -> Result<Row> {
         let started = Instant::now();
         let traffic = Traffic::start(addr, &format!("fault {} {}", step.name(), fault.name()), None);
         let outcome = (|| -> Result<(bool, &'static str)> {
-            let mut child = self.runner(&["up", "--tag", target, "--timeout", "60"]).spawn()?;
-            let hit = wait_for_step(&mut child, &self.history(), step)?;
+            let mut child = RunnerChild(self.runner(&["up", "--tag", target, "--timeout", "60"]).spawn()?);
+            let hit = wait_for_step(&mut child.0, &self.history(), step)?;
             if hit {
-                signal(&child, fault)?;
+                signal(&child.0, fault)?;
             }
-            let exited = wait_exit(&mut child, Duration::from_secs(120))?;
+            let exited = wait_exit(&mut child.0, Duration::from_secs(120))?;
             process::say(&format!("  the interrupted runner ended: {exited}"));
             // The next command repairs whatever the interrupted one left; it then switches
             // to the same target, as an operator would run it again.
             let left = Journal::load(&self.history())?.is_some();
+            if !left {
+                // It finished or undid the switch itself: that must already be one release.
+                let serving = self.serving()?;
+                ensure!(
+                    serving == 1,
+                    "{serving} service containers run after the interrupted runner cleaned up"
+                );
+            }
             let next = self.runner(&["up", "--tag", target, "--timeout", "60"]).status()?;
             ensure!(next.success(), "the next `up --tag {target}` failed ({next})");
             Ok((hit, if left { "next up" } else { "itself" }))
@@ -189,7 +230,7 @@ impl Drill<'_> {
         // either the interrupted command or the repair.
         report.expect_no_failures(&format!("{} at {}", fault.name(), step.name()))?;
         Ok(Row {
-            step,
+            target: step,
             fault,
             hit,
             repaired_by,
@@ -234,12 +275,25 @@ impl Drill<'_> {
 
 /// Polls the journal until it names `step` (true), or the runner ends first (false: the
 /// switch passed the step, or never reached it).
-fn wait_for_step(child: &mut Child, history: &Path, step: Step) -> Result<bool> {
+/// The runner under test, killed (with its group) if the drill stops early, so it never
+/// races the drill's own teardown.
+struct RunnerChild(Child);
+
+impl Drop for RunnerChild {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = Command::new("kill").args(["-KILL", "--", &format!("-{}", self.0.id())]).status();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+fn wait_for_step(child: &mut Child, history: &Path, step: Target) -> Result<bool> {
     let deadline = Instant::now() + Duration::from_secs(90);
     while Instant::now() < deadline {
         // A journal caught mid-rename reads as missing, never as damaged.
         if let Ok(Some(journal)) = Journal::load(history)
-            && journal.step == step
+            && step.reached(&journal)
         {
             return Ok(true);
         }
@@ -296,7 +350,7 @@ fn table(rows: &[Row]) -> String {
     for r in rows {
         out.push_str(&format!(
             "| {} | {} | {} | {} | {} | {} | {} | {} | {:.1}s |\n",
-            r.step.name(),
+            r.target.name(),
             r.fault.name(),
             if r.hit { "yes" } else { "passed first" },
             r.repaired_by,

@@ -24,9 +24,10 @@ impl Lock {
                     return Ok(());
                 }
                 let now = SystemTime::now();
-                process::result(&match &status.held_by {
-                    Some(holder) => format!("project {project}: locked by {}", holder.describe(now)),
-                    None => format!("project {project}: no command holds the lock"),
+                process::result(&match (&status.held_by, status.held) {
+                    (Some(holder), _) => format!("project {project}: locked by {}", holder.describe(now)),
+                    (None, true) => format!("project {project}: locked by a command that is starting"),
+                    (None, false) => format!("project {project}: no command holds the lock"),
                 });
                 if let Some(gone) = &status.left_by {
                     process::result(&format!(

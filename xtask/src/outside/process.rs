@@ -533,14 +533,19 @@ fn output_within(sh: &Shell, cmd: &Cmd, input: Option<&str>) -> Result<std::proc
     command.stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() });
     command.stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = command.spawn().map_err(|e| spawn_error(cmd, &e))?;
+    // Each pipe is read on a thread of its own, which hands over what it read once the pipe
+    // closes. A grandchild that inherited a pipe and outlives the command (a plugin, a
+    // helper) keeps it open: then what was read by a short while after the exit is used.
     let read = |pipe: Option<Box<dyn Read + Send>>| {
+        let (sender, receiver) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let mut bytes = Vec::new();
             if let Some(mut pipe) = pipe {
                 let _ = pipe.read_to_end(&mut bytes);
             }
-            bytes
-        })
+            let _ = sender.send(bytes);
+        });
+        receiver
     };
     let stdout = read(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
     let stderr = read(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
@@ -551,8 +556,9 @@ fn output_within(sh: &Shell, cmd: &Cmd, input: Option<&str>) -> Result<std::proc
         });
     }
     let status = wait_within(cmd, &mut child, cmd.limit_or(QUERY_LIMIT))?;
-    let joined = |h: std::thread::JoinHandle<Vec<u8>>| h.join().unwrap_or_default();
-    Ok(std::process::Output { status, stdout: joined(stdout), stderr: joined(stderr) })
+    let collected =
+        |r: std::sync::mpsc::Receiver<Vec<u8>>| r.recv_timeout(Duration::from_secs(5)).unwrap_or_default();
+    Ok(std::process::Output { status, stdout: collected(stdout), stderr: collected(stderr) })
 }
 
 fn check_status(cmd: &Cmd, status: std::process::ExitStatus) -> Result<()> {

@@ -31,6 +31,18 @@ pub fn record_serving(
         command: crate::state::this_command(),
         message: crate::state::lock_message(),
     };
+    record_serving_as(sh, history, file, image, previous, audit)
+}
+
+/// [`record_serving`], on behalf of `audit` (a repair finishing another command's switch).
+pub fn record_serving_as(
+    sh: &Shell,
+    history: &mut History,
+    file: &Path,
+    image: &str,
+    previous: Option<String>,
+    audit: crate::release::Audit,
+) -> Result<()> {
     history.record(image, &image::revision(sh, image), &crate::time::now_rfc3339(), previous, audit);
     process::write_file(file, &history.to_json())
 }

@@ -41,8 +41,6 @@ pub enum Step {
 }
 
 impl Step {
-    pub const ALL: [Step; 4] = [Step::StartingNew, Step::StoppingOld, Step::TakingOver, Step::RemovingOld];
-
     pub fn name(self) -> &'static str {
         match self {
             Step::StartingNew => "starting-new",
@@ -65,6 +63,9 @@ pub struct Journal {
     pub new_image: String,
     /// What the history records as the release the new one replaces.
     pub previous: Option<String>,
+    /// The `--message` the switching command's lock was taken with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
     pub new_container: Option<String>,
     pub step: Step,
 }
@@ -85,6 +86,7 @@ impl Journal {
             old_image: old_image.to_owned(),
             new_image: new_image.to_owned(),
             previous,
+            message: crate::state::lock_message(),
             new_container: None,
             step: Step::StartingNew,
         }
@@ -163,18 +165,36 @@ pub fn decide(step: Step, new_running: bool) -> Repair {
 pub fn repair(sh: &Shell, compose: &Compose, history_file: &Path, timeout: Duration) -> Result<bool> {
     let Some(journal) = Journal::load(history_file)? else { return Ok(false) };
     process::say(&format!("found an unfinished switch: {}; repairing it first", journal.describe()));
-    let containers = super::containers(sh, compose)?;
-    let service: Vec<_> = containers.iter().filter(|c| c.service == project::NAME).collect();
+    repair_with(sh, compose, history_file, &journal, timeout).with_context(|| {
+        format!(
+            "cannot repair the unfinished switch; if its previous release cannot come back, `cargo xtask down` \
+             (volumes kept) closes it, then `cargo xtask up` starts afresh; the journal is {}",
+            path(history_file).display()
+        )
+    })?;
+    Ok(true)
+}
+
+fn repair_with(
+    sh: &Shell,
+    compose: &Compose,
+    history_file: &Path,
+    journal: &Journal,
+    timeout: Duration,
+) -> Result<()> {
+    let service: Vec<_> =
+        super::containers(sh, compose)?.into_iter().filter(|c| c.service == project::NAME).collect();
     let old = service.iter().find(|c| c.id == journal.old_container);
-    // The new container, whether or not the switch had time to record it.
-    let new = service.iter().find(|c| {
-        Some(&c.id) == journal.new_container.as_ref()
-            || (c.id != journal.old_container && c.state != "exited")
-    });
+    // The new container: the one recorded, else (the switch had no time to record it) one
+    // that is neither the old one nor exited.
+    let new = journal
+        .new_container
+        .as_ref()
+        .and_then(|id| service.iter().find(|c| &c.id == id))
+        .or_else(|| service.iter().find(|c| c.id != journal.old_container && c.state != "exited"));
     let new_running = new.is_some_and(|c| c.state == "running");
     let docker = |args: &[&str]| process::run(sh, &Cmd::new("docker").args(args.iter().copied()));
-    let mut repair = decide(journal.step, new_running);
-    if repair == Repair::Forward {
+    if decide(journal.step, new_running) == Repair::Forward {
         let compose_new = compose.clone().var("LOGBOOK_IMAGE", &journal.new_image);
         if let Some(old) = old {
             // It must not take the database back: stop it for good before waiting.
@@ -182,17 +202,26 @@ pub fn repair(sh: &Shell, compose: &Compose, history_file: &Path, timeout: Durat
         }
         match super::wait_ready(sh, &compose_new, timeout) {
             Ok(_) => {
-                if let Some(old) = old {
-                    docker(&["rm", "--force", "--volumes", &old.id])?;
+                // Every other service container goes: the old one, and any stray.
+                for other in service.iter().filter(|c| Some(&c.id) != new.map(|n| &n.id)) {
+                    docker(&["stop", &other.id])?;
+                    docker(&["rm", "--force", "--volumes", &other.id])?;
                 }
                 let mut history = History::load(history_file)?;
                 if history.current().map(|r| r.image.as_str()) != Some(journal.new_image.as_str()) {
-                    crate::targets::record_serving(
+                    // Recorded as the interrupted command's release: who started it, and how.
+                    let audit = crate::release::Audit {
+                        by: journal.by.clone(),
+                        command: journal.command.clone(),
+                        message: journal.message.clone(),
+                    };
+                    crate::targets::record_serving_as(
                         sh,
                         &mut history,
                         history_file,
                         &journal.new_image,
                         journal.previous.clone(),
+                        audit,
                     )?;
                 }
                 clear(history_file)?;
@@ -200,20 +229,19 @@ pub fn repair(sh: &Shell, compose: &Compose, history_file: &Path, timeout: Durat
                     "repaired: {} serves; the old container is removed",
                     journal.new_image
                 ));
-                return Ok(true);
+                return Ok(());
             }
             Err(e) if process::is_dry_run_end(&e) => return Err(e),
             Err(e) => {
-                process::say(&format!("{} did not become ready ({e:#}); going back", journal.new_image));
-                repair = Repair::Back;
+                process::say(&format!("{} did not become ready ({e:#}); going back", journal.new_image))
             }
         }
     }
-    debug_assert_eq!(repair, Repair::Back);
-    if let Some(new) = new {
-        // Stopped first: it may be answering requests, which it finishes.
-        docker(&["stop", &new.id])?;
-        docker(&["rm", "--force", "--volumes", &new.id])?;
+    // Back: every service container but the old one goes, stopped first (it may answer
+    // requests, which it finishes).
+    for other in service.iter().filter(|c| c.id != journal.old_container) {
+        docker(&["stop", &other.id])?;
+        docker(&["rm", "--force", "--volumes", &other.id])?;
     }
     match old {
         Some(old) => {
@@ -230,12 +258,11 @@ pub fn repair(sh: &Shell, compose: &Compose, history_file: &Path, timeout: Durat
         }
     }
     let compose_old = compose.clone().var("LOGBOOK_IMAGE", &journal.old_image);
-    super::wait_ready(sh, &compose_old, timeout).with_context(|| {
-        format!("repairing the unfinished switch: {} did not become ready", journal.old_image)
-    })?;
+    super::wait_ready(sh, &compose_old, timeout)
+        .with_context(|| format!("{} did not become ready again", journal.old_image))?;
     clear(history_file)?;
     process::say(&format!("repaired: {} serves again; the new container is removed", journal.old_image));
-    Ok(true)
+    Ok(())
 }
 
 #[cfg(test)]

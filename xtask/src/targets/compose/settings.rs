@@ -57,11 +57,24 @@ pub fn record(sh: &Shell, compose: &Compose, history_file: &Path) -> Result<()> 
         "# The settings this stack was last switched with (cargo xtask): used when a command\n\
          # runs from a checkout with no .env. Replaced on every switch.\n",
     );
-    for name in names.iter().filter(|n| !RUNNER_ONLY.contains(&n.as_str())) {
-        let value = super::setting(sh, compose, name, "");
-        if !value.is_empty() {
-            lines.push_str(&format!("{name}={value}\n"));
+    // What the user set: the runner's own per-command values left out, but the user's own
+    // choice of open writes, from the environment or .env, kept.
+    let mut theirs = compose.clone();
+    theirs.env.retain(|(k, _)| !RUNNER_ONLY.contains(&k.as_str()));
+    for name in names.iter().filter(|n| n.as_str() != "LOGBOOK_IMAGE") {
+        let value = super::setting(sh, &theirs, name, "");
+        if value.is_empty() {
+            continue;
         }
+        // Single quotes: Compose takes the value as it is, with no `$` expansion and no
+        // `#` comment. A value it could not hold that way is left out, and said.
+        if value.contains(['\'', '\n']) {
+            process::say(&format!(
+                "note: {name} is not recorded with the stack's settings: its value holds a quote or a newline"
+            ));
+            continue;
+        }
+        lines.push_str(&format!("{name}='{value}'\n"));
     }
     // It may hold the token: readable by its owner alone.
     process::write_file_with_mode(&path(history_file), &lines, 0o600)
@@ -70,7 +83,8 @@ pub fn record(sh: &Shell, compose: &Compose, history_file: &Path) -> Result<()> 
 /// The settings file a command should use when the user named none: the checkout's
 /// `.env` if it has one, else the recorded settings of the stack, if any.
 pub fn fallback(checkout_has_dotenv: bool, recorded: &Path) -> Option<PathBuf> {
-    (!checkout_has_dotenv && recorded.is_file()).then(|| recorded.to_path_buf())
+    // Readable by this user, not only there: another user's 0600 file would fail Compose.
+    (!checkout_has_dotenv && std::fs::File::open(recorded).is_ok()).then(|| recorded.to_path_buf())
 }
 
 #[cfg(test)]
@@ -109,7 +123,7 @@ mod tests {
         record(&sh, &compose, &history).unwrap();
         let text = std::fs::read_to_string(path(&history)).unwrap();
         let values: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
-        assert_eq!(values, ["LOGBOOK_API_TOKEN=s3cret", "XTASK_TEST_DOMAIN=logbook.example.com"]);
+        assert_eq!(values, ["LOGBOOK_API_TOKEN='s3cret'", "XTASK_TEST_DOMAIN='logbook.example.com'"]);
         let mode = std::fs::metadata(path(&history)).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600, "the settings hold the token: only their owner may read them");
     }

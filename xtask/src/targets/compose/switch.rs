@@ -76,8 +76,6 @@ pub fn switch(sh: &Shell, compose: &Compose, history_file: &Path, image: &str, g
         gate.restore_previous,
     );
     let compose_new = compose.clone().var("LOGBOOK_IMAGE", image);
-    // Written before the switch: if it is interrupted, the repair needs them too.
-    super::settings::record(sh, compose, history_file)?;
     let addr = match &running {
         Some((old, old_image)) if old_image != image => start_first(
             sh,
@@ -95,6 +93,8 @@ pub fn switch(sh: &Shell, compose: &Compose, history_file: &Path, image: &str, g
             addr
         }
     };
+    // What it was switched with, for commands run where there is no .env.
+    super::settings::record(sh, compose, history_file)?;
     // The new release serves and is recorded; now the sidecar follows it.
     if replica {
         // A start-first switch touches only the service: start the sidecar if it was not
@@ -191,54 +191,100 @@ fn start_fresh(
     }
 }
 
-/// Undoes an unfinished start-first switch however the code leaves it (errors, panics,
-/// Ctrl-C): the new container's logs are printed and it is removed (or, when asked, kept
-/// stopped for inspection), and an old container that was being stopped, or was stopped,
-/// is started again. Exactly one release serves afterwards, never none and never two
-/// writers. Once that is so, the journal is cleared; if the undo itself fails (or the
-/// runner is killed), the journal stays for the next command to repair.
+/// Finishes or undoes an unfinished start-first switch however the code leaves it
+/// (errors, panics, Ctrl-C, a command past its time limit):
+/// - before the new release was ready, every service container but the old one is stopped
+///   (it finishes the requests it has) and removed, or the new one kept, stopped, when
+///   asked; an old container that was being stopped, or was stopped, is started again,
+///   and waited for until it is ready;
+/// - once the new release was ready through the proxy (`removing-old`), it goes forward:
+///   the old container is removed and the release recorded.
+///
+/// Exactly one release serves afterwards, never none and never two writers. Only then is
+/// the journal cleared; if this fails (or the runner is killed), the journal stays and the
+/// next changing command repairs the stack.
 struct SwitchGuard<'a> {
     sh: &'a Shell,
+    compose: &'a Compose,
     history_file: &'a Path,
     journal: Journal,
     keep_failed: bool,
+    timeout: Duration,
     done: bool,
 }
 
 impl SwitchGuard<'_> {
-    /// Records the step about to be taken, before it is taken.
+    /// Records the step about to be taken, before it is taken: the guard acts on a step
+    /// only once the journal says so.
     fn enter(&mut self, step: Step) -> Result<()> {
-        self.journal.step = step;
-        self.journal.write(self.history_file)
+        let mut next = self.journal.clone();
+        next.step = step;
+        next.write(self.history_file)?;
+        self.journal = next;
+        Ok(())
+    }
+
+    fn docker(&self, args: &[&str]) -> Result<()> {
+        process::run_cleanup(self.sh, &Cmd::new("docker").args(args.iter().copied()))
+    }
+
+    fn finish(&self) -> Result<()> {
+        let old = &self.journal.old_container;
+        if process::query(self.sh, &docker::inspect_format(old, "{{.Id}}")).is_ok() {
+            self.docker(&["rm", "--force", "--volumes", old])?;
+        }
+        let mut history = History::load(self.history_file)?;
+        if history.current().map(|r| r.image.as_str()) != Some(self.journal.new_image.as_str()) {
+            crate::targets::record_serving(
+                self.sh,
+                &mut history,
+                self.history_file,
+                &self.journal.new_image,
+                self.journal.previous.clone(),
+            )?;
+        }
+        process::say(&format!("{} was ready: the switch is finished", self.journal.new_image));
+        Ok(())
     }
 
     fn undo(&self) -> Result<()> {
-        let docker =
-            |args: &[&str]| process::run_cleanup(self.sh, &Cmd::new("docker").args(args.iter().copied()));
         let old = &self.journal.old_container;
-        if let Some(new) = &self.journal.new_container {
-            process::say(&format!("--- last log lines of the new container {} ---", short(new)));
-            let _ = docker(&["logs", "--tail", "30", new]);
-            // The new container goes first: it may hold the database the old one needs. It
-            // is stopped before it is removed: by now it may answer requests, which it
-            // finishes (a forced removal would cut them off).
-            docker(&["stop", new])?;
-            if self.keep_failed {
+        // Every service container but the old one: the new one, whether or not the switch
+        // had the time to record it.
+        let others: Vec<String> = super::containers(self.sh, self.compose)?
+            .into_iter()
+            .filter(|c| c.service == project::NAME && &c.id != old)
+            .map(|c| c.id)
+            .collect();
+        for id in &others {
+            let recorded = self.journal.new_container.as_ref() == Some(id);
+            if recorded {
+                process::say(&format!("--- last log lines of the new container {} ---", short(id)));
+                let _ = self.docker(&["logs", "--tail", "30", id]);
+            }
+            // Stopped before it is removed: by now it may answer requests, which it
+            // finishes (a forced removal would cut them off). It goes first: it may hold
+            // the database the old one needs.
+            self.docker(&["stop", id])?;
+            if recorded && self.keep_failed {
                 process::say(&format!(
                     "the failed container {} is kept, stopped, for inspection; the next switch removes it",
-                    short(new)
+                    short(id)
                 ));
             } else {
-                docker(&["rm", "--force", "--volumes", new])?;
+                self.docker(&["rm", "--force", "--volumes", id])?;
             }
         }
         if self.journal.step != Step::StartingNew {
             process::say(&format!("restarting the previous release's container {}", short(old)));
             // A stop that was interrupted may still be draining it: finish it first, so
             // the start is not swallowed by a container about to exit.
-            docker(&["stop", old])?;
-            docker(&["start", old])?;
+            self.docker(&["stop", old])?;
+            self.docker(&["start", old])?;
         }
+        let compose_old = self.compose.clone().var("LOGBOOK_IMAGE", &self.journal.old_image);
+        super::wait_ready(self.sh, &compose_old, self.timeout)
+            .with_context(|| format!("{} did not become ready again", self.journal.old_image))?;
         Ok(())
     }
 }
@@ -249,12 +295,13 @@ impl Drop for SwitchGuard<'_> {
             return;
         }
         process::clear_interrupt();
-        match self.undo() {
+        let outcome = if self.journal.step == Step::RemovingOld { self.finish() } else { self.undo() };
+        match outcome {
             Ok(()) => {
                 let _ = journal::clear(self.history_file);
             }
             Err(e) => process::say(&format!(
-                "cannot undo the switch ({e:#}); the journal {} stays, and the next `cargo xtask up` repairs it",
+                "cannot finish or undo the switch ({e:#}); the journal {} stays, and the next `cargo xtask up` repairs it",
                 journal::path(self.history_file).display()
             )),
         }
@@ -286,9 +333,11 @@ fn start_first(
     remove_leftovers(sh, compose_new, old)?;
     let mut guard = SwitchGuard {
         sh,
+        compose: compose_new,
         history_file,
         journal: Journal::begin(old, old_image, new_image, plan.previous.clone()),
         keep_failed: plan.on_failure == OnFailure::KeepFailed,
+        timeout,
         done: false,
     };
     guard.enter(Step::StartingNew)?;
@@ -296,9 +345,12 @@ fn start_first(
     process::needs_effects("wait for the new container")?;
     let new = super::containers(sh, compose_new)?
         .into_iter()
-        .find(|c| c.service == project::NAME && c.id != old)
+        .filter(|c| c.service == project::NAME && c.id != old)
         .map(|c| c.id)
-        .context("compose started no new container beside the old one")?;
+        .find(|id| {
+            process::query(sh, &docker::inspect_format(id, "{{.Config.Image}}")).is_ok_and(|i| i == new_image)
+        })
+        .context("compose started no container of the new image beside the old one")?;
     guard.journal.new_container = Some(new.clone());
     guard.enter(Step::StartingNew)?;
     wait_live(sh, &new, timeout).context("the new release never answered; the previous one keeps serving")?;
@@ -321,14 +373,17 @@ fn start_first(
     Ok(addr)
 }
 
-/// Service containers that neither run nor are the old one: left by a failed switch
-/// (`--no-rollback` keeps one for inspection) or an interrupted one. Removed before a
-/// switch, so Compose never starts one of them as the new release.
+/// Service containers other than the one serving: left by a failed switch
+/// (`--no-rollback` keeps one for inspection) or an interrupted one. Removed (stopped
+/// first, if one runs) before a switch, so Compose never starts one of them as the new
+/// release, and never two serve.
 fn remove_leftovers(sh: &Shell, compose: &Compose, old: &str) -> Result<()> {
-    for leftover in super::containers(sh, compose)?
-        .into_iter()
-        .filter(|c| c.service == project::NAME && c.id != old && c.state != "running")
+    for leftover in
+        super::containers(sh, compose)?.into_iter().filter(|c| c.service == project::NAME && c.id != old)
     {
+        if leftover.state == "running" {
+            process::run(sh, &Cmd::new("docker").args(["stop", &leftover.id]))?;
+        }
         process::say(&format!(
             "removing container {} ({}), left by an earlier switch: it is never adopted as the new release",
             short(&leftover.id),
