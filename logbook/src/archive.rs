@@ -52,6 +52,9 @@ pub struct RestoreReport {
     pub entries: i64,
     /// Where the replaced database was kept, if there was one.
     pub previous: Option<PathBuf>,
+    /// The highest id the replaced database had issued: the restored one issues ids after
+    /// it, never one a client has already seen.
+    pub ids_after: Option<i64>,
 }
 
 /// Checks that `path` is a complete logbook database this build can serve: the SQLite
@@ -168,6 +171,9 @@ pub fn restore(from: &Path, db: &Path) -> Result<RestoreReport, ArchiveError> {
     // Held until the restore is done: a running service (or a second restore) refuses it.
     let _lock = crate::storage::lock_exclusive(db)
         .map_err(|e| ArchiveError::InUse(format!("{e}; stop the service first")))?;
+    // Read before anything moves: the replaced database is where the highest id issued
+    // is known.
+    let issued = if db.exists() { highest_issued(db)? } else { None };
     let previous = if db.exists() {
         let stamp: String = Connection::open_in_memory()
             .and_then(|c| c.query_row("SELECT strftime('%Y%m%dT%H%M%SZ', 'now')", [], |r| r.get(0)))
@@ -183,8 +189,11 @@ pub fn restore(from: &Path, db: &Path) -> Result<RestoreReport, ArchiveError> {
         db,
         |partial| {
             std::fs::copy(from, partial)
-                .map(|_| ())
-                .map_err(|e| ArchiveError::File(format!("cannot copy {}: {e}", from.display())))
+                .map_err(|e| ArchiveError::File(format!("cannot copy {}: {e}", from.display())))?;
+            match issued {
+                Some(issued) => raise_sequence(partial, issued),
+                None => Ok(()),
+            }
         },
         // A WAL left beside the old file would be replayed into the restored one.
         Placement::Replace(&|| {
@@ -193,7 +202,36 @@ pub fn restore(from: &Path, db: &Path) -> Result<RestoreReport, ArchiveError> {
             }
         }),
     )?;
-    Ok(RestoreReport { entries: copied.entries, previous })
+    Ok(RestoreReport { entries: copied.entries, previous, ids_after: issued })
+}
+
+/// The highest entry id `db` has issued: SQLite's AUTOINCREMENT sequence, which never
+/// goes back (or the highest id stored, should the sequence be missing).
+fn highest_issued(db: &Path) -> Result<Option<i64>, ArchiveError> {
+    let conn = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| ArchiveError::Unusable(format!("cannot open {}: {e}", db.display())))?;
+    conn.query_row(
+        "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'entries'), 0),
+                    coalesce((SELECT max(id) FROM entries), 0))",
+        [],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| (n > 0).then_some(n))
+    .map_err(|e| ArchiveError::Unusable(format!("cannot read the ids {} issued: {e}", db.display())))
+}
+
+/// Makes `file` issue ids after `issued`: its sequence is raised to it (never lowered).
+fn raise_sequence(file: &Path, issued: i64) -> Result<(), ArchiveError> {
+    let conn = Connection::open(file)
+        .map_err(|e| ArchiveError::File(format!("cannot open {}: {e}", file.display())))?;
+    let raised = conn
+        .execute("UPDATE sqlite_sequence SET seq = max(seq, ?1) WHERE name = 'entries'", [issued])
+        .map_err(database)?;
+    if raised == 0 {
+        conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('entries', ?1)", [issued])
+            .map_err(database)?;
+    }
+    conn.close().map_err(|(_, e)| database(e))
 }
 
 /// How a verified file takes its final name.

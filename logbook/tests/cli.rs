@@ -330,10 +330,15 @@ fn restore_replaces_the_database_and_keeps_the_old_one() {
     assert!(kept.to_str().unwrap().ends_with(".bak"));
     assert_eq!(support::stored_entries(&kept).len(), 8, "the kept copy has every entry, WAL included");
 
+    assert_eq!(report["ids_after"], 8, "{stdout}");
+
     let restarted = Server::start_with_db(&live, &[]);
     assert_eq!(restarted.get("/api/entries").json()["entries"].as_array().unwrap().len(), 5);
     assert_eq!(restarted.get("/api/entries/5").json()["text"], "before 4");
     assert_eq!(restarted.get("/api/entries/6").status, 404);
+    // Ids 6 to 8 were issued (and seen by clients) before the restore: never again.
+    let appended = restarted.post_json("/api/entries", r#"{"text":"after the restore"}"#);
+    assert_eq!(appended.json()["id"], 9, "an id issued before the restore was issued again");
 }
 
 #[test]

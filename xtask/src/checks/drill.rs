@@ -257,32 +257,43 @@ impl Rehearsal<'_> {
     }
 
     fn backup_and_restore(&self, checks: &mut Checks, file: &Path) -> Result<()> {
-        checks.run("backup, more writes, restore: exactly the backed-up entries return", || {
-            let addr = compose::published_addr(self.sh, &self.compose)?;
-            let before = harness::all_entries(&addr)?;
-            let report = data::backup(self.sh, &self.compose, file)?;
-            ensure!(
-                report.entries == before.len() as i64,
-                "the backup holds {} entries of {}",
-                report.entries,
-                before.len()
-            );
-            for i in 1..=5 {
-                harness::append(&addr, &format!("after backup {i}"), None)?;
-            }
-            let source = file.display().to_string();
-            data::restore(self.sh, &self.compose, &self.history, file, &source, self.gate.timeout)?;
-            let after: Vec<(i64, String)> =
-                harness::all_entries(&addr)?.into_iter().map(|e| (e.id, e.text)).collect();
-            let expected: Vec<(i64, String)> = before.into_iter().map(|e| (e.id, e.text)).collect();
-            ensure!(
-                after == expected,
-                "after the restore: {} entries, expected the {} backed up",
-                after.len(),
-                expected.len()
-            );
-            Ok(())
-        })
+        checks.run(
+            "backup, more writes, restore: exactly the backed-up entries return, and no id is issued twice",
+            || {
+                let addr = compose::published_addr(self.sh, &self.compose)?;
+                let before = harness::all_entries(&addr)?;
+                let report = data::backup(self.sh, &self.compose, file)?;
+                ensure!(
+                    report.entries == before.len() as i64,
+                    "the backup holds {} entries of {}",
+                    report.entries,
+                    before.len()
+                );
+                let mut issued = 0;
+                for i in 1..=5 {
+                    issued = harness::append(&addr, &format!("after backup {i}"), None)?;
+                }
+                let source = file.display().to_string();
+                data::restore(self.sh, &self.compose, &self.history, file, &source, self.gate.timeout)?;
+                let after: Vec<(i64, String)> =
+                    harness::all_entries(&addr)?.into_iter().map(|e| (e.id, e.text)).collect();
+                let expected: Vec<(i64, String)> = before.into_iter().map(|e| (e.id, e.text)).collect();
+                ensure!(
+                    after == expected,
+                    "after the restore: {} entries, expected the {} backed up",
+                    after.len(),
+                    expected.len()
+                );
+                // The five entries after the backup are gone with the restore, but their ids
+                // were seen by a client: the next entry gets a new one.
+                let next = harness::append(&addr, "after the restore", None)?;
+                ensure!(
+                    next > issued,
+                    "the restored stack issued id {next}, which it had issued before (up to {issued})"
+                );
+                Ok(())
+            },
+        )
     }
 }
 

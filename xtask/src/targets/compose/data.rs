@@ -90,6 +90,9 @@ pub fn image_for(sh: &Shell, compose: &Compose, history_file: &Path) -> Result<S
 struct RestoreReport {
     entries: i64,
     previous: Option<String>,
+    /// The highest id issued before the restore (releases before it do not say).
+    #[serde(default)]
+    ids_after: Option<i64>,
 }
 
 /// Verifies `file` first (nothing is stopped for a bad file), stops the service, replaces
@@ -151,8 +154,14 @@ pub fn restore(
     };
     let report: RestoreReport =
         serde_json::from_str(&restored).context("logbook restore printed bad JSON")?;
+    let ids = report
+        .ids_after
+        .map(|n| {
+            format!("; new entries get ids after {n}, the highest issued before, so no id is issued twice")
+        })
+        .unwrap_or_default();
     Ok(format!(
-        "restored {} entries from {source} into volume {volume}; the replaced database is kept there as {}",
+        "restored {} entries from {source} into volume {volume}; the replaced database is kept there as {}{ids}",
         report.entries,
         report.previous.as_deref().unwrap_or("(there was none)")
     ))
