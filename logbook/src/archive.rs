@@ -108,10 +108,13 @@ fn check(conn: &Connection) -> Result<FileReport, String> {
     if pragma("application_id")? != i64::from(APPLICATION_ID) {
         return Err("not a logbook database".into());
     }
-    let schema_version = pragma("user_version")?;
-    if schema_version > SCHEMA_VERSION as i64 {
-        return Err(format!("schema version {schema_version} is newer than this build's ({SCHEMA_VERSION})"));
+    let (floor, version) = crate::storage::schema_of(conn).map_err(|e| format!("unreadable ({e})"))?;
+    if floor > SCHEMA_VERSION {
+        return Err(format!(
+            "at schema {version}, it needs a release that knows schema {floor} or later; this build knows up to {SCHEMA_VERSION}"
+        ));
     }
+    let schema_version = version as i64;
     let integrity: String =
         conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).map_err(|e| format!("damaged ({e})"))?;
     if integrity != "ok" {

@@ -168,6 +168,13 @@ impl From<StorageError> for ApiError {
                 "shutting_down",
                 "the service is shutting down; retry against another instance",
             ),
+            StorageError::KeyReused(id) => ApiError::new(
+                StatusCode::CONFLICT,
+                "idempotency_key_reused",
+                format!(
+                    "this Idempotency-Key was used for entry {id}, with another body; use a new key for a new entry"
+                ),
+            ),
             // Stored data that cannot be read back is the service's fault, not a passing one.
             StorageError::Corrupt(why) => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "corrupt_entry", why)
@@ -202,15 +209,40 @@ struct AppendRequest {
     tags: Vec<String>,
 }
 
+/// The header whose value makes a repeated append store its entry once.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// Set on the answer to a repeated append: the entry was stored before, under that key.
+pub const IDEMPOTENCY_REPLAYED: &str = "idempotency-replayed";
+const MAX_KEY_BYTES: usize = 255;
+
 async fn append_entry(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
     // Before a byte of the body is read: an unauthorised upload costs no memory.
     authorize(&state, request.headers())?;
+    let key = idempotency_key(request.headers())?;
     let JsonBody(request) = JsonBody::<AppendRequest>::from_request(request, &state).await?;
-    let entry = validate(request)?;
-    let stored = state.storage().await?.append(entry).await?;
-    let location = HeaderValue::from_str(&format!("/api/entries/{}", stored.id))
+    let entry = NewEntry { key, ..validate(request)? };
+    let appended = state.storage().await?.append_keyed(entry).await?;
+    let location = HeaderValue::from_str(&format!("/api/entries/{}", appended.entry.id))
         .unwrap_or_else(|_| HeaderValue::from_static("/api/entries"));
-    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(stored)).into_response())
+    let mut response =
+        (StatusCode::CREATED, [(header::LOCATION, location)], Json(appended.entry)).into_response();
+    if appended.replayed {
+        response.headers_mut().insert(IDEMPOTENCY_REPLAYED, HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+/// The `Idempotency-Key` header, if any: 1 to 255 bytes of printable ASCII.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get(IDEMPOTENCY_KEY) else { return Ok(None) };
+    let bytes = value.as_bytes();
+    if bytes.is_empty() || bytes.len() > MAX_KEY_BYTES || !bytes.iter().all(|b| (0x20..=0x7e).contains(b)) {
+        return Err(ApiError::bad_request(
+            "invalid_idempotency_key",
+            format!("Idempotency-Key must be 1 to {MAX_KEY_BYTES} bytes of printable ASCII"),
+        ));
+    }
+    Ok(Some(String::from_utf8_lossy(bytes).into_owned()))
 }
 
 fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
@@ -282,7 +314,7 @@ fn validate(request: AppendRequest) -> Result<NewEntry, ApiError> {
             ));
         }
     }
-    Ok(NewEntry { text: request.text, tags: request.tags })
+    Ok(NewEntry { text: request.text, tags: request.tags, key: None })
 }
 
 /// Characters that show nothing: whitespace, controls, and zero-width ones.

@@ -18,19 +18,64 @@ use tokio::sync::{mpsc, oneshot};
 /// Identifies a logbook database file (`PRAGMA application_id`), so foreign files are refused.
 pub const APPLICATION_ID: i32 = 0x4C42_4B31; // "LBK1"
 
-/// Schema migrations, applied in order; `PRAGMA user_version` records how many have run.
-const MIGRATIONS: &[&str] = &[
+/// One schema change. An additive one leaves the database usable by releases that predate
+/// it (they ignore what it adds); a breaking one does not.
+struct Migration {
+    sql: &'static str,
+    breaking: bool,
+}
+
+/// Schema migrations, applied in order. The database records two numbers:
+/// - `logbook_schema.version`: how many have run (the schema it is at);
+/// - `PRAGMA user_version`: the floor, the number of the last breaking one. A release that
+///   knows fewer migrations than the floor cannot use the database and refuses it; one that
+///   knows at least that many runs on it, whatever additive migrations came after.
+///
+/// Releases before there was a floor read `user_version` as the schema version and refuse
+/// a larger one: keeping the floor there keeps them running on additive changes too.
+const MIGRATIONS: &[Migration] = &[
     // 1: the journal itself.
-    "CREATE TABLE entries (
-         id         INTEGER PRIMARY KEY AUTOINCREMENT,
-         text       TEXT    NOT NULL,
-         tags       TEXT    NOT NULL DEFAULT '[]',
-         created_at TEXT    NOT NULL
-     );",
+    Migration {
+        sql: "CREATE TABLE entries (
+                  id         INTEGER PRIMARY KEY AUTOINCREMENT,
+                  text       TEXT    NOT NULL,
+                  tags       TEXT    NOT NULL DEFAULT '[]',
+                  created_at TEXT    NOT NULL
+              );",
+        breaking: true,
+    },
+    // 2: idempotency keys, stored with their entry in one transaction; and where the
+    // schema version lives from now on. Additive: release 1 ignores both.
+    Migration {
+        sql: "CREATE TABLE idempotency_keys (
+                  key        TEXT    PRIMARY KEY,
+                  entry_id   INTEGER NOT NULL,
+                  created_at TEXT    NOT NULL
+              ) WITHOUT ROWID;
+              CREATE TABLE logbook_schema (version INTEGER NOT NULL);
+              INSERT INTO logbook_schema (version) VALUES (1);",
+        breaking: false,
+    },
 ];
 
 /// The schema version this build writes and understands.
 pub const SCHEMA_VERSION: usize = MIGRATIONS.len();
+
+/// The oldest schema a database written by this build needs a release to know: the last
+/// breaking migration. An image carries it, with [`SCHEMA_VERSION`], in its labels.
+pub const SCHEMA_FLOOR: usize = floor_of(MIGRATIONS.len());
+
+const fn floor_of(applied: usize) -> usize {
+    let mut floor = 0;
+    let mut i = 0;
+    while i < applied {
+        if MIGRATIONS[i].breaking {
+            floor = i + 1;
+        }
+        i += 1;
+    }
+    floor
+}
 
 /// The most appends committed in one transaction.
 const MAX_BATCH: usize = 256;
@@ -53,6 +98,15 @@ pub struct Entry {
 pub struct NewEntry {
     pub text: String,
     pub tags: Vec<String>,
+    /// The client's `Idempotency-Key`: an append repeated with it is stored once.
+    pub key: Option<String>,
+}
+
+/// What an append did: stored the entry, or found it stored under the same key already.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    pub entry: Entry,
+    pub replayed: bool,
 }
 
 #[derive(Debug)]
@@ -65,6 +119,8 @@ pub enum StorageError {
     Locked(String),
     /// A stored row cannot be read back (its tags are not a JSON list, say).
     Corrupt(String),
+    /// The idempotency key was used before, for another entry (its id).
+    KeyReused(i64),
     Io(std::io::Error),
     Sqlite(rusqlite::Error),
 }
@@ -75,6 +131,9 @@ impl std::fmt::Display for StorageError {
             StorageError::Closed => f.write_str("storage is shut down"),
             StorageError::Refused(why) | StorageError::Locked(why) | StorageError::Corrupt(why) => {
                 f.write_str(why)
+            }
+            StorageError::KeyReused(id) => {
+                write!(f, "the idempotency key was used for entry {id}, with another body")
             }
             StorageError::Io(e) => write!(f, "{e}"),
             StorageError::Sqlite(e) => write!(f, "{e}"),
@@ -90,7 +149,7 @@ impl From<rusqlite::Error> for StorageError {
     }
 }
 
-type Reply = oneshot::Sender<Result<Entry, StorageError>>;
+type Reply = oneshot::Sender<Result<Appended, StorageError>>;
 
 enum Command {
     Append(NewEntry, Reply, Instant),
@@ -306,21 +365,59 @@ fn open_reader(path: &Path) -> Result<Connection, rusqlite::Error> {
 
 fn migrate(conn: &mut Connection) -> Result<(), StorageError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    let version = usize::try_from(version).unwrap_or(usize::MAX);
-    if version > MIGRATIONS.len() {
-        return Err(StorageError::Refused(format!(
-            "the database schema is version {version}, newer than this build knows ({})",
-            MIGRATIONS.len()
-        )));
+    let (floor, version) = schema_of(&tx)?;
+    check_compatible(floor, version)?;
+    for (index, migration) in MIGRATIONS.iter().enumerate().skip(version) {
+        tx.execute_batch(migration.sql)?;
+        let applied = index + 1;
+        if migration.breaking {
+            tx.pragma_update(None, "user_version", applied as i64)?;
+        }
+        if applied >= 2 {
+            tx.execute("UPDATE logbook_schema SET version = ?1", [applied as i64])?;
+        }
+        tracing::info!(version = applied, breaking = migration.breaking, "applied schema migration");
     }
-    for (index, sql) in MIGRATIONS.iter().enumerate().skip(version) {
-        tx.execute_batch(sql)?;
-        tx.pragma_update(None, "user_version", index as i64 + 1)?;
-        tracing::info!(version = index + 1, "applied schema migration");
+    if version > SCHEMA_VERSION {
+        tracing::info!(
+            schema = version,
+            floor,
+            known = SCHEMA_VERSION,
+            "the database is at a newer schema, whose changes since this build are additive: serving it"
+        );
     }
     tx.pragma_update(None, "application_id", APPLICATION_ID)?;
     Ok(tx.commit()?)
+}
+
+/// The database's floor and schema version (see [`MIGRATIONS`]).
+pub fn schema_of(conn: &Connection) -> Result<(usize, usize), rusqlite::Error> {
+    let floor: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let floor = usize::try_from(floor).unwrap_or(usize::MAX);
+    let has_version_table: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'logbook_schema'",
+        [],
+        |r| r.get(0),
+    )?;
+    // Before the version had a table of its own, user_version counted every migration.
+    let version = if has_version_table {
+        let v: i64 = conn.query_row("SELECT version FROM logbook_schema", [], |r| r.get(0))?;
+        usize::try_from(v).unwrap_or(usize::MAX)
+    } else {
+        floor
+    };
+    Ok((floor, version))
+}
+
+/// Whether this build may run on a database at schema `version` with floor `floor`.
+fn check_compatible(floor: usize, version: usize) -> Result<(), StorageError> {
+    if floor > SCHEMA_VERSION {
+        return Err(StorageError::Refused(format!(
+            "the database is at schema {version} and needs a release that knows schema {floor} or later; \
+             this build knows up to {SCHEMA_VERSION}"
+        )));
+    }
+    Ok(())
 }
 
 fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Command>, health: &WriterHealth) {
@@ -404,11 +501,12 @@ fn probe(conn: &mut Connection, health: &WriterHealth) -> bool {
 fn commit_batch(conn: &mut Connection, batch: &mut Vec<(NewEntry, Reply)>, health: &WriterHealth) -> bool {
     metrics::histogram!("logbook_write_batch_size").record(batch.len() as f64);
     match insert_all(conn, batch) {
-        Ok(stored) => {
+        Ok(outcomes) => {
             health.commit_ended(Ok(()));
-            metrics::counter!("logbook_entries_appended_total").increment(stored.len() as u64);
-            for ((_, reply), entry) in batch.drain(..).zip(stored) {
-                let _ = reply.send(Ok(entry));
+            let stored = outcomes.iter().filter(|o| matches!(o, Ok(a) if !a.replayed)).count();
+            metrics::counter!("logbook_entries_appended_total").increment(stored as u64);
+            for ((_, reply), outcome) in batch.drain(..).zip(outcomes) {
+                let _ = reply.send(outcome);
             }
             true
         }
@@ -431,29 +529,63 @@ fn clone_error(e: &rusqlite::Error) -> rusqlite::Error {
     }
 }
 
-fn insert_all(conn: &mut Connection, batch: &[(NewEntry, Reply)]) -> Result<Vec<Entry>, rusqlite::Error> {
+/// Stores the batch in one transaction. An append whose key is already stored is not
+/// stored again: it gets the entry stored under that key (the same body), or a refusal
+/// (another body). Earlier appends of the same batch count: they are in the transaction.
+fn insert_all(
+    conn: &mut Connection,
+    batch: &[(NewEntry, Reply)],
+) -> Result<Vec<Result<Appended, StorageError>>, rusqlite::Error> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let mut stored = Vec::with_capacity(batch.len());
+    let mut outcomes = Vec::with_capacity(batch.len());
     {
         let mut insert = tx.prepare_cached(
             "INSERT INTO entries (text, tags, created_at)
              VALUES (?1, ?2, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
              RETURNING id, created_at",
         )?;
+        let mut find_key = tx.prepare_cached(
+            "SELECT e.id, e.text, e.tags, e.created_at
+             FROM idempotency_keys k JOIN entries e ON e.id = k.entry_id WHERE k.key = ?1",
+        )?;
+        let mut keep_key = tx.prepare_cached(
+            "INSERT INTO idempotency_keys (key, entry_id, created_at)
+             VALUES (?1, ?2, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))",
+        )?;
         for (entry, _) in batch {
+            if let Some(key) = &entry.key
+                && let Some(stored) = find_key.query_row([key], row_to_entry).optional()?
+            {
+                outcomes.push(if stored.text == entry.text && stored.tags == entry.tags {
+                    Ok(Appended { entry: stored, replayed: true })
+                } else {
+                    Err(StorageError::KeyReused(stored.id))
+                });
+                continue;
+            }
             let tags = serde_json::to_string(&entry.tags).unwrap_or_else(|_| "[]".into());
-            let (id, created_at) =
+            let (id, created_at): (i64, String) =
                 insert.query_row(params![entry.text, tags], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            stored.push(Entry { id, text: entry.text.clone(), tags: entry.tags.clone(), created_at });
+            if let Some(key) = &entry.key {
+                keep_key.execute(params![key, id])?;
+            }
+            let stored = Entry { id, text: entry.text.clone(), tags: entry.tags.clone(), created_at };
+            outcomes.push(Ok(Appended { entry: stored, replayed: false }));
         }
     }
     tx.commit()?;
-    Ok(stored)
+    Ok(outcomes)
 }
 
 impl Storage {
     /// Appends one entry; returns once it is durably committed.
     pub async fn append(&self, entry: NewEntry) -> Result<Entry, StorageError> {
+        self.append_keyed(entry).await.map(|appended| appended.entry)
+    }
+
+    /// Appends one entry, or (its key already stored, with the same body) returns the
+    /// entry stored under that key.
+    pub async fn append_keyed(&self, entry: NewEntry) -> Result<Appended, StorageError> {
         let (reply, response) = oneshot::channel();
         let queued = Instant::now();
         self.writer.send(Command::Append(entry, reply, queued)).await.map_err(|_| StorageError::Closed)?;
@@ -609,7 +741,7 @@ mod tests {
         let (storage, writer) = open(&path).unwrap();
         for i in 0..5 {
             let e = storage
-                .append(NewEntry { text: format!("entry {i}"), tags: vec!["t".into()] })
+                .append(NewEntry { text: format!("entry {i}"), tags: vec!["t".into()], key: None })
                 .await
                 .unwrap();
             assert_eq!(e.id, i + 1);
@@ -624,7 +756,7 @@ mod tests {
         assert_eq!(page, vec![3, 4]);
         tokio::task::spawn_blocking(move || writer.close()).await.unwrap();
         assert!(matches!(
-            storage.append(NewEntry { text: "late".into(), tags: vec![] }).await,
+            storage.append(NewEntry { text: "late".into(), tags: vec![], key: None }).await,
             Err(StorageError::Closed)
         ));
         // Its readers still have the file open: nothing may replace it now.
@@ -647,7 +779,9 @@ mod tests {
         blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
         let appending = {
             let storage = storage.clone();
-            tokio::spawn(async move { storage.append(NewEntry { text: "held".into(), tags: vec![] }).await })
+            tokio::spawn(async move {
+                storage.append(NewEntry { text: "held".into(), tags: vec![], key: None }).await
+            })
         };
         let deadline = Instant::now() + Duration::from_secs(3);
         loop {
@@ -676,7 +810,11 @@ mod tests {
             let (storage, writer) = open_locked(&path, lock(&path).unwrap(), autocheckpoint).unwrap();
             for i in 0..300 {
                 storage
-                    .append(NewEntry { text: format!("entry {i} {}", "x".repeat(3000)), tags: vec![] })
+                    .append(NewEntry {
+                        text: format!("entry {i} {}", "x".repeat(3000)),
+                        tags: vec![],
+                        key: None,
+                    })
                     .await
                     .unwrap();
             }
@@ -691,6 +829,100 @@ mod tests {
         assert!(kept > 1200 * 4096, "every frame stays in the WAL: {kept} bytes");
         assert!(folded < kept / 4, "checkpoints fold the WAL back: {folded} against {kept} bytes");
         assert!(kept > by_default, "0 is not the default: {kept} against {by_default} bytes");
+    }
+
+    /// A database as a release would leave it: `floor` in user_version, `version` in the
+    /// version table (none: a release from before the table), one entry.
+    fn database_at(name: &str, floor: i64, version: Option<i64>) -> std::path::PathBuf {
+        let path = temp_db(name);
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(&format!(
+            "PRAGMA journal_mode = WAL; PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {floor};
+             {} INSERT INTO entries (text, created_at) VALUES ('old', '2026-12-01T00:00:00Z');",
+            MIGRATIONS[0].sql
+        ))
+        .unwrap();
+        if let Some(version) = version {
+            conn.execute_batch(MIGRATIONS[1].sql).unwrap();
+            conn.execute("UPDATE logbook_schema SET version = ?1", [version]).unwrap();
+        }
+        drop(conn);
+        path
+    }
+
+    fn floor_and_version(path: &std::path::Path) -> (i64, i64) {
+        let conn = Connection::open(path).unwrap();
+        let floor = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        let version = conn.query_row("SELECT version FROM logbook_schema", [], |r| r.get(0)).unwrap();
+        (floor, version)
+    }
+
+    #[test]
+    fn additive_migrations_leave_the_floor_where_older_releases_can_run() {
+        assert_eq!((SCHEMA_FLOOR, SCHEMA_VERSION), (1, 2));
+        // A new database: at the newest schema, with the floor of its last breaking change.
+        let fresh = temp_db("schema-fresh");
+        let (_, writer) = open(&fresh).unwrap();
+        writer.close();
+        assert_eq!(floor_and_version(&fresh), (1, 2));
+        // One written by release 1 (no version table) is migrated, its floor kept at 1:
+        // release 1, which refuses a user_version above 1, still runs on it.
+        let old = database_at("schema-old", 1, None);
+        let (_, writer) = open(&old).unwrap();
+        writer.close();
+        assert_eq!(floor_and_version(&old), (1, 2));
+        // A later release's additive changes (version 5, floor 1): this build runs on it.
+        let newer = database_at("schema-additive", 1, Some(5));
+        let (_, writer) = open(&newer).unwrap();
+        writer.close();
+        assert_eq!(floor_and_version(&newer), (1, 5), "an older build must not lower the version");
+    }
+
+    #[test]
+    fn a_database_past_this_build_s_floor_is_refused_naming_both_versions() {
+        let breaking = database_at("schema-breaking", 3, Some(3));
+        let err = open(&breaking).err().expect("a database needing schema 3 must be refused").to_string();
+        assert_eq!(
+            err,
+            "the database is at schema 3 and needs a release that knows schema 3 or later; this build knows up to 2"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_repeated_key_stores_its_entry_once_even_after_a_restart() {
+        let path = temp_db("idempotency");
+        let keyed =
+            |text: &str, key: &str| NewEntry { text: text.into(), tags: vec![], key: Some(key.into()) };
+        let (storage, writer) = open(&path).unwrap();
+        let first = storage.append_keyed(keyed("pay 10", "k1")).await.unwrap();
+        assert!(!first.replayed);
+        // Repeated at once, and concurrently: one entry, the same id each time.
+        let (a, b) = tokio::join!(
+            storage.append_keyed(keyed("pay 10", "k1")),
+            storage.append_keyed(keyed("pay 10", "k1"))
+        );
+        assert_eq!(
+            (a.unwrap(), b.unwrap()),
+            (Appended { replayed: true, ..first.clone() }, Appended { replayed: true, ..first.clone() })
+        );
+        // Two new keys in one batch, the second repeating the first: stored once.
+        let (c, d) = tokio::join!(
+            storage.append_keyed(keyed("pay 20", "k2")),
+            storage.append_keyed(keyed("pay 20", "k2"))
+        );
+        let (c, d) = (c.unwrap(), d.unwrap());
+        assert_eq!(c.entry.id, d.entry.id);
+        assert!(c.replayed != d.replayed, "exactly one of the two stored it");
+        assert!(matches!(storage.append_keyed(keyed("pay 99", "k1")).await, Err(StorageError::KeyReused(1))));
+        tokio::task::spawn_blocking(move || writer.close()).await.unwrap();
+        drop(storage);
+        let (storage, writer) = open(&path).unwrap();
+        let again = storage.append_keyed(keyed("pay 10", "k1")).await.unwrap();
+        assert_eq!(again, Appended { replayed: true, ..first });
+        let unkeyed =
+            storage.append(NewEntry { text: "pay 10".into(), tags: vec![], key: None }).await.unwrap();
+        assert_eq!(unkeyed.id, 3, "an append without a key is always stored");
+        tokio::task::spawn_blocking(move || writer.close()).await.unwrap();
     }
 
     #[test]

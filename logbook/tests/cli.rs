@@ -258,7 +258,7 @@ fn verify_refuses_missing_truncated_foreign_and_non_sqlite_files() {
 
     let (code, stdout, _) = run(&["verify", good.to_str().unwrap()], &[]);
     assert_eq!(code, 0);
-    assert!(stdout.contains(r#""entries":200"#) && stdout.contains(r#""schema_version":1"#), "{stdout}");
+    assert!(stdout.contains(r#""entries":200"#) && stdout.contains(r#""schema_version":2"#), "{stdout}");
     for (file, reason) in [
         (dir.path().join("missing.db"), "cannot read"),
         (truncated, "truncated.db"),

@@ -182,6 +182,50 @@ async fn reads_and_metrics_need_the_read_token_or_the_api_token_when_one_is_set(
 }
 
 #[tokio::test]
+async fn a_repeated_idempotency_key_returns_the_stored_entry_and_a_reused_one_is_a_conflict() {
+    let app = App::new(None);
+    let post = |body: &'static str, key: &[u8]| {
+        Request::post("/api/entries")
+            .header(header::CONTENT_TYPE, "application/json")
+            .header("Idempotency-Key", axum::http::HeaderValue::from_bytes(key).unwrap())
+            .body(Body::from(body))
+            .unwrap()
+    };
+    let send = |request: Request<Body>| async {
+        let response = router(app.state.clone()).oneshot(request).await.unwrap();
+        let replayed = response.headers().get("idempotency-replayed").map(|v| v.to_str().unwrap().to_owned());
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), MAX_BODY_BYTES).await.unwrap();
+        (status, serde_json::from_slice::<Value>(&bytes).unwrap(), replayed)
+    };
+    let (status, first, replayed) = send(post(r#"{"text":"pay 10"}"#, b"order-42")).await;
+    assert_eq!((status, replayed), (StatusCode::CREATED, None));
+    // The client retries (its answer was lost): the same entry, said to be a replay.
+    let (status, again, replayed) = send(post(r#"{"text":"pay 10"}"#, b"order-42")).await;
+    assert_eq!((status, replayed.as_deref()), (StatusCode::CREATED, Some("true")));
+    assert_eq!(again, first);
+    // The same key for another body is a mistake, not a new entry.
+    let (status, conflict, _) = send(post(r#"{"text":"pay 99"}"#, b"order-42")).await;
+    assert_eq!((status, conflict["error"].as_str()), (StatusCode::CONFLICT, Some("idempotency_key_reused")));
+    for bad in [&b""[..], &[b'k'; 256][..], b"tab\there", b"caf\xc3\xa9"] {
+        let (status, body, _) = send(post(r#"{"text":"x"}"#, bad)).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("invalid_idempotency_key")),
+            "{bad:?}"
+        );
+        assert!(body["message"].as_str().unwrap().contains("Idempotency-Key"), "{body}");
+    }
+    let (status, _, _) = send(post(r#"{"text":"x"}"#, &[b'k'; 255])).await;
+    assert_eq!(status, StatusCode::CREATED, "255 bytes is allowed");
+    // One entry for the three posts of order-42.
+    let listed = app.get("/api/entries").await.1;
+    let texts: Vec<&str> =
+        listed["entries"].as_array().unwrap().iter().map(|e| e["text"].as_str().unwrap()).collect();
+    assert_eq!(texts, ["pay 10", "x"]);
+}
+
+#[tokio::test]
 async fn invisible_and_reordering_text_is_refused_naming_the_field() {
     let app = App::new(None);
     for (text, tags, code) in [
