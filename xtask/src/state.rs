@@ -127,8 +127,25 @@ pub fn actor() -> String {
     {
         return format!("{server}/{repo}/actions/runs/{run}");
     }
-    let user = var("USER").or_else(|| var("LOGNAME")).unwrap_or_else(|| "unknown".to_owned());
+    let user = var("USER")
+        .or_else(|| var("LOGNAME"))
+        .or_else(user_of_this_process)
+        .unwrap_or_else(|| "unknown".to_owned());
     format!("{user}@{}", hostname())
+}
+
+/// The name of this process's user, from its uid and /etc/passwd (where no USER is set:
+/// services, containers, some CI runners), else `uid N`.
+fn user_of_this_process() -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let uid = status.lines().find_map(|l| l.strip_prefix("Uid:"))?.split_whitespace().next()?.to_owned();
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let name = passwd.lines().find_map(|l| {
+        let mut fields = l.split(':');
+        let name = fields.next()?;
+        (fields.nth(1)? == uid).then(|| name.to_owned())
+    });
+    Some(name.unwrap_or_else(|| format!("uid {uid}")))
 }
 
 fn hostname() -> String {
@@ -506,6 +523,9 @@ mod tests {
         // Read from the environment of this process: only the shape is checked here.
         let actor = actor();
         assert!(actor.contains('@') || actor.contains("/actions/runs/"), "{actor}");
+        // Without USER (services, containers), the uid's own name.
+        let user = user_of_this_process().unwrap();
+        assert!(!user.is_empty() && !user.contains(':'), "{user}");
     }
 
     #[test]
