@@ -57,6 +57,33 @@ pub struct RestoreReport {
     pub ids_after: Option<i64>,
 }
 
+/// The schema a build knows, or a database is at: its version, and its floor (the oldest
+/// schema a release must know to use it).
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct Schema {
+    pub version: usize,
+    pub floor: usize,
+}
+
+/// What `logbook schema` prints: this build's schema, and the database's, if it exists.
+#[derive(Debug, Serialize)]
+pub struct SchemaReport {
+    pub build: Schema,
+    pub database: Option<Schema>,
+}
+
+pub fn schema_report(db: &Path) -> Result<SchemaReport, ArchiveError> {
+    let build = Schema { version: SCHEMA_VERSION, floor: crate::storage::SCHEMA_FLOOR };
+    if !db.exists() {
+        return Ok(SchemaReport { build, database: None });
+    }
+    let conn = open_to_check(db)
+        .map_err(|e| ArchiveError::Unusable(format!("cannot open {}: {e}", db.display())))?;
+    let (floor, version) = crate::storage::schema_of(&conn)
+        .map_err(|e| ArchiveError::Unusable(format!("cannot read the schema of {}: {e}", db.display())))?;
+    Ok(SchemaReport { build, database: Some(Schema { version, floor }) })
+}
+
 /// Checks that `path` is a complete logbook database this build can serve: the SQLite
 /// header, the logbook application id, a schema no newer than this build's, and
 /// `PRAGMA integrity_check`. Opens it read-only.

@@ -26,6 +26,8 @@ Usage:
   logbook verify FILE         check that FILE is a complete logbook database; count its entries
   logbook restore --from FILE replace LOGBOOK_DB_PATH with FILE, keeping the old one as .bak
                               (only while the service is stopped)
+  logbook schema              print the schema this build knows and writes, and that of
+                              the database at LOGBOOK_DB_PATH if there is one (as JSON)
   logbook version             print version and git revision
   logbook help                print this help
 
@@ -88,6 +90,12 @@ fn main() -> ExitCode {
         // With `--to -` the backup itself is on stdout, so the report goes to stderr.
         ["backup", "--to", dest] => report(with_config(|config| backup(&config.db_path, dest)), *dest == "-"),
         ["verify", file] => report(archive::verify_file(Path::new(file)).map_err(fail), false),
+        // Needs no other setting: the runner asks an image, and a running container, this.
+        ["schema"] => {
+            let db =
+                std::env::var_os("LOGBOOK_DB_PATH").filter(|p| !p.is_empty()).unwrap_or("logbook.db".into());
+            report(archive::schema_report(Path::new(&db)).map_err(fail), false)
+        }
         ["restore", "--from", file] => {
             report(with_config(|config| archive::restore(Path::new(file), &config.db_path)), false)
         }

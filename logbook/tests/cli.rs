@@ -359,3 +359,21 @@ fn one_database_serves_one_process_and_restore_waits_for_it_to_stop() {
     assert!(stderr.contains("stop the service first"), "{stderr}");
     assert_eq!(server.get("/readyz").status, 200, "the running service is untouched");
 }
+
+#[test]
+fn schema_names_what_the_build_knows_and_what_the_database_is_at() {
+    let dir = TempDir::new("schema");
+    let db = dir.path().join("logbook.db");
+    let env = [("LOGBOOK_DB_PATH", db.to_str().unwrap())];
+    let (code, stdout, stderr) = run(&["schema"], &env);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout.trim(), r#"{"build":{"version":2,"floor":1},"database":null}"#);
+    let mut server = Server::start_with_db(&db, &[]);
+    server.post_json("/api/entries", r#"{"text":"one"}"#);
+    // Read while the service runs, as the runner asks a running container.
+    let (code, stdout, stderr) = run(&["schema"], &env);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout.trim(), r#"{"build":{"version":2,"floor":1},"database":{"version":2,"floor":1}}"#);
+    server.signal("TERM");
+    server.wait_exit(std::time::Duration::from_secs(10));
+}

@@ -51,6 +51,8 @@ fn read_only(call: &str) -> bool {
             false
         }
         ["docker", "run", "--rm", "--network", "none", .., "verify", _] => true,
+        ["docker", "run", "--rm", "--network", "none", "--entrypoint", "/logbook", _, "schema"] => true,
+        ["docker", "exec", _, "/logbook", "schema"] => true,
         ["docker", "run", "--rm", "--network", "none", .., "check-config", _] => true,
         ["docker", "run", "--rm", "--network", "none", .., "databases"] => true,
         [
@@ -381,5 +383,31 @@ fn a_bare_checkout_uses_the_settings_the_stack_was_started_with() {
         &[("FAKE_IMAGES", "logbook:aaaaaaaaaaaa"), ("LOGBOOK_ENV_FILE", "/dev/null")],
     );
     assert!(ok && !output.contains("docker-compose.tls.yml"), "{output}");
+    std::fs::remove_dir_all(state.parent().unwrap()).unwrap();
+}
+
+/// A switch the database's schema forbids is refused before anything changes: a release
+/// that does not know the database's floor, or a breaking migration while a release that
+/// could not come back serves.
+#[test]
+fn a_switch_the_schema_forbids_is_refused_before_anything_changes() {
+    let state = tempdir("schema");
+    let fakes = fakes("schema", &state);
+    let images = format!("{TREE_IMAGE} logbook:aaaaaaaaaaaa");
+    let base = [("FAKE_IMAGES", images.as_str()), ("FAKE_RUNNING", "1")];
+    let up = ["up", "--no-build", "--dry-run"];
+    let (ok, output) = fakes.xtask_with(&up, &base);
+    assert!(ok, "{output}");
+    assert!(output.contains("$ docker exec c0ffee /logbook schema"), "the schema was not asked:\n{output}");
+    for (extra, says) in [
+        ([("FAKE_DB_VERSION", "3"), ("FAKE_DB_FLOOR", "3")], "knows schema up to 2, but the database is at schema 3"),
+        ([("FAKE_IMAGE_SCHEMA", "3"), ("FAKE_IMAGE_FLOOR", "3")], "migrates the database to schema 3 with a breaking change"),
+    ] {
+        let env: Vec<(&str, &str)> = base.iter().copied().chain(extra).collect();
+        let (ok, output) = fakes.xtask_with(&up, &env);
+        assert!(!ok, "{extra:?} was switched to:\n{output}");
+        assert!(output.contains(says) && output.contains("nothing was changed"), "{output}");
+        assert!(!output.contains(" up --detach"), "a container was started:\n{output}");
+    }
     std::fs::remove_dir_all(state.parent().unwrap()).unwrap();
 }

@@ -16,10 +16,14 @@ pub struct FakePrograms {
 }
 
 /// What the stand-in docker answers. Images listed in $FAKE_IMAGES exist; with
-/// $FAKE_RUNNING set, the compose project has a running service container; with
-/// $FAKE_PRE_READY_PORT set, images carry no ready-port label (built before it).
+/// $FAKE_RUNNING set, the compose project has a running service container. The running
+/// release's database is at schema $FAKE_DB_VERSION (default 2) with floor $FAKE_DB_FLOOR
+/// (default 1); every image knows schema $FAKE_IMAGE_SCHEMA (default 2) with floor
+/// $FAKE_IMAGE_FLOOR (default 1).
 pub const DOCKER: &str = r#"
 case "$*" in
+  'exec c0ffee /logbook schema') echo "{\"build\":{\"version\":2,\"floor\":1},\"database\":{\"version\":${FAKE_DB_VERSION:-2},\"floor\":${FAKE_DB_FLOOR:-1}}}" ;;
+  'run --rm --network none --entrypoint /logbook '*' schema') echo "{\"build\":{\"version\":${FAKE_IMAGE_SCHEMA:-2},\"floor\":${FAKE_IMAGE_FLOOR:-1}},\"database\":null}" ;;
   'version --format {{.Server.Version}}'|'version --format {{.Client.Version}}') echo 20.10.24 ;;
   --version) echo 'Docker version 20.10.24' ;;
   'compose version --short') echo 2.30.0 ;;

@@ -7,6 +7,7 @@ pub mod data;
 pub mod journal;
 pub mod monitoring;
 pub mod replica;
+pub mod schema;
 pub mod settings;
 pub mod switch;
 

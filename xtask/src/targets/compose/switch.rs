@@ -68,6 +68,11 @@ pub fn switch(sh: &Shell, compose: &Compose, history_file: &Path, image: &str, g
     let mut history = History::load(history_file)?;
     check_proxy_config(sh, compose)?;
     let running = super::running(sh, compose)?;
+    if let Some((old, old_image)) = &running
+        && old_image != image
+    {
+        super::schema::check_switch(sh, old, old_image, image)?;
+    }
     let replica = check_replication(sh, compose, running.is_some())?;
     let plan = release::plan_switch(
         running.as_ref().map(|(_, i)| i.as_str()),
