@@ -400,8 +400,14 @@ fn a_switch_the_schema_forbids_is_refused_before_anything_changes() {
     assert!(ok, "{output}");
     assert!(output.contains("$ docker exec c0ffee /logbook schema"), "the schema was not asked:\n{output}");
     for (extra, says) in [
-        ([("FAKE_DB_VERSION", "3"), ("FAKE_DB_FLOOR", "3")], "knows schema up to 2, but the database is at schema 3"),
-        ([("FAKE_IMAGE_SCHEMA", "3"), ("FAKE_IMAGE_FLOOR", "3")], "migrates the database to schema 3 with a breaking change"),
+        (
+            [("FAKE_DB_VERSION", "3"), ("FAKE_DB_FLOOR", "3")],
+            "knows schema up to 2, but the database is at schema 3",
+        ),
+        (
+            [("FAKE_IMAGE_SCHEMA", "3"), ("FAKE_IMAGE_FLOOR", "3")],
+            "migrates the database to schema 3 with a breaking change",
+        ),
     ] {
         let env: Vec<(&str, &str)> = base.iter().copied().chain(extra).collect();
         let (ok, output) = fakes.xtask_with(&up, &env);
