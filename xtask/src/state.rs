@@ -28,7 +28,18 @@ use crate::outside::process::{self, Cmd};
 const SYSTEM_DIR: &str = "/var/lib/logbook";
 
 /// The directory holding this engine's projects' state (created when first written).
+/// Found once per run: a command asks for it several times (the stack's settings, its
+/// history), and the answer needs the engine and a probe of the disk.
 pub fn dir(sh: &Shell) -> Result<PathBuf> {
+    static FOUND: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    if let Some(dir) = FOUND.get() {
+        return Ok(dir.clone());
+    }
+    let dir = find_dir(sh)?;
+    Ok(FOUND.get_or_init(|| dir).clone())
+}
+
+fn find_dir(sh: &Shell) -> Result<PathBuf> {
     if let Some(dir) = std::env::var_os("LOGBOOK_STATE_DIR").filter(|d| !d.is_empty()) {
         return Ok(PathBuf::from(dir));
     }
@@ -245,7 +256,7 @@ pub fn lock(history_file: &Path, request: &LockRequest) -> Result<StackLock> {
     }
     if process::is_dry_run() {
         if let Some(freeze) = read_holder(&frozen_path(history_file))?.filter(|_| !request.reads_only) {
-            bail!("{}", frozen_line(&freeze, history_file));
+            bail!("{}", frozen_line(&freeze));
         }
         return Ok(StackLock { file: None, path: PathBuf::new() });
     }
@@ -259,7 +270,7 @@ pub fn lock(history_file: &Path, request: &LockRequest) -> Result<StackLock> {
             Ok(()) if request.reads_only => break file,
             Ok(()) => match read_holder(&frozen_path(history_file))? {
                 None => break file,
-                Some(freeze) => frozen_line(&freeze, history_file),
+                Some(freeze) => frozen_line(&freeze),
             },
             Err(std::fs::TryLockError::WouldBlock) => {
                 let holder = read_holder_from(&mut file).ok().flatten();
@@ -356,8 +367,7 @@ fn read_holder(path: &Path) -> Result<Option<Holder>> {
     }
 }
 
-fn frozen_line(freeze: &Holder, history_file: &Path) -> String {
-    let _ = history_file;
+fn frozen_line(freeze: &Holder) -> String {
     format!(
         "deploys are frozen by {}; `cargo xtask lock release` lifts the freeze",
         freeze.describe(SystemTime::now())

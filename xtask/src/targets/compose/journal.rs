@@ -122,6 +122,28 @@ impl Journal {
         Ok(journal)
     }
 
+    /// Records the switch's new release in the history, once, as the release of the
+    /// command that started the switch (who, how and why), whoever finishes it.
+    pub fn record_new_release(&self, sh: &Shell, history_file: &Path) -> Result<()> {
+        let mut history = History::load(history_file)?;
+        if history.current().map(|r| r.image.as_str()) == Some(self.new_image.as_str()) {
+            return Ok(());
+        }
+        let audit = crate::release::Audit {
+            by: self.by.clone(),
+            command: self.command.clone(),
+            message: self.message.clone(),
+        };
+        crate::targets::record_serving_as(
+            sh,
+            &mut history,
+            history_file,
+            &self.new_image,
+            self.previous.clone(),
+            audit,
+        )
+    }
+
     pub fn describe(&self) -> String {
         format!(
             "`{}` by {} (pid {}, started {}), from {} to {}, stopped at step {}",
@@ -207,23 +229,7 @@ fn repair_with(
                     docker(&["stop", &other.id])?;
                     docker(&["rm", "--force", "--volumes", &other.id])?;
                 }
-                let mut history = History::load(history_file)?;
-                if history.current().map(|r| r.image.as_str()) != Some(journal.new_image.as_str()) {
-                    // Recorded as the interrupted command's release: who started it, and how.
-                    let audit = crate::release::Audit {
-                        by: journal.by.clone(),
-                        command: journal.command.clone(),
-                        message: journal.message.clone(),
-                    };
-                    crate::targets::record_serving_as(
-                        sh,
-                        &mut history,
-                        history_file,
-                        &journal.new_image,
-                        journal.previous.clone(),
-                        audit,
-                    )?;
-                }
+                journal.record_new_release(sh, history_file)?;
                 clear(history_file)?;
                 process::say(&format!(
                     "repaired: {} serves; the old container is removed",

@@ -238,16 +238,7 @@ impl SwitchGuard<'_> {
         if process::query(self.sh, &docker::inspect_format(old, "{{.Id}}")).is_ok() {
             self.docker(&["rm", "--force", "--volumes", old])?;
         }
-        let mut history = History::load(self.history_file)?;
-        if history.current().map(|r| r.image.as_str()) != Some(self.journal.new_image.as_str()) {
-            crate::targets::record_serving(
-                self.sh,
-                &mut history,
-                self.history_file,
-                &self.journal.new_image,
-                self.journal.previous.clone(),
-            )?;
-        }
+        self.journal.record_new_release(self.sh, self.history_file)?;
         process::say(&format!("{} was ready: the switch is finished", self.journal.new_image));
         Ok(())
     }
