@@ -8,7 +8,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use serde::Serialize;
 
 use crate::storage::{APPLICATION_ID, SCHEMA_VERSION};
@@ -45,6 +45,8 @@ pub struct FileReport {
     pub entries: i64,
     pub bytes: u64,
     pub schema_version: i64,
+    /// The highest entry id it holds (0 when it holds none).
+    pub last_id: i64,
 }
 
 #[derive(Debug, Serialize)]
@@ -55,6 +57,13 @@ pub struct RestoreReport {
     /// The highest id the replaced database had issued: the restored one issues ids after
     /// it, never one a client has already seen.
     pub ids_after: Option<i64>,
+    /// Entries carried over from an export (`--carry`), kept with their ids.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub carried: Option<usize>,
+    /// Entries of the export that could not be carried over, each with the reason; they
+    /// stay in the export file.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_carried: Vec<String>,
 }
 
 /// The schema a build knows, or a database is at: its version, and its floor (the oldest
@@ -70,18 +79,86 @@ pub struct Schema {
 pub struct SchemaReport {
     pub build: Schema,
     pub database: Option<Schema>,
+    /// The snapshots taken before migrations, oldest first (see [`snapshot_before_migrating`]).
+    pub snapshots: Vec<Snapshot>,
+}
+
+/// A verified copy of the database taken just before a migration changed it.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct Snapshot {
+    pub file: PathBuf,
+    /// The schema the database was at: the releases that ran on it can run on this copy.
+    pub version: usize,
+}
+
+/// Where the snapshots of database `db` are kept: `snapshots/` beside it.
+pub fn snapshot_dir(db: &Path) -> PathBuf {
+    db.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).join("snapshots")
+}
+
+/// Before a migration changes `db`, copies it, verified, to
+/// `snapshots/schema-<version>-<UTC time>.db` beside it, so a release that ran on the
+/// old schema can come back on it (`restore --from`, with `--carry` for what was
+/// appended since). Run with the database's lock held, before migrating: the copy then
+/// holds every acknowledged entry. Does nothing for a database that will not migrate
+/// (new, current, or not a logbook file, which the open refuses).
+pub fn snapshot_before_migrating(db: &Path) -> Result<Option<PathBuf>, ArchiveError> {
+    if !db.exists() {
+        return Ok(None);
+    }
+    let version = {
+        let conn = open_to_check(db)
+            .map_err(|e| ArchiveError::Unusable(format!("cannot open {}: {e}", db.display())))?;
+        let app_id: i32 = conn.query_row("PRAGMA application_id", [], |r| r.get(0)).map_err(database)?;
+        if app_id != APPLICATION_ID {
+            return Ok(None);
+        }
+        crate::storage::schema_of(&conn).map_err(database)?.1
+    };
+    if version == 0 || version >= SCHEMA_VERSION {
+        return Ok(None);
+    }
+    let dir = snapshot_dir(db);
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| ArchiveError::File(format!("cannot create {}: {e}", dir.display())))?;
+    let dest = dir.join(format!("schema-{version}-{}.db", utc_stamp()?));
+    backup(db, &dest)?;
+    Ok(Some(dest))
+}
+
+/// The snapshots beside `db`, oldest first (their names sort by time).
+pub fn snapshots(db: &Path) -> Vec<Snapshot> {
+    let Ok(dir) = std::fs::read_dir(snapshot_dir(db)) else { return Vec::new() };
+    let mut found: Vec<Snapshot> = dir
+        .filter_map(|entry| {
+            let file = entry.ok()?.path();
+            let name = file.file_name()?.to_str()?;
+            let version =
+                name.strip_prefix("schema-")?.strip_suffix(".db")?.split('-').next()?.parse().ok()?;
+            Some(Snapshot { file, version })
+        })
+        .collect();
+    found.sort_by(|a, b| a.file.cmp(&b.file));
+    found
+}
+
+/// The current UTC time as `20261204T145012.345Z`, from SQLite (the crate has no clock library).
+fn utc_stamp() -> Result<String, ArchiveError> {
+    Connection::open_in_memory()
+        .and_then(|c| c.query_row("SELECT strftime('%Y%m%dT%H%M%fZ', 'now')", [], |r| r.get(0)))
+        .map_err(database)
 }
 
 pub fn schema_report(db: &Path) -> Result<SchemaReport, ArchiveError> {
     let build = Schema { version: SCHEMA_VERSION, floor: crate::storage::SCHEMA_FLOOR };
     if !db.exists() {
-        return Ok(SchemaReport { build, database: None });
+        return Ok(SchemaReport { build, database: None, snapshots: snapshots(db) });
     }
     let conn = open_to_check(db)
         .map_err(|e| ArchiveError::Unusable(format!("cannot open {}: {e}", db.display())))?;
     let (floor, version) = crate::storage::schema_of(&conn)
         .map_err(|e| ArchiveError::Unusable(format!("cannot read the schema of {}: {e}", db.display())))?;
-    Ok(SchemaReport { build, database: Some(Schema { version, floor }) })
+    Ok(SchemaReport { build, database: Some(Schema { version, floor }), snapshots: snapshots(db) })
 }
 
 /// Checks that `path` is a complete logbook database this build can serve: the SQLite
@@ -147,10 +224,10 @@ fn check(conn: &Connection) -> Result<FileReport, String> {
     if integrity != "ok" {
         return Err(format!("damaged: {integrity}"));
     }
-    let entries = conn
-        .query_row("SELECT count(*) FROM entries", [], |r| r.get(0))
+    let (entries, last_id) = conn
+        .query_row("SELECT count(*), coalesce(max(id), 0) FROM entries", [], |r| Ok((r.get(0)?, r.get(1)?)))
         .map_err(|e| format!("cannot count entries ({e})"))?;
-    Ok(FileReport { entries, bytes: 0, schema_version })
+    Ok(FileReport { entries, bytes: 0, schema_version, last_id })
 }
 
 /// Copies the live database at `source` to `dest` as one consistent snapshot, in rollback
@@ -193,10 +270,148 @@ pub fn backup(source: &Path, dest: &Path) -> Result<FileReport, ArchiveError> {
     )
 }
 
-/// Replaces the database at `db` with the verified file `from`. The replaced database is
+/// One entry as `export` writes it, one JSON object per line, and `restore --carry` reads it.
+#[derive(Debug, Serialize, serde::Deserialize, PartialEq)]
+pub struct Exported {
+    pub id: i64,
+    pub text: String,
+    pub tags: serde_json::Value,
+    pub created_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ExportReport {
+    pub entries: usize,
+    pub file: PathBuf,
+}
+
+/// Writes every entry of `db` with an id above `after` to `to`, one JSON object per line
+/// ([`Exported`]), with its idempotency key: what a rollback across a schema change carries
+/// onto the snapshot it restores. Never overwrites `to`.
+pub fn export(db: &Path, after: i64, to: &Path) -> Result<ExportReport, ArchiveError> {
+    use std::io::Write;
+    if to.exists() {
+        return Err(ArchiveError::File(format!("{} already exists; choose a new file name", to.display())));
+    }
+    let conn = open_to_check(db)
+        .map_err(|e| ArchiveError::Unusable(format!("cannot open {}: {e}", db.display())))?;
+    let keyed = has_table(&conn, "idempotency_keys").map_err(database)?;
+    let query = if keyed {
+        "SELECT e.id, e.text, e.tags, e.created_at, k.key FROM entries e
+         LEFT JOIN idempotency_keys k ON k.entry_id = e.id WHERE e.id > ?1 ORDER BY e.id"
+    } else {
+        "SELECT id, text, tags, created_at, NULL FROM entries WHERE id > ?1 ORDER BY id"
+    };
+    let mut lines = Vec::new();
+    let mut statement = conn.prepare(query).map_err(database)?;
+    let rows = statement
+        .query_map([after], |r| {
+            let tags: String = r.get(2)?;
+            Ok(Exported {
+                id: r.get(0)?,
+                text: r.get(1)?,
+                tags: serde_json::from_str(&tags).unwrap_or(serde_json::Value::String(tags)),
+                created_at: r.get(3)?,
+                idempotency_key: r.get(4)?,
+            })
+        })
+        .map_err(database)?;
+    for row in rows {
+        let line = serde_json::to_string(&row.map_err(database)?)
+            .map_err(|e| ArchiveError::Database(e.to_string()))?;
+        lines.push(line);
+    }
+    let partial = create_new_beside(to, "partial")?;
+    let written = File::create(&partial)
+        .and_then(|mut f| {
+            for line in &lines {
+                writeln!(f, "{line}")?;
+            }
+            f.sync_all()
+        })
+        .and_then(|()| std::fs::hard_link(&partial, to));
+    let _ = std::fs::remove_file(&partial);
+    written.map_err(|e| ArchiveError::File(format!("cannot write {}: {e}", to.display())))?;
+    sync_dir(to);
+    Ok(ExportReport { entries: lines.len(), file: to.to_owned() })
+}
+
+fn has_table(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
+    conn.query_row("SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?1", [name], |r| {
+        r.get(0)
+    })
+}
+
+/// Adds the exported entries in `carry` to the database file `file`, keeping their ids and
+/// idempotency keys, in one transaction. An entry whose id the file already holds is
+/// skipped when it is the same entry, and reported otherwise, as is one that cannot be
+/// inserted; returns how many were added, and the reports.
+fn carry_into(file: &Path, carry: &Path) -> Result<(usize, Vec<String>), ArchiveError> {
+    let text = std::fs::read_to_string(carry)
+        .map_err(|e| ArchiveError::File(format!("cannot read {}: {e}", carry.display())))?;
+    let mut conn = Connection::open(file)
+        .map_err(|e| ArchiveError::File(format!("cannot open {}: {e}", file.display())))?;
+    let keyed = has_table(&conn, "idempotency_keys").map_err(database)?;
+    let tx = conn.transaction().map_err(database)?;
+    let (mut carried, mut refused) = (0, Vec::new());
+    for (number, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let entry: Exported = serde_json::from_str(line).map_err(|e| {
+            ArchiveError::Unusable(format!(
+                "{} line {}: not an exported entry ({e})",
+                carry.display(),
+                number + 1
+            ))
+        })?;
+        let tags = entry.tags.to_string();
+        let present: Option<(String, String)> = tx
+            .query_row("SELECT text, tags FROM entries WHERE id = ?1", [entry.id], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()
+            .map_err(database)?;
+        match present {
+            Some((text, stored))
+                if text == entry.text
+                    && serde_json::from_str::<serde_json::Value>(&stored).ok()
+                        == Some(entry.tags.clone()) =>
+            {
+                continue;
+            }
+            Some(_) => {
+                refused.push(format!("entry {}: the snapshot holds another entry with that id", entry.id));
+                continue;
+            }
+            None => {}
+        }
+        let inserted = tx
+            .execute(
+                "INSERT INTO entries (id, text, tags, created_at) VALUES (?1, ?2, ?3, ?4)",
+                rusqlite::params![entry.id, entry.text, tags, entry.created_at],
+            )
+            .and_then(|_| match (&entry.idempotency_key, keyed) {
+                (Some(key), true) => tx.execute(
+                    "INSERT OR IGNORE INTO idempotency_keys (key, entry_id, created_at) VALUES (?1, ?2, ?3)",
+                    rusqlite::params![key, entry.id, entry.created_at],
+                ),
+                _ => Ok(0),
+            });
+        match inserted {
+            Ok(_) => carried += 1,
+            Err(e) => refused.push(format!("entry {}: {e}", entry.id)),
+        }
+    }
+    tx.commit().map_err(database)?;
+    conn.close().map_err(|(_, e)| database(e))?;
+    Ok((carried, refused))
+}
+
+/// Replaces the database at `db` with the verified file `from`, and with `carry`, adds the
+/// entries exported there (see [`export`]) keeping their ids. The replaced database is
 /// first kept as `<db>.<UTC time>.bak` (a self-contained copy, its WAL included). Run only
 /// while the service is stopped.
-pub fn restore(from: &Path, db: &Path) -> Result<RestoreReport, ArchiveError> {
+pub fn restore(from: &Path, db: &Path, carry: Option<&Path>) -> Result<RestoreReport, ArchiveError> {
     verify_file(from)?;
     // Held until the restore is done: a running service (or a second restore) refuses it.
     let _lock = crate::storage::lock_exclusive(db)
@@ -205,21 +420,22 @@ pub fn restore(from: &Path, db: &Path) -> Result<RestoreReport, ArchiveError> {
     // is known.
     let issued = if db.exists() { highest_issued(db)? } else { None };
     let previous = if db.exists() {
-        let stamp: String = Connection::open_in_memory()
-            .and_then(|c| c.query_row("SELECT strftime('%Y%m%dT%H%M%SZ', 'now')", [], |r| r.get(0)))
-            .map_err(database)?;
-        let kept = PathBuf::from(format!("{}.{stamp}.bak", db.display()));
+        let kept = PathBuf::from(format!("{}.{}.bak", db.display(), utc_stamp()?));
         backup(db, &kept)
             .map_err(|e| ArchiveError::File(format!("cannot keep the current database: {e}")))?;
         Some(kept)
     } else {
         None
     };
+    let mut outcome = None;
     let copied = write_verified(
         db,
         |partial| {
             std::fs::copy(from, partial)
                 .map_err(|e| ArchiveError::File(format!("cannot copy {}: {e}", from.display())))?;
+            if let Some(carry) = carry {
+                outcome = Some(carry_into(partial, carry)?);
+            }
             match issued {
                 Some(issued) => raise_sequence(partial, issued),
                 None => Ok(()),
@@ -232,7 +448,8 @@ pub fn restore(from: &Path, db: &Path) -> Result<RestoreReport, ArchiveError> {
             }
         }),
     )?;
-    Ok(RestoreReport { entries: copied.entries, previous, ids_after: issued })
+    let (carried, not_carried) = outcome.map_or((None, Vec::new()), |(n, refused)| (Some(n), refused));
+    Ok(RestoreReport { entries: copied.entries, previous, ids_after: issued, carried, not_carried })
 }
 
 /// The highest entry id `db` has issued: SQLite's AUTOINCREMENT sequence, which never
@@ -343,5 +560,86 @@ fn sync(path: &Path) -> Result<(), ArchiveError> {
 fn sync_dir(path: &Path) {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         let _ = File::open(dir).and_then(|d| d.sync_all());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{self, NewEntry};
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("logbook-archive-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// A database holding `texts`, the last of them appended with an idempotency key.
+    async fn database_with(db: &Path, texts: &[&str]) {
+        let (storage, writer) = storage::open(db).unwrap();
+        for (i, text) in texts.iter().enumerate() {
+            let key = (i + 1 == texts.len()).then(|| format!("key-{text}"));
+            storage.append(NewEntry { text: (*text).into(), tags: vec!["t".into()], key }).await.unwrap();
+        }
+        tokio::task::spawn_blocking(move || writer.close()).await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_snapshot_is_taken_only_before_a_migration() {
+        let dir = temp_dir("snapshot");
+        let db = dir.join("logbook.db");
+        assert_eq!(snapshot_before_migrating(&db).unwrap(), None, "no database yet");
+        database_with(&db, &["one", "two"]).await;
+        assert_eq!(snapshot_before_migrating(&db).unwrap(), None, "already at this build's schema");
+
+        // As if written by the release before the last migration.
+        Connection::open(&db).unwrap().execute("UPDATE logbook_schema SET version = 1", []).unwrap();
+        let file = snapshot_before_migrating(&db).unwrap().expect("a snapshot");
+        assert!(file.starts_with(dir.join("snapshots")), "{}", file.display());
+        let report = verify_file(&file).unwrap();
+        assert_eq!((report.entries, report.last_id, report.schema_version), (2, 2, 1));
+        assert_eq!(snapshots(&db), vec![Snapshot { file, version: 1 }]);
+        assert_eq!(schema_report(&db).unwrap().snapshots.len(), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_restore_carries_what_was_appended_after_its_snapshot_keeping_ids_and_keys() {
+        let dir = temp_dir("carry");
+        let db = dir.join("logbook.db");
+        database_with(&db, &["one", "two", "three"]).await;
+        let snapshot = dir.join("snapshot.db");
+        backup(&db, &snapshot).unwrap();
+        database_with(&db, &["four", "five"]).await;
+
+        let export_file = dir.join("since.jsonl");
+        let exported = export(&db, verify_file(&snapshot).unwrap().last_id, &export_file).unwrap();
+        assert_eq!(exported.entries, 2);
+        assert!(export(&db, 3, &export_file).is_err(), "an export never replaces a file");
+        // A line for an entry the snapshot already holds, as an export from before it would have.
+        let mut lines = std::fs::read_to_string(&export_file).unwrap();
+        lines.push_str(r#"{"id":3,"text":"three","tags":["t"],"created_at":"2026-12-04T00:00:00Z"}"#);
+        lines.push('\n');
+        lines.push_str(r#"{"id":2,"text":"not two","tags":[],"created_at":"2026-12-04T00:00:00Z"}"#);
+        std::fs::write(&export_file, lines).unwrap();
+
+        let report = restore(&snapshot, &db, Some(&export_file)).unwrap();
+        assert_eq!(report.entries, 5);
+        assert_eq!(report.carried, Some(2));
+        assert_eq!(
+            report.not_carried,
+            vec!["entry 2: the snapshot holds another entry with that id".to_owned()]
+        );
+
+        let (storage, writer) = storage::open(&db).unwrap();
+        let five = storage.get(5).await.unwrap().expect("entry 5 kept its id");
+        assert_eq!(five.text, "five");
+        // Its key came along: a retry is answered with it, not stored again.
+        let retry = NewEntry { text: "five".into(), tags: vec!["t".into()], key: Some("key-five".into()) };
+        let replay = storage.append_keyed(retry).await.unwrap();
+        assert!(replay.replayed && replay.entry.id == 5, "{replay:?}");
+        let next = storage.append(NewEntry { text: "six".into(), tags: vec![], key: None }).await.unwrap();
+        assert_eq!(next.id, 6, "no id is issued twice");
+        tokio::task::spawn_blocking(move || writer.close()).await.unwrap();
     }
 }

@@ -24,10 +24,16 @@ Usage:
   logbook backup --to FILE    write a consistent, verified copy of LOGBOOK_DB_PATH to FILE
                               while the service runs (FILE '-' writes it to stdout)
   logbook verify FILE         check that FILE is a complete logbook database; count its entries
-  logbook restore --from FILE replace LOGBOOK_DB_PATH with FILE, keeping the old one as .bak
-                              (only while the service is stopped)
-  logbook schema              print the schema this build knows and writes, and that of
-                              the database at LOGBOOK_DB_PATH if there is one (as JSON)
+  logbook restore --from FILE [--carry EXPORT]
+                              replace LOGBOOK_DB_PATH with FILE, keeping the old one as .bak
+                              (only while the service is stopped); with --carry, add the
+                              entries of EXPORT (from `export`) keeping their ids
+  logbook export --after ID --to FILE
+                              write the entries after ID, with their idempotency keys, to
+                              FILE as JSON lines
+  logbook schema              print the schema this build knows and writes, that of the
+                              database at LOGBOOK_DB_PATH if there is one, and the
+                              snapshots taken before its migrations (as JSON)
   logbook version             print version and git revision
   logbook help                print this help
 
@@ -97,8 +103,21 @@ fn main() -> ExitCode {
             report(archive::schema_report(Path::new(&db)).map_err(fail), false)
         }
         ["restore", "--from", file] => {
-            report(with_config(|config| archive::restore(Path::new(file), &config.db_path)), false)
+            report(with_config(|config| archive::restore(Path::new(file), &config.db_path, None)), false)
         }
+        ["restore", "--from", file, "--carry", carry] => report(
+            with_config(|config| archive::restore(Path::new(file), &config.db_path, Some(Path::new(carry)))),
+            false,
+        ),
+        ["export", "--after", after, "--to", to] => match after.parse::<i64>() {
+            Ok(after) => {
+                report(with_config(|config| archive::export(&config.db_path, after, Path::new(to))), false)
+            }
+            Err(_) => {
+                eprintln!("logbook: --after takes an entry id (a whole number), not {after:?}");
+                ExitCode::from(EXIT_USAGE)
+            }
+        },
         ["version" | "--version" | "-V"] => {
             println!(
                 "logbook {} ({}, built {})",

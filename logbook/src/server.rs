@@ -319,10 +319,22 @@ async fn open_storage(
         }
     };
     let opening = path.clone();
-    tokio::task::spawn_blocking(move || storage::open_locked(&opening, lock, wal_autocheckpoint))
-        .await
-        .map_err(|e| ServeError::Runtime(e.to_string()))?
-        .map_err(unusable)
+    tokio::task::spawn_blocking(move || {
+        // With the lock held, nothing else writes: the snapshot holds every acknowledged entry.
+        match crate::archive::snapshot_before_migrating(&opening) {
+            Ok(Some(file)) => tracing::info!(snapshot = %file.display(), "took a snapshot before migrating"),
+            Ok(None) => {}
+            Err(e) => {
+                return Err(StorageError::Refused(format!(
+                    "cannot take the snapshot before migrating ({e}); nothing was migrated"
+                )));
+            }
+        }
+        storage::open_locked(&opening, lock, wal_autocheckpoint)
+    })
+    .await
+    .map_err(|e| ServeError::Runtime(e.to_string()))?
+    .map_err(unusable)
 }
 
 /// Longest a client may take to send a request's head; slower connections are closed.

@@ -41,6 +41,7 @@ pub enum Command {
     ReleaseDrill(ReleaseDrill),
     RecoveryDrill(RecoveryDrill),
     FaultDrill(FaultDrill),
+    SchemaDrill(SchemaDrill),
     Doctor(Doctor),
     Coverage(Coverage),
     Completions(Completions),
@@ -212,6 +213,13 @@ pub struct RollbackCompose {
     /// deployed each with which command, and why; change nothing.
     #[arg(long)]
     pub list: bool,
+
+    /// Go back across a breaking schema change: restore the snapshot the running release
+    /// took before it migrated, carry over every entry appended since (ids and
+    /// idempotency keys kept), and start the release before it (or --to). The service
+    /// stops while the data moves; the proxy holds requests meanwhile.
+    #[arg(long, conflicts_with = "list")]
+    pub with_data: bool,
 
     /// Seconds to wait for /readyz to answer 200.
     #[arg(long, default_value_t = 60)]
@@ -392,6 +400,18 @@ pub struct RecoveryDrill {
 /// acknowledged entry may be lost. Prints a table per step; always tears down.
 #[derive(Debug, Args)]
 pub struct FaultDrill {
+    /// Use the existing image for this tree; fail if it has not been built.
+    #[arg(long)]
+    pub no_build: bool,
+}
+
+/// Rehearse schema changes: build two more releases from a copy of this tree, one with an
+/// additive migration and one with a breaking one, then, on a throwaway stack under
+/// writes, switch forward and back across both (`rollback`, `rollback --with-data`, and a
+/// release that fails after migrating). No request may fail, and no acknowledged entry be
+/// lost, duplicated or renumbered. Always tears down.
+#[derive(Debug, Args)]
+pub struct SchemaDrill {
     /// Use the existing image for this tree; fail if it has not been built.
     #[arg(long)]
     pub no_build: bool,
@@ -755,6 +775,8 @@ pub enum CiStep {
     RecoveryDrill,
     /// cargo xtask fault-drill: a switch interrupted at every step, then repaired
     FaultDrill,
+    /// cargo xtask schema-drill: additive and breaking migrations, rolled back under writes
+    SchemaDrill,
     /// cargo xtask scan: Trivy (skipped when Trivy is not available, unless required)
     Scan,
 }

@@ -56,6 +56,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::ReleaseDrill(cmd) => cmd.run(&sh),
         Command::RecoveryDrill(cmd) => cmd.run(&sh),
         Command::FaultDrill(cmd) => cmd.run(&sh),
+        Command::SchemaDrill(cmd) => cmd.run(&sh),
         Command::Doctor(cmd) => cmd.run(&sh),
         Command::Coverage(cmd) => cmd.run(&sh),
         Command::Completions(cmd) => cmd.run(&sh),

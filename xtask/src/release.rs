@@ -35,6 +35,19 @@ pub struct Release {
     pub command: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The snapshot this release's migration took of the database before changing it:
+    /// `rollback --with-data` goes back with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<Snapshot>,
+}
+
+/// A verified copy of the database from before a migration, in the stack's volume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Its path in the service's container (`/data/snapshots/…`).
+    pub file: String,
+    /// The schema it is at.
+    pub schema: usize,
 }
 
 /// Who changed the stack, how, and why: recorded with each release.
@@ -111,7 +124,25 @@ impl History {
             by: audit.by,
             command: audit.command,
             message: audit.message,
+            snapshot: None,
         });
+    }
+
+    /// Whether a release already records `file` as its snapshot.
+    pub fn has_snapshot(&self, file: &str) -> bool {
+        self.releases.iter().any(|r| r.snapshot.as_ref().is_some_and(|s| s.file == file))
+    }
+
+    /// The newest record of `image`.
+    pub fn latest_of(&self, image: &str) -> Option<&Release> {
+        self.find(image)
+    }
+
+    /// Records `snapshot` with the newest record of `image`.
+    pub fn set_snapshot(&mut self, image: &str, snapshot: Snapshot) {
+        if let Some(release) = self.releases.iter_mut().rev().find(|r| r.image == image) {
+            release.snapshot = Some(snapshot);
+        }
     }
 
     fn find(&self, image: &str) -> Option<&Release> {
@@ -178,9 +209,17 @@ impl History {
                 let revision: String = r.revision.chars().take(12).collect();
                 let why = r.message.as_deref().map(|m| format!(" {m:?}")).unwrap_or_default();
                 let how = if r.command.is_empty() { String::new() } else { format!(" `{}`", r.command) };
-                format!("{mark} {:<28} {revision:<12}  {}  {}{how}{why}", r.image, r.deployed_at, r.by)
-                    .trim_end()
-                    .to_owned()
+                let snapshot = r
+                    .snapshot
+                    .as_ref()
+                    .map(|s| format!(" [snapshot at schema {}]", s.schema))
+                    .unwrap_or_default();
+                format!(
+                    "{mark} {:<28} {revision:<12}  {}  {}{how}{why}{snapshot}",
+                    r.image, r.deployed_at, r.by
+                )
+                .trim_end()
+                .to_owned()
             })
             .collect::<Vec<_>>()
             .join("\n")
@@ -240,6 +279,7 @@ mod tests {
             by: String::new(),
             command: String::new(),
             message: None,
+            snapshot: None,
         }
     }
 
@@ -407,6 +447,7 @@ mod tests {
             by: String::new(),
             command: String::new(),
             message: None,
+            snapshot: None,
         }
     }
 }

@@ -164,8 +164,14 @@ pub fn all_entries(addr: &str) -> Result<Vec<Entry>> {
 
 /// Appends an entry, optionally with a bearer token; the new id.
 pub fn append(addr: &str, text: &str, token: Option<&str>) -> Result<i64> {
+    append_keyed(addr, text, token, None)
+}
+
+/// [`append`], with an `Idempotency-Key` when `key` is given.
+pub fn append_keyed(addr: &str, text: &str, token: Option<&str>, key: Option<&str>) -> Result<i64> {
     let auth = token.map(|t| format!("Bearer {t}"));
-    let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+    let mut headers: Vec<(&str, &str)> = auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+    headers.extend(key.map(|k| ("Idempotency-Key", k)));
     let body = serde_json::json!({ "text": text }).to_string();
     let created =
         http::request_with_headers(addr, "POST", "/api/entries", &headers, Some(&body), REQUEST_TIMEOUT)?;
@@ -195,7 +201,9 @@ pub struct TrafficReport {
 
 impl Traffic {
     /// Starts the client against `addr`; its entries read `<label> <n>`, appended with
-    /// `token` when the service requires one.
+    /// `token` when the service requires one. Every second append carries an
+    /// `Idempotency-Key` and, should it fail, is retried once with it, as a careful client
+    /// would: the retry must never store the entry twice (the failure still counts).
     pub fn start(addr: &str, label: &str, token: Option<&str>) -> Self {
         let running = Arc::new(AtomicBool::new(true));
         let (addr, label, flag) = (addr.to_owned(), label.to_owned(), running.clone());
@@ -206,9 +214,15 @@ impl Traffic {
             while flag.load(Ordering::Relaxed) {
                 n += 1;
                 let text = format!("{label} {n}");
+                let key = (n % 2 == 0).then(|| format!("{label}-{}-{n}", std::process::id()));
                 let started = Instant::now();
-                let appended = append(&addr, &text, token.as_deref());
+                let mut appended = append_keyed(&addr, &text, token.as_deref(), key.as_deref());
                 report.note(started.elapsed(), appended.as_ref().err());
+                if appended.is_err() && key.is_some() {
+                    let started = Instant::now();
+                    appended = append_keyed(&addr, &text, token.as_deref(), key.as_deref());
+                    report.note(started.elapsed(), appended.as_ref().err());
+                }
                 if let Ok(id) = appended {
                     report.acknowledged.push((id, text.clone()));
                     let started = Instant::now();
@@ -272,10 +286,19 @@ impl TrafficReport {
     }
 }
 
-/// Every acknowledged entry is there, reading what was written.
+/// Every acknowledged entry is there, reading what was written, and once: no entry a
+/// client appended is stored twice (the texts are unique), so no retry duplicated one.
 pub fn expect_acknowledged(addr: &str, acknowledged: &[(i64, String)]) -> Result<()> {
-    let held: std::collections::BTreeMap<i64, String> =
-        all_entries(addr)?.into_iter().map(|e| (e.id, e.text)).collect();
+    let entries = all_entries(addr)?;
+    let mut seen = std::collections::HashSet::new();
+    let written: std::collections::HashSet<&str> = acknowledged.iter().map(|(_, t)| t.as_str()).collect();
+    let twice: Vec<i64> = entries
+        .iter()
+        .filter(|e| written.contains(e.text.as_str()) && !seen.insert(&e.text))
+        .map(|e| e.id)
+        .collect();
+    ensure!(twice.is_empty(), "{} entries are stored twice (ids {twice:?})", twice.len());
+    let held: std::collections::BTreeMap<i64, String> = entries.into_iter().map(|e| (e.id, e.text)).collect();
     let lost: Vec<i64> =
         acknowledged.iter().filter(|(id, text)| held.get(id) != Some(text)).map(|(id, _)| *id).collect();
     ensure!(

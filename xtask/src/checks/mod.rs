@@ -12,5 +12,6 @@ pub mod monitoring_smoke;
 pub mod recovery_drill;
 pub mod release_drill;
 pub mod scan;
+pub mod schema_drill;
 pub mod smoke;
 pub mod swarm_drill;

@@ -11,7 +11,7 @@ use clap::ValueEnum;
 use crate::checks::{advisories, coverage, lint, scan::Trivy};
 use crate::flags::{
     AuditImage, Build, Builder, Ci, CiStep, DEFAULT_FAIL_UNDER, Drill, FaultDrill, MonitoringSmoke,
-    RecoveryDrill, ReleaseDrill, Scan, ScanFormat, Smoke, SwarmDrill,
+    RecoveryDrill, ReleaseDrill, Scan, ScanFormat, SchemaDrill, Smoke, SwarmDrill,
 };
 use crate::outside::process::{self, Cmd};
 use crate::outside::tools::{self, cargo};
@@ -46,6 +46,7 @@ impl CiStep {
             | CiStep::ReleaseDrill
             | CiStep::RecoveryDrill
             | CiStep::FaultDrill
+            | CiStep::SchemaDrill
             | CiStep::AuditImage
             | CiStep::Scan => &[CiStep::Build],
         }
@@ -69,6 +70,7 @@ impl CiStep {
             CiStep::ReleaseDrill => done(ReleaseDrill { no_build: true }.run(sh)),
             CiStep::RecoveryDrill => done(RecoveryDrill { no_build: true }.run(sh)),
             CiStep::FaultDrill => done(FaultDrill { no_build: true }.run(sh)),
+            CiStep::SchemaDrill => done(SchemaDrill { no_build: true }.run(sh)),
             CiStep::AuditImage => done(AuditImage { tag: None, self_test: true }.run(sh)),
             CiStep::Advisories => advisories::check(sh, true).map(Outcome::Pass),
             CiStep::Scan => scan_step(sh, required),

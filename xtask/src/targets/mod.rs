@@ -115,6 +115,13 @@ fn rollback_compose(sh: &Shell, flags: RollbackCompose) -> Result<()> {
     let _lock = crate::state::lock(&history_file, &flags.lock.request())?;
     let started = Instant::now();
     let timeout = Duration::from_secs(flags.timeout);
+    if flags.with_data {
+        compose::journal::repair(sh, &stack, &history_file, timeout)?;
+        let line =
+            compose::snapshot::rollback_with_data(sh, &stack, &history_file, flags.to.as_deref(), timeout)?;
+        process::result(&format!("{line}; done in {:.1}s", started.elapsed().as_secs_f64()));
+        return Ok(());
+    }
     let image = compose::switch::rollback(sh, &stack, &history_file, flags.to.as_deref(), timeout)?;
     process::result(&format!("rolled back to {image}; ready in {:.1}s", started.elapsed().as_secs_f64()));
     Ok(())

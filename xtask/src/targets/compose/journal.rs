@@ -249,13 +249,15 @@ fn repair_with(
         docker(&["stop", &other.id])?;
         docker(&["rm", "--force", "--volumes", &other.id])?;
     }
+    if journal.step != Step::StartingNew {
+        // The new release had the database: it may have migrated it past the old one.
+        if let Some(old) = old.filter(|c| c.state == "running") {
+            docker(&["stop", &old.id])?;
+        }
+        super::snapshot::make_runnable(sh, compose, &journal.old_image)?;
+    }
     match old {
         Some(old) => {
-            // A stop interrupted midway may still be draining it: finish the stop, so the
-            // start below is not swallowed by a container about to exit.
-            if old.state == "running" && journal.step != Step::StartingNew {
-                docker(&["stop", &old.id])?;
-            }
             docker(&["start", &old.id])?;
         }
         None => {

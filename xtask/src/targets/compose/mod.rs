@@ -9,6 +9,7 @@ pub mod monitoring;
 pub mod replica;
 pub mod schema;
 pub mod settings;
+pub mod snapshot;
 pub mod switch;
 
 use std::net::{IpAddr, TcpListener};

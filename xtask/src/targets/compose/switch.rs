@@ -98,6 +98,10 @@ pub fn switch(sh: &Shell, compose: &Compose, history_file: &Path, image: &str, g
             addr
         }
     };
+    // A migration's snapshot goes with the release that took it.
+    if let Some((container, _)) = super::running(sh, &compose_new)? {
+        super::snapshot::record_taken(sh, &container, image, history_file)?;
+    }
     // What it was switched with, for commands run where there is no .env.
     super::settings::record(sh, compose, history_file)?;
     // The new release serves and is recorded; now the sidecar follows it.
@@ -181,7 +185,10 @@ fn start_fresh(
             process::say(&format!("{image} did not become ready; restoring {previous}"));
             process::clear_interrupt();
             let compose_old = compose.clone().var("LOGBOOK_IMAGE", previous);
-            let restored = process::run(sh, &compose_old.up())
+            // The failed release may have migrated the database before it failed.
+            let restored = process::run(sh, &compose.cmd(&["stop", project::NAME]))
+                .and_then(|()| super::snapshot::make_runnable(sh, compose, previous))
+                .and_then(|()| process::run(sh, &compose_old.up()))
                 .and_then(|()| super::wait_ready(sh, &compose_old, timeout));
             match restored {
                 Ok(addr) => {
@@ -276,6 +283,8 @@ impl SwitchGuard<'_> {
             // A stop that was interrupted may still be draining it: finish it first, so
             // the start is not swallowed by a container about to exit.
             self.docker(&["stop", old])?;
+            // The new release had the database: it may have migrated it past the old one.
+            super::snapshot::make_runnable(self.sh, self.compose, &self.journal.old_image)?;
             self.docker(&["start", old])?;
         }
         let compose_old = self.compose.clone().var("LOGBOOK_IMAGE", &self.journal.old_image);
