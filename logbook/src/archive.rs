@@ -165,6 +165,20 @@ pub fn schema_report(db: &Path) -> Result<SchemaReport, ArchiveError> {
 /// header, the logbook application id, a schema no newer than this build's, and
 /// `PRAGMA integrity_check`. Opens it read-only.
 pub fn verify_file(path: &Path) -> Result<FileReport, ArchiveError> {
+    verify_as(path, Accept::Servable)
+}
+
+/// Which schemas a verification accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Accept {
+    /// Only one this build can serve.
+    Servable,
+    /// Any: the copy a restore keeps of the database it replaces, which may have been
+    /// migrated past this build (a rollback across a breaking change).
+    AnySchema,
+}
+
+fn verify_as(path: &Path, accept: Accept) -> Result<FileReport, ArchiveError> {
     let shown = path.display();
     let mut header = [0u8; 16];
     let bytes =
@@ -177,7 +191,7 @@ pub fn verify_file(path: &Path) -> Result<FileReport, ArchiveError> {
     }
     let conn =
         open_to_check(path).map_err(|e| ArchiveError::Unusable(format!("cannot open {shown}: {e}")))?;
-    let report = check(&conn).map_err(|e| ArchiveError::Unusable(format!("{shown}: {e}")))?;
+    let report = check(&conn, accept).map_err(|e| ArchiveError::Unusable(format!("{shown}: {e}")))?;
     Ok(FileReport { bytes, ..report })
 }
 
@@ -205,7 +219,7 @@ fn open_to_check(path: &Path) -> rusqlite::Result<Connection> {
 }
 
 /// The reasons `verify_file` gives, without the file's name.
-fn check(conn: &Connection) -> Result<FileReport, String> {
+fn check(conn: &Connection, accept: Accept) -> Result<FileReport, String> {
     let pragma = |name: &str| -> Result<i64, String> {
         conn.query_row(&format!("PRAGMA {name}"), [], |r| r.get(0)).map_err(|e| format!("unreadable ({e})"))
     };
@@ -213,7 +227,7 @@ fn check(conn: &Connection) -> Result<FileReport, String> {
         return Err("not a logbook database".into());
     }
     let (floor, version) = crate::storage::schema_of(conn).map_err(|e| format!("unreadable ({e})"))?;
-    if floor > SCHEMA_VERSION {
+    if floor > SCHEMA_VERSION && accept == Accept::Servable {
         return Err(format!(
             "at schema {version}, it needs a release that knows schema {floor} or later; this build knows up to {SCHEMA_VERSION}"
         ));
@@ -234,6 +248,10 @@ fn check(conn: &Connection) -> Result<FileReport, String> {
 /// (non-WAL) mode so the copy is one self-contained file. Writers are not blocked.
 /// Never overwrites `dest`.
 pub fn backup(source: &Path, dest: &Path) -> Result<FileReport, ArchiveError> {
+    copy_as(source, dest, Accept::Servable)
+}
+
+fn copy_as(source: &Path, dest: &Path, accept: Accept) -> Result<FileReport, ArchiveError> {
     if dest.exists() {
         return Err(ArchiveError::File(format!("{} already exists; choose a new file name", dest.display())));
     }
@@ -267,6 +285,7 @@ pub fn backup(source: &Path, dest: &Path) -> Result<FileReport, ArchiveError> {
             dst.close().map_err(|(_, e)| database(e))
         },
         Placement::New,
+        accept,
     )
 }
 
@@ -421,7 +440,7 @@ pub fn restore(from: &Path, db: &Path, carry: Option<&Path>) -> Result<RestoreRe
     let issued = if db.exists() { highest_issued(db)? } else { None };
     let previous = if db.exists() {
         let kept = PathBuf::from(format!("{}.{}.bak", db.display(), utc_stamp()?));
-        backup(db, &kept)
+        copy_as(db, &kept, Accept::AnySchema)
             .map_err(|e| ArchiveError::File(format!("cannot keep the current database: {e}")))?;
         Some(kept)
     } else {
@@ -447,6 +466,7 @@ pub fn restore(from: &Path, db: &Path, carry: Option<&Path>) -> Result<RestoreRe
                 let _ = std::fs::remove_file(format!("{}{stale}", db.display()));
             }
         }),
+        Accept::Servable,
     )?;
     let (carried, not_carried) = outcome.map_or((None, Vec::new()), |(n, refused)| (Some(n), refused));
     Ok(RestoreReport { entries: copied.entries, previous, ids_after: issued, carried, not_carried })
@@ -495,10 +515,13 @@ fn write_verified(
     dest: &Path,
     write: impl FnOnce(&Path) -> Result<(), ArchiveError>,
     placement: Placement<'_>,
+    accept: Accept,
 ) -> Result<FileReport, ArchiveError> {
     let partial = create_new_beside(dest, "partial")?;
-    let result = write(&partial).and_then(|()| sync(&partial)).and_then(|()| verify_file(&partial)).and_then(
-        |report| {
+    let result = write(&partial)
+        .and_then(|()| sync(&partial))
+        .and_then(|()| verify_as(&partial, accept))
+        .and_then(|report| {
             let placed = match placement {
                 Placement::New => {
                     std::fs::hard_link(&partial, dest).and_then(|()| std::fs::remove_file(&partial))
@@ -513,8 +536,7 @@ fn write_verified(
             })?;
             sync_dir(dest);
             Ok(report)
-        },
-    );
+        });
     if result.is_err() {
         let _ = std::fs::remove_file(&partial);
     }
@@ -641,5 +663,21 @@ mod tests {
         let next = storage.append(NewEntry { text: "six".into(), tags: vec![], key: None }).await.unwrap();
         assert_eq!(next.id, 6, "no id is issued twice");
         tokio::task::spawn_blocking(move || writer.close()).await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_restore_keeps_a_database_migrated_past_this_build() {
+        let dir = temp_dir("newer");
+        let db = dir.join("logbook.db");
+        database_with(&db, &["one"]).await;
+        let snapshot = dir.join("snapshot.db");
+        backup(&db, &snapshot).unwrap();
+        // A later release's breaking change: this build could not serve it.
+        Connection::open(&db).unwrap().pragma_update(None, "user_version", 99).unwrap();
+        assert!(verify_file(&db).is_err());
+        let report = restore(&snapshot, &db, None).unwrap();
+        let kept = report.previous.expect("the replaced database is kept");
+        assert!(kept.exists(), "{}", kept.display());
+        assert_eq!(verify_file(&db).unwrap().entries, 1);
     }
 }
