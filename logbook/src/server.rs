@@ -298,6 +298,7 @@ async fn open_storage(
                 "cannot use LOGBOOK_DB_PATH={shown:?}: {why}, still after LOGBOOK_LOCK_WAIT={}s; stop the other process",
                 lock_wait.as_secs()
             ),
+            StorageError::Refused(why) => format!("cannot use LOGBOOK_DB_PATH={shown:?}: {why}"),
             e => format!(
                 "cannot use LOGBOOK_DB_PATH={shown:?}: {e} (expected a writable file path in an existing directory)"
             ),

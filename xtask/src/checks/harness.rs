@@ -134,7 +134,11 @@ pub struct Entry {
 }
 
 pub fn expect_entry(addr: &str, id: i64, text: &str) -> Result<()> {
-    let response = http::get(addr, &format!("/api/entries/{id}"), REQUEST_TIMEOUT)?;
+    expect_entry_within(addr, id, text, REQUEST_TIMEOUT)
+}
+
+fn expect_entry_within(addr: &str, id: i64, text: &str, timeout: Duration) -> Result<()> {
+    let response = http::get(addr, &format!("/api/entries/{id}"), timeout)?;
     ensure!(response.status == 200, "entry {id}: {} {}", response.status, response.body);
     let entry: Entry = serde_json::from_str(&response.body)?;
     ensure!(entry.text == text, "entry {id} reads back as {:?}", entry.text);
@@ -164,17 +168,22 @@ pub fn all_entries(addr: &str) -> Result<Vec<Entry>> {
 
 /// Appends an entry, optionally with a bearer token; the new id.
 pub fn append(addr: &str, text: &str, token: Option<&str>) -> Result<i64> {
-    append_keyed(addr, text, token, None)
+    append_keyed(addr, text, token, None, REQUEST_TIMEOUT)
 }
 
-/// [`append`], with an `Idempotency-Key` when `key` is given.
-pub fn append_keyed(addr: &str, text: &str, token: Option<&str>, key: Option<&str>) -> Result<i64> {
+/// [`append`], with an `Idempotency-Key` when `key` is given, waiting up to `timeout`.
+fn append_keyed(
+    addr: &str,
+    text: &str,
+    token: Option<&str>,
+    key: Option<&str>,
+    timeout: Duration,
+) -> Result<i64> {
     let auth = token.map(|t| format!("Bearer {t}"));
     let mut headers: Vec<(&str, &str)> = auth.iter().map(|a| ("Authorization", a.as_str())).collect();
     headers.extend(key.map(|k| ("Idempotency-Key", k)));
     let body = serde_json::json!({ "text": text }).to_string();
-    let created =
-        http::request_with_headers(addr, "POST", "/api/entries", &headers, Some(&body), REQUEST_TIMEOUT)?;
+    let created = http::request_with_headers(addr, "POST", "/api/entries", &headers, Some(&body), timeout)?;
     ensure!(created.status == 201, "POST answered {}: {}", created.status, created.body);
     Ok(serde_json::from_str::<Entry>(&created.body)?.id)
 }
@@ -205,6 +214,11 @@ impl Traffic {
     /// `Idempotency-Key` and, should it fail, is retried once with it, as a careful client
     /// would: the retry must never store the entry twice (the failure still counts).
     pub fn start(addr: &str, label: &str, token: Option<&str>) -> Self {
+        Self::start_within(addr, label, token, REQUEST_TIMEOUT)
+    }
+
+    /// [`Traffic::start`], with requests that wait up to `timeout` for their answer.
+    pub fn start_within(addr: &str, label: &str, token: Option<&str>, timeout: Duration) -> Self {
         let running = Arc::new(AtomicBool::new(true));
         let (addr, label, flag) = (addr.to_owned(), label.to_owned(), running.clone());
         let token = token.map(str::to_owned);
@@ -216,17 +230,17 @@ impl Traffic {
                 let text = format!("{label} {n}");
                 let key = (n % 2 == 0).then(|| format!("{label}-{}-{n}", std::process::id()));
                 let started = Instant::now();
-                let mut appended = append_keyed(&addr, &text, token.as_deref(), key.as_deref());
+                let mut appended = append_keyed(&addr, &text, token.as_deref(), key.as_deref(), timeout);
                 report.note(started.elapsed(), appended.as_ref().err());
                 if appended.is_err() && key.is_some() {
                     let started = Instant::now();
-                    appended = append_keyed(&addr, &text, token.as_deref(), key.as_deref());
+                    appended = append_keyed(&addr, &text, token.as_deref(), key.as_deref(), timeout);
                     report.note(started.elapsed(), appended.as_ref().err());
                 }
                 if let Ok(id) = appended {
                     report.acknowledged.push((id, text.clone()));
                     let started = Instant::now();
-                    let read = expect_entry(&addr, id, &text);
+                    let read = expect_entry_within(&addr, id, &text, timeout);
                     report.note(started.elapsed(), read.as_ref().err());
                 }
             }

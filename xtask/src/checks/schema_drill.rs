@@ -41,6 +41,9 @@ const BREAKING: &str = r#"
     // schema-drill: breaking.
     Migration { sql: "CREATE TABLE drill_breaking (note TEXT);", breaking: true },"#;
 
+/// How long the proxy holds a request while no release serves (`lb_try_duration`).
+const PROXY_HOLD: Duration = Duration::from_secs(20);
+
 /// The images and the stack the drill works on.
 struct Rehearsal<'a> {
     sh: &'a Shell,
@@ -177,7 +180,9 @@ impl Rehearsal<'_> {
             self.expect(&self.v1, 2, 1)?;
             Ok(addr)
         })?;
-        let traffic = Traffic::start(&addr, "schema-drill", None);
+        // The proxy holds requests while no release serves, for up to 20 s: the data moving
+        // in `rollback --with-data`, or the guard restoring the snapshot, takes a few.
+        let traffic = Traffic::start_within(&addr, "schema-drill", None, PROXY_HOLD);
         let outcome = self.switches(checks);
         let report = traffic.stop()?;
         outcome?;

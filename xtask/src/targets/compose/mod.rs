@@ -226,7 +226,7 @@ pub fn wait_ready(sh: &Shell, compose: &Compose, timeout: Duration) -> Result<St
         {
             return Ok(Some(addr.clone()));
         }
-        if last_state_check.elapsed() >= Duration::from_secs(1) {
+        if last_state_check.elapsed() >= Duration::from_millis(500) {
             last_state_check = Instant::now();
             let service: Vec<PsEntry> =
                 containers(sh, compose)?.into_iter().filter(|c| c.service == project::NAME).collect();
