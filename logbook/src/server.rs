@@ -142,6 +142,7 @@ pub async fn serve(
     started: Instant,
 ) -> Result<(), ServeError> {
     let metrics = crate::telemetry::init_metrics().map_err(ServeError::Runtime)?;
+    metrics::gauge!("logbook_wal_autocheckpoint_pages").set(f64::from(config.wal_autocheckpoint));
     let Listeners { main: listener, ready: mut ready_socket } = listeners.into();
     let local = listener.local_addr().map_err(|e| ServeError::Runtime(e.to_string()))?;
     let ready_addr = match &ready_socket {

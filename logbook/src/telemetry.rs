@@ -104,6 +104,15 @@ fn describe() {
         "Size of the database file and its write-ahead log, at the last scrape."
     );
     describe_gauge!(
+        "logbook_database_wal_bytes",
+        Unit::Bytes,
+        "Size of the database's write-ahead log, at the last scrape: it grows until a checkpoint folds it back."
+    );
+    describe_gauge!(
+        "logbook_wal_autocheckpoint_pages",
+        "LOGBOOK_WAL_AUTOCHECKPOINT: 0 when checkpoints are left to the replication sidecar."
+    );
+    describe_gauge!(
         "logbook_data_volume_free_bytes",
         Unit::Bytes,
         "Space left for the database on its filesystem (for unprivileged writers), at the last scrape."
@@ -128,6 +137,7 @@ pub fn record_disk(db: &std::path::Path) {
     let size =
         |suffix: &str| std::fs::metadata(format!("{}{suffix}", db.display())).map(|m| m.len()).unwrap_or(0);
     metrics::gauge!("logbook_database_size_bytes").set((size("") + size("-wal")) as f64);
+    metrics::gauge!("logbook_database_wal_bytes").set(size("-wal") as f64);
     let dir = db.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
     if let Ok(fs) = rustix::fs::statvfs(dir) {
         metrics::gauge!("logbook_data_volume_free_bytes").set((fs.f_bavail * fs.f_frsize) as f64);

@@ -63,6 +63,12 @@ impl RecoveryDrill {
         checks.run("the replica unreachable: the service keeps serving; replication catches up", || {
             drill.outage(&addr)
         })?;
+        checks.run("`backup --check-replica`: a marker entry written through the stack is found in the replica's copy", || {
+            crate::commands::backup::check_replica(sh, &drill.compose)
+        })?;
+        checks.run("a planned stop right after writes waits for the replica: the volume lost after it, `up` restores every acknowledged entry", || {
+            drill.planned_stop(&addr)
+        })?;
         guard.succeeded();
         process::result(&format!(
             "recovery-drill: all {} checks passed; {} entries acknowledged under load ({:.0}/s); lost: {} acknowledged before the last replicated sync, {} in the {} ms after it; \
@@ -257,19 +263,39 @@ impl Recovery<'_> {
         let ids = during.context("the service stopped serving while the replica was unreachable")?;
         self.store.wait_listening()?;
         let settings = replica::Settings::of(self.sh, &self.compose).context("replication is off")?;
-        let count = harness::all_entries(addr)?.len() as i64;
-        process::wait_for(
-            "the replica to catch up",
+        let last = ids.iter().copied().max().unwrap_or_default();
+        replica::wait_for_replica(
+            self.sh,
+            &self.compose,
+            &settings,
+            &self.image,
+            last,
             Duration::from_secs(60),
-            Duration::from_millis(500),
-            || {
-                let scratch = replica::Scratch::new(self.sh)?;
-                let (file, _) = replica::restore_into(self.sh, &self.compose, &settings, None, &scratch)?;
-                let report = compose::data::verify(self.sh, &self.image, &file)?;
-                Ok((report.entries == count).then_some(()))
-            },
         )
-        .with_context(|| format!("entries {ids:?}, written during the outage, never reached the replica"))
+        .with_context(|| format!("entries {ids:?}, written during the outage, never reached the replica"))?;
+        Ok(())
+    }
+
+    /// Writers until the moment of a planned stop (the runner's own, as `down` does it),
+    /// then the host is lost: the volume goes, and `up` restores from the replica alone.
+    fn planned_stop(&self, addr: &str) -> Result<()> {
+        let load = Load::start(addr, "planned stop");
+        std::thread::sleep(Duration::from_secs(2));
+        let acks = load.stop();
+        ensure!(!acks.is_empty(), "no entry was acknowledged");
+        replica::drain_before_stop(self.sh, &self.compose, &self.image)?;
+        process::run(self.sh, &self.compose.down(false))?;
+        process::run(
+            self.sh,
+            &Cmd::new("docker").args(["volume", "rm", &format!("{}_data", self.compose.project)]),
+        )?;
+        let addr = self.up()?;
+        let held: std::collections::BTreeMap<i64, String> =
+            harness::all_entries(&addr)?.into_iter().map(|e| (e.id, e.text)).collect();
+        let lost = acks.iter().filter(|a| held.get(&a.id) != Some(&a.text)).count();
+        process::say(&format!("  {} acknowledged up to the stop; {lost} lost with the volume", acks.len()));
+        ensure!(lost == 0, "{lost} of {} entries acknowledged before the planned stop are lost", acks.len());
+        Ok(())
     }
 }
 

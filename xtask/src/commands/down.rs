@@ -20,6 +20,12 @@ impl Down {
         }
         let history = compose::history_path(sh, &compose)?;
         let _lock = crate::state::lock(&history, &self.lock.request())?;
+        // A planned stop: what the service acknowledged reaches the replica first.
+        if compose::replica::is_on(&compose)
+            && let Ok(image) = compose::data::image_for(sh, &compose, &history)
+        {
+            compose::replica::drain_before_stop(sh, &compose, &image)?;
+        }
         process::run(sh, &compose.down(self.volumes))?;
         // Every container is gone: an unfinished switch has nothing left to repair.
         if let Some(unfinished) = compose::journal::Journal::load(&history).unwrap_or(None) {

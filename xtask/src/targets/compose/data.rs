@@ -19,6 +19,9 @@ use crate::release::History;
 pub struct FileReport {
     pub entries: i64,
     pub bytes: u64,
+    /// The highest entry id it holds (releases before it do not say: 0).
+    #[serde(default)]
+    pub last_id: i64,
 }
 
 /// Streams `logbook backup --to -` out of the running service into `out` (through a
@@ -131,6 +134,8 @@ pub fn restore(
         // Ctrl-C): on the restored data, or on the old data (a failed restore changes
         // nothing).
         let _back = BringBack { sh, compose: &compose_up };
+        // The data about to be replaced reaches the replica first.
+        super::replica::drain_before_stop(sh, compose, &image)?;
         process::run(sh, &compose.cmd(&stop))?;
         process::capture(sh, &restore_in_container(&image, &volume, file)?)
     };
