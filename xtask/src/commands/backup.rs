@@ -49,7 +49,7 @@ pub fn check_replica(sh: &Shell, compose: &docker::Compose) -> Result<()> {
         format!("--check-replica: replication is off; set {} (docs/OPERATIONS.md)", replica::URL_VAR)
     })?;
     let image = data::image_for(sh, compose, &compose::history_path(sh, compose)?)?;
-    process::needs_effects("append a marker entry")?;
+    process::effect("append a marker entry through the stack")?;
     let (marker, text) = append_marker(sh, compose)?;
     let took = replica::wait_for_replica(sh, compose, &settings, &image, marker, MARKER_WAIT).with_context(
         || format!("the marker entry {marker} did not reach the replica at {}", settings.url),

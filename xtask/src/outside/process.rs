@@ -454,6 +454,15 @@ pub fn is_dry_run() -> bool {
     runner().dry_run
 }
 
+/// An effect the runner has itself, not through a command (an HTTP request, say): under
+/// `--dry-run` the dry run ends here, naming it, since what follows depends on it.
+pub fn effect(what: &str) -> Result<()> {
+    if is_dry_run() {
+        return Err(DryRunEnd { next: what.to_owned() }.into());
+    }
+    Ok(())
+}
+
 /// Runs a read-only command silently and returns its trimmed stdout. Runs even under
 /// `--dry-run`, since it changes nothing; a failure includes the command's stderr.
 pub fn query(sh: &Shell, cmd: &Cmd) -> Result<String> {
