@@ -66,7 +66,7 @@ impl RecoveryDrill {
         checks.run("`backup --check-replica`: a marker entry written through the stack is found in the replica's copy", || {
             crate::commands::backup::check_replica(sh, &drill.compose)
         })?;
-        checks.run("a planned stop right after writes waits for the replica: the volume lost after it, `up` restores every acknowledged entry", || {
+        checks.run("a planned stop right after writes waits for the replica: the host lost the moment it returns, `up` restores every acknowledged entry", || {
             drill.planned_stop(&addr)
         })?;
         guard.succeeded();
@@ -276,14 +276,21 @@ impl Recovery<'_> {
         Ok(())
     }
 
-    /// Writers until the moment of a planned stop (the runner's own, as `down` does it),
-    /// then the host is lost: the volume goes, and `up` restores from the replica alone.
+    /// Writers until the moment of a planned stop (the runner's own, as `down` does it);
+    /// the host is lost the moment it returns: the sidecar is killed with no chance of a
+    /// last sync (as the first check shows, that loses up to a sync interval of entries
+    /// otherwise), the volume goes, and `up` restores from the replica alone.
     fn planned_stop(&self, addr: &str) -> Result<()> {
         let load = Load::start(addr, "planned stop");
         std::thread::sleep(Duration::from_secs(2));
         let acks = load.stop();
         ensure!(!acks.is_empty(), "no entry was acknowledged");
         replica::drain_before_stop(self.sh, &self.compose, &self.image)?;
+        let sidecar = compose::containers(self.sh, &self.compose)?
+            .into_iter()
+            .find(|c| c.state == "running" && c.service == replica::SERVICE)
+            .context("the sidecar is not running")?;
+        process::run(self.sh, &Cmd::new("docker").args(["kill", "--signal", "KILL", &sidecar.id]))?;
         process::run(self.sh, &self.compose.down(false))?;
         process::run(
             self.sh,
