@@ -121,7 +121,11 @@ pub struct Down {
 
 /// Show the stack's containers: image tag, state, health and uptime.
 #[derive(Debug, Args)]
-pub struct Status {}
+pub struct Status {
+    /// Print one JSON object instead of the table (schema: docs/OPERATIONS.md, "Output for programs").
+    #[arg(long)]
+    pub json: bool,
+}
 
 /// Show the stack's logs.
 #[derive(Debug, Args)]
@@ -213,6 +217,11 @@ pub struct RollbackCompose {
     /// deployed each with which command, and why; change nothing.
     #[arg(long)]
     pub list: bool,
+
+    /// With --list: print one JSON object instead of the table (schema:
+    /// docs/OPERATIONS.md, "Output for programs").
+    #[arg(long, requires = "list")]
+    pub json: bool,
 
     /// Go back across a breaking schema change: restore the snapshot the running release
     /// took before it migrated, carry over every entry appended since (ids and
@@ -738,6 +747,20 @@ pub struct Ci {
     /// Trivy). Repeatable, or comma-separated.
     #[arg(long, value_enum, value_delimiter = ',')]
     pub require: Vec<CiStep>,
+
+    /// Run these steps (comma-separated; every step when none is named) even if their
+    /// inputs are unchanged since they last passed.
+    #[arg(long, value_enum, value_delimiter = ',', num_args = 0..)]
+    pub force: Option<Vec<CiStep>>,
+
+    /// Run every step, and consult no record of earlier runs (as on GitHub, where CI=true).
+    #[arg(long)]
+    pub no_cache: bool,
+
+    /// End with one JSON object of the results instead of the table (schema:
+    /// docs/OPERATIONS.md, "Output for programs").
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// The steps of `cargo xtask ci`, in the order they run.

@@ -103,6 +103,13 @@ impl History {
         serde_json::to_string_pretty(&file).unwrap_or_default() + "\n"
     }
 
+    /// `rollback --list --json`: the project, the running image, and every recorded
+    /// release, newest first, as stored.
+    pub fn to_list_json(&self, project: &str, running: Option<&str>) -> String {
+        let releases: Vec<&Release> = self.releases.iter().rev().collect();
+        serde_json::json!({ "project": project, "running": running, "releases": releases }).to_string()
+    }
+
     pub fn current(&self) -> Option<&Release> {
         self.releases.last()
     }
@@ -281,6 +288,22 @@ mod tests {
             message: None,
             snapshot: None,
         }
+    }
+
+    #[test]
+    fn the_json_list_is_newest_first_with_every_field() {
+        let mut h = History::default();
+        h.record("logbook:aaa", "r1", "2026-12-04T10:00:00Z", None, Audit::default());
+        h.record("logbook:bbb", "r2", "2026-12-04T11:00:00Z", Some("logbook:aaa".into()), Audit::default());
+        h.set_snapshot("logbook:bbb", Snapshot { file: "/data/snapshots/schema-2-x.db".into(), schema: 2 });
+        let value: serde_json::Value =
+            serde_json::from_str(&h.to_list_json("logbook", Some("logbook:bbb"))).unwrap();
+        assert_eq!(value["running"], "logbook:bbb");
+        assert_eq!(value["releases"][0]["image"], "logbook:bbb");
+        assert_eq!(value["releases"][0]["previous"], "logbook:aaa");
+        assert_eq!(value["releases"][0]["snapshot"]["schema"], 2);
+        assert_eq!(value["releases"][1]["revision"], "r1");
+        assert!(value["releases"][1].get("snapshot").is_none());
     }
 
     #[test]

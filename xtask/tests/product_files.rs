@@ -156,7 +156,9 @@ fn every_alert_explains_itself() {
             "LogbookStorageErrors",
             "LogbookDiskLow",
             "LogbookDiskFillingUp",
-            "LogbookReplicationLagging"
+            "LogbookReplicationLagging",
+            "LogbookReplicationSidecarDown",
+            "LogbookWalGrowing"
         ]
     );
     // The runbook covers each one.

@@ -8,6 +8,7 @@ use xshell::Shell;
 
 use clap::ValueEnum;
 
+use super::ci_cache::{self, Cache};
 use crate::checks::{advisories, coverage, lint, scan::Trivy};
 use crate::flags::{
     AuditImage, Build, Builder, Ci, CiStep, DEFAULT_FAIL_UNDER, Drill, FaultDrill, MonitoringSmoke,
@@ -15,6 +16,7 @@ use crate::flags::{
 };
 use crate::outside::process::{self, Cmd};
 use crate::outside::tools::{self, cargo};
+use crate::outside::{docker, image};
 
 impl CiStep {
     /// Every step, in the order they run: the order of the enum.
@@ -114,7 +116,7 @@ fn scan_step(sh: &Shell, required: bool) -> Result<Outcome> {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 enum Outcome {
     /// Passed, with an optional note (what it could not check, say).
     Pass(String),
@@ -122,6 +124,8 @@ enum Outcome {
     Skipped(String),
     /// A dry run ended inside the step: its commands were printed, not run.
     DryRun,
+    /// Not run: what it reads is unchanged since the recorded green run.
+    Cached(ci_cache::Record),
 }
 
 struct StepReport {
@@ -134,6 +138,16 @@ impl Ci {
     pub fn run(self, sh: &Shell) -> Result<()> {
         let started = Instant::now();
         let mut reports: Vec<StepReport> = Vec::new();
+        let on_ci = std::env::var("CI").is_ok_and(|v| v == "true");
+        let cache = (!self.no_cache && !on_ci && !process::is_dry_run())
+            .then(|| Cache::new(&sh.current_dir().join("target").join("ci-cache")));
+        if cache.is_none() {
+            process::say("ci: every step runs (--no-cache, CI=true or --dry-run)");
+        }
+        let tree = match &cache {
+            Some(_) => ci_cache::tree(sh)?,
+            None => Vec::new(),
+        };
         for &step in CiStep::all() {
             let outcome_before_run = if process::interrupted() {
                 Some(Outcome::Skipped("not run: interrupted".into()))
@@ -151,6 +165,19 @@ impl Ci {
                     })
                     .map(|need| Outcome::Skipped(format!("not run: needs {}", need.name())))
             };
+            let forced = self.force.as_ref().is_some_and(|f| f.is_empty() || f.contains(&step));
+            let key = match (&cache, ci_cache::reads(step), outcome_before_run.is_some() || forced) {
+                (Some(_), Some(reads), false) => Some(step_key(sh, &reads, &tree)),
+                _ => None,
+            };
+            // A build's green record counts only while the image it built is there.
+            let builds = matches!(step, CiStep::Build | CiStep::BuildClassic);
+            let hit = key
+                .as_ref()
+                .zip(cache.as_ref())
+                .and_then(|(key, cache)| cache.hit(step, key))
+                .filter(|_| !builds || tree_image_id(sh).is_some());
+            let outcome_before_run = outcome_before_run.or(hit.map(Outcome::Cached));
             let report = match outcome_before_run {
                 Some(outcome) => StepReport { step, outcome, took: None },
                 None => {
@@ -169,13 +196,26 @@ impl Ci {
                             Outcome::Fail(format!("{e:#}"))
                         }
                     };
+                    if let (Some(cache), Some(key)) = (&cache, key) {
+                        let passed = matches!(outcome, Outcome::Pass(_)).then(|| ci_cache::Record {
+                            key,
+                            at: crate::time::now_rfc3339(),
+                            revision: revision(sh),
+                            seconds: took.as_secs_f64(),
+                        });
+                        cache.note(step, passed)?;
+                    }
                     StepReport { step, outcome, took: Some(took) }
                 }
             };
             reports.push(report);
         }
 
-        process::result(summary_table(&reports, started.elapsed()).trim_end());
+        if self.json {
+            process::result(&summary_json(&reports, started.elapsed()));
+        } else {
+            process::result(summary_table(&reports, started.elapsed()).trim_end());
+        }
         if let Ok(path) = std::env::var("GITHUB_STEP_SUMMARY") {
             let markdown = summary_markdown(&reports);
             let existing = std::fs::read_to_string(&path).unwrap_or_default();
@@ -190,6 +230,23 @@ impl Ci {
         }
         Ok(())
     }
+}
+
+/// The id of this tree's image, if it is there.
+fn tree_image_id(sh: &Shell) -> Option<String> {
+    let tag = image::ImagePlan::from_repo(sh).ok()?.tag;
+    process::query(sh, &docker::inspect_format(&tag, "{{.Id}}")).ok()
+}
+
+/// The key of what `step` reads now.
+fn step_key(sh: &Shell, reads: &ci_cache::Reads, tree: &[String]) -> String {
+    let image_id = if reads.image { tree_image_id(sh) } else { None };
+    ci_cache::measure(sh, reads, tree, image_id.as_deref()).key()
+}
+
+/// The commit this tree is at (short), for the record of a green step.
+fn revision(sh: &Shell) -> String {
+    process::query(sh, &Cmd::new("git").args(["rev-parse", "--short=12", "HEAD"])).unwrap_or_default()
 }
 
 pub fn fmt_check() -> Cmd {
@@ -214,7 +271,13 @@ fn outcome_words(outcome: &Outcome) -> (&'static str, &str) {
         Outcome::Fail(why) => ("FAIL", why.lines().next().unwrap_or_default()),
         Outcome::Skipped(why) => ("skipped", why),
         Outcome::DryRun => ("dry run", "commands printed, not run"),
+        Outcome::Cached(_) => ("cached", ""),
     }
+}
+
+/// The note of a cached step: the green run it comes from.
+fn cached_note(record: &ci_cache::Record) -> String {
+    format!("inputs unchanged since the pass at {} ({}, {:.1}s)", record.at, record.revision, record.seconds)
 }
 
 fn seconds(took: Option<Duration>) -> String {
@@ -226,6 +289,11 @@ fn summary_table(reports: &[StepReport], total: Duration) -> String {
     let mut out = format!("\n{:<width$}  result   time     note\n", "step");
     for r in reports {
         let (result, note) = outcome_words(&r.outcome);
+        let cached = match &r.outcome {
+            Outcome::Cached(record) => cached_note(record),
+            _ => String::new(),
+        };
+        let note = if cached.is_empty() { note } else { cached.as_str() };
         let line = format!("{:<width$}  {:<8} {:<8} {}", r.step.name(), result, seconds(r.took), note);
         let _ = writeln!(out, "{}", line.trim_end());
     }
@@ -233,10 +301,39 @@ fn summary_table(reports: &[StepReport], total: Duration) -> String {
     out
 }
 
+/// `ci --json`: each step in order with its result (`pass`, `FAIL`, `skipped`, `dry run`,
+/// `cached`), seconds (null when it did not run), note, and for a cached step the green run
+/// it comes from; then the total.
+fn summary_json(reports: &[StepReport], total: Duration) -> String {
+    let steps: Vec<serde_json::Value> = reports
+        .iter()
+        .map(|r| {
+            let (result, note) = outcome_words(&r.outcome);
+            let cached_from = match &r.outcome {
+                Outcome::Cached(record) => serde_json::to_value(record).unwrap_or_default(),
+                _ => serde_json::Value::Null,
+            };
+            serde_json::json!({
+                "step": r.step.name(),
+                "result": result,
+                "seconds": r.took.map(|t| t.as_secs_f64()),
+                "note": note,
+                "cached_from": cached_from,
+            })
+        })
+        .collect();
+    serde_json::json!({ "steps": steps, "total_seconds": total.as_secs_f64() }).to_string()
+}
+
 fn summary_markdown(reports: &[StepReport]) -> String {
     let mut out = String::from("### cargo xtask ci\n\n| step | result | time | note |\n|---|---|---|---|\n");
     for r in reports {
         let (result, note) = outcome_words(&r.outcome);
+        let cached = match &r.outcome {
+            Outcome::Cached(record) => cached_note(record),
+            _ => String::new(),
+        };
+        let note = if cached.is_empty() { note } else { cached.as_str() };
         let _ = writeln!(
             out,
             "| {} | {} | {} | {} |",
@@ -292,6 +389,14 @@ mod tests {
             |step: &str, word: &str| table.lines().find(|l| l.starts_with(step)).unwrap().find(word).unwrap();
         assert_eq!(at("fmt", "pass"), at("clippy", "FAIL"));
         assert_eq!(at("fmt", "pass"), at("test", "skipped"));
+        let json: serde_json::Value =
+            serde_json::from_str(&summary_json(&reports, Duration::from_secs(5))).unwrap();
+        assert_eq!(json["steps"][0]["step"], "fmt");
+        assert_eq!(json["steps"][0]["result"], "pass");
+        assert_eq!(json["steps"][1]["result"], "FAIL");
+        assert_eq!(json["steps"][1]["seconds"], 3.0);
+        assert!(json["steps"][2]["seconds"].is_null() && json["steps"][2]["cached_from"].is_null());
+        assert_eq!(json["total_seconds"], 5.0);
         let md = summary_markdown(&reports);
         assert!(md.contains("| clippy | FAIL | 3.0s | `cargo clippy` failed |"), "{md}");
     }

@@ -5,6 +5,7 @@ pub mod backup;
 pub mod bench;
 pub mod build;
 pub mod ci;
+pub mod ci_cache;
 pub mod completions;
 pub mod doctor;
 pub mod down;

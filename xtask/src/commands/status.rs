@@ -14,7 +14,7 @@ use crate::targets::compose::{self, monitoring};
 use crate::time;
 
 /// One container, as `docker inspect` describes it.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Row {
     pub service: String,
     pub name: String,
@@ -29,6 +29,10 @@ impl Status {
         // The monitoring services too, which share the project.
         let stack = monitoring::interpolable(sh, compose::stack(sh, docker::connect(sh)?));
         let ids: Vec<String> = compose::containers(sh, &stack)?.into_iter().map(|c| c.id).collect();
+        if ids.is_empty() && self.json {
+            process::result(&report_json(&stack.project, &[], None, None));
+            return Ok(());
+        }
         if ids.is_empty() {
             process::result(&format!(
                 "no containers in project {} (start it with `cargo xtask up`)",
@@ -38,10 +42,16 @@ impl Status {
         }
         let inspected = process::query(sh, &Cmd::new("docker").arg("inspect").args(ids))?;
         let rows = rows_from_inspect(&inspected, SystemTime::now())?;
-        process::result(&table(&rows));
         // Which release answers: the running service container, behind the proxy.
         let serving = compose::running(sh, &stack)?;
         let addr = compose::published_addr(sh, &stack).ok();
+        let unfinished = compose::journal::Journal::load(&compose::history_path(sh, &stack)?)?;
+        if self.json {
+            let serving = serving.map(|(id, image)| (id, image, addr));
+            process::result(&report_json(&stack.project, &rows, serving, unfinished.map(|j| j.describe())));
+            return Ok(());
+        }
+        process::result(&table(&rows));
         process::result(&match (serving, addr) {
             (Some((id, image)), Some(addr)) => {
                 let name = rows.iter().find(|r| r.image == image).map_or(id.as_str(), |r| r.name.as_str());
@@ -52,7 +62,7 @@ impl Status {
             }
             (None, _) => "serving: nothing: no service container runs".to_owned(),
         });
-        if let Some(unfinished) = compose::journal::Journal::load(&compose::history_path(sh, &stack)?)? {
+        if let Some(unfinished) = unfinished {
             process::result(&format!(
                 "unfinished switch: {}; the next `cargo xtask up` (or any command that changes the stack) repairs it",
                 unfinished.describe()
@@ -60,6 +70,30 @@ impl Status {
         }
         Ok(())
     }
+}
+
+/// `status --json`: the project, its containers, what serves and where, and an unfinished
+/// switch if there is one.
+pub fn report_json(
+    project: &str,
+    rows: &[Row],
+    serving: Option<(String, String, Option<String>)>,
+    unfinished_switch: Option<String>,
+) -> String {
+    let serving = serving.map(|(container, image, addr)| {
+        serde_json::json!({
+            "container": container,
+            "image": image,
+            "url": addr.map(|a| format!("http://{a}")),
+        })
+    });
+    serde_json::json!({
+        "project": project,
+        "containers": rows,
+        "serving": serving,
+        "unfinished_switch": unfinished_switch,
+    })
+    .to_string()
 }
 
 /// A container as `docker inspect` describes it, as far as the table needs.
@@ -179,5 +213,32 @@ mod tests {
             table.contains("logbook  logbook-logbook-1  logbook:0123456789ab  running  healthy  4m 11s"),
             "{table}"
         );
+    }
+
+    #[test]
+    fn the_json_report_has_its_documented_shape() {
+        let row = Row {
+            service: "logbook".into(),
+            name: "logbook-logbook-1".into(),
+            image: "logbook:abc".into(),
+            state: "running".into(),
+            health: "healthy".into(),
+            uptime: "5m".into(),
+        };
+        let json = report_json(
+            "logbook",
+            &[row],
+            Some(("c0ffee".into(), "logbook:abc".into(), Some("127.0.0.1:8080".into()))),
+            None,
+        );
+        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(value["project"], "logbook");
+        assert_eq!(value["containers"][0]["health"], "healthy");
+        assert_eq!(value["containers"][0]["service"], "logbook");
+        assert_eq!(value["serving"]["url"], "http://127.0.0.1:8080");
+        assert_eq!(value["serving"]["image"], "logbook:abc");
+        assert!(value["unfinished_switch"].is_null());
+        let idle: serde_json::Value = serde_json::from_str(&report_json("p", &[], None, None)).unwrap();
+        assert!(idle["serving"].is_null() && idle["containers"].as_array().unwrap().is_empty());
     }
 }

@@ -108,6 +108,10 @@ fn rollback_compose(sh: &Shell, flags: RollbackCompose) -> Result<()> {
     if flags.list {
         let history = crate::release::History::load(&history_file)?;
         let running = compose::running_image(sh, &stack).unwrap_or(None);
+        if flags.json {
+            process::result(&history.to_list_json(&stack.project, running.as_deref()));
+            return Ok(());
+        }
         process::result(&format!("releases of project {}, newest first (* = running):", stack.project));
         process::result(&history.table(running.as_deref()));
         return Ok(());
