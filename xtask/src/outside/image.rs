@@ -149,6 +149,7 @@ pub fn revision(sh: &Shell, image: &str) -> String {
 /// Builds `plan`'s image and prints its tags, size and build time.
 pub fn build(sh: &Shell, plan: &ImagePlan, builder: Builder) -> Result<()> {
     let started = Instant::now();
+    let builder = usable_builder(sh, builder);
     process::run(sh, &build_image(plan, builder))?;
     let size: f64 = process::observe(
         sh,
@@ -164,6 +165,33 @@ pub fn build(sh: &Shell, plan: &ImagePlan, builder: Builder) -> Result<()> {
         started.elapsed().as_secs_f64()
     ));
     Ok(())
+}
+
+/// `builder`, unless BuildKit is asked for and this docker CLI cannot drive it: from
+/// Docker 23 on, the CLI builds with BuildKit only through its buildx plugin, and refuses
+/// to build when that is missing (as some distributions package it). Then the classic
+/// builder, which builds the same Dockerfile, with one line saying so.
+pub fn usable_builder(sh: &Shell, builder: Builder) -> Builder {
+    if builder != Builder::Buildkit {
+        return builder;
+    }
+    let buildx = process::succeeds(sh, &Cmd::new("docker").args(["buildx", "version"]));
+    let client = process::query(sh, &Cmd::new("docker").args(["version", "--format", "{{.Client.Version}}"]))
+        .unwrap_or_default();
+    if buildkit_usable(buildx, &client) {
+        return builder;
+    }
+    process::say(&format!(
+        "docker {client} has no buildx plugin, which BuildKit needs from Docker 23 on: building with the classic builder"
+    ));
+    Builder::Classic
+}
+
+/// Whether a docker CLI of version `client` can build with BuildKit: through buildx, or
+/// with the BuildKit client built into CLIs before 23.
+pub fn buildkit_usable(buildx: bool, client: &str) -> bool {
+    let major: Option<u32> = client.split('.').next().and_then(|m| m.parse().ok());
+    buildx || major.is_none_or(|m| m < 23)
 }
 
 /// The image for the current tree: reused when a clean tree's tag exists, else built.
@@ -284,5 +312,15 @@ mod tests {
         let manifest = "[package]\nname = \"logbook\"\nversion = \"0.3.1\"\n";
         assert_eq!(toml_string(manifest, "version").as_deref(), Some("0.3.1"));
         assert_eq!(toml_string(manifest, "repository"), None);
+    }
+
+    #[test]
+    fn buildkit_needs_buildx_from_docker_23_on() {
+        assert!(buildkit_usable(true, "28.2.2"));
+        assert!(!buildkit_usable(false, "28.2.2"));
+        assert!(!buildkit_usable(false, "23.0.0"));
+        assert!(buildkit_usable(false, "20.10.24"));
+        // A CLI that does not say: try BuildKit, as asked.
+        assert!(buildkit_usable(false, ""));
     }
 }
