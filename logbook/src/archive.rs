@@ -103,18 +103,17 @@ pub fn snapshot_dir(db: &Path) -> PathBuf {
 /// holds every acknowledged entry. Does nothing for a database that will not migrate
 /// (new, current, or not a logbook file, which the open refuses).
 pub fn snapshot_before_migrating(db: &Path) -> Result<Option<PathBuf>, ArchiveError> {
-    if !db.exists() {
-        return Ok(None);
-    }
-    let version = {
-        let conn = open_to_check(db)
-            .map_err(|e| ArchiveError::Unusable(format!("cannot open {}: {e}", db.display())))?;
-        let app_id: i32 = conn.query_row("PRAGMA application_id", [], |r| r.get(0)).map_err(database)?;
-        if app_id != APPLICATION_ID {
-            return Ok(None);
+    // What cannot be read as a logbook database is left to the open, which refuses it
+    // with its own reason; only a copy that cannot be written stops the start here.
+    let version = (|| {
+        if !db.is_file() {
+            return None;
         }
-        crate::storage::schema_of(&conn).map_err(database)?.1
-    };
+        let conn = open_to_check(db).ok()?;
+        let app_id: i32 = conn.query_row("PRAGMA application_id", [], |r| r.get(0)).ok()?;
+        (app_id == APPLICATION_ID).then(|| crate::storage::schema_of(&conn).ok().map(|s| s.1))?
+    })();
+    let Some(version) = version else { return Ok(None) };
     if version == 0 || version >= SCHEMA_VERSION {
         return Ok(None);
     }

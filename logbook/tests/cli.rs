@@ -367,13 +367,41 @@ fn schema_names_what_the_build_knows_and_what_the_database_is_at() {
     let env = [("LOGBOOK_DB_PATH", db.to_str().unwrap())];
     let (code, stdout, stderr) = run(&["schema"], &env);
     assert_eq!(code, 0, "{stderr}");
-    assert_eq!(stdout.trim(), r#"{"build":{"version":2,"floor":1},"database":null}"#);
+    assert_eq!(stdout.trim(), r#"{"build":{"version":2,"floor":1},"database":null,"snapshots":[]}"#);
     let mut server = Server::start_with_db(&db, &[]);
     server.post_json("/api/entries", r#"{"text":"one"}"#);
     // Read while the service runs, as the runner asks a running container.
     let (code, stdout, stderr) = run(&["schema"], &env);
     assert_eq!(code, 0, "{stderr}");
-    assert_eq!(stdout.trim(), r#"{"build":{"version":2,"floor":1},"database":{"version":2,"floor":1}}"#);
+    assert_eq!(
+        stdout.trim(),
+        r#"{"build":{"version":2,"floor":1},"database":{"version":2,"floor":1},"snapshots":[]}"#
+    );
     server.signal("TERM");
     server.wait_exit(std::time::Duration::from_secs(10));
+}
+
+#[test]
+fn export_names_a_bad_id_and_restore_a_missing_carry_file() {
+    let dir = TempDir::new("export");
+    let db = dir.path().join("logbook.db");
+    let env = [("LOGBOOK_DB_PATH", db.to_str().unwrap())];
+    let to = dir.path().join("since.jsonl");
+    let (code, _, stderr) = run(&["export", "--after", "ten", "--to", to.to_str().unwrap()], &env);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--after takes an entry id (a whole number), not \"ten\""), "{stderr}");
+    let backup = dir.path().join("backup.db");
+    let mut server = Server::start_with_db(&db, &[]);
+    server.post_json("/api/entries", r#"{"text":"one"}"#);
+    assert_eq!(run(&["backup", "--to", backup.to_str().unwrap()], &env).0, 0);
+    server.signal("TERM");
+    server.wait_exit(std::time::Duration::from_secs(10));
+    let missing = dir.path().join("missing.jsonl");
+    let (code, _, stderr) =
+        run(&["restore", "--from", backup.to_str().unwrap(), "--carry", missing.to_str().unwrap()], &env);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("cannot read") && stderr.contains("missing.jsonl"), "{stderr}");
+    let (code, stdout, _) = run(&["verify", db.to_str().unwrap()], &env);
+    assert_eq!(code, 0);
+    assert!(stdout.contains(r#""entries":1"#), "a failed restore changes nothing: {stdout}");
 }
