@@ -56,6 +56,8 @@ pub struct AppState {
     /// LOGBOOK_BODY_TIMEOUT and LOGBOOK_REQUEST_TIMEOUT.
     pub body_timeout: Duration,
     pub request_timeout: Duration,
+    /// With a ready port configured (LOGBOOK_READY_PORT): whether it listens now.
+    pub ready_port: Option<Arc<AtomicBool>>,
 }
 
 impl AppState {
@@ -425,33 +427,108 @@ async fn healthz() -> Response {
     Json(json!({ "status": "ok" })).into_response()
 }
 
+/// The current UTC time, RFC 3339 with milliseconds (the crate has no clock library).
+fn utc_now() -> String {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let (days, secs) = ((since.as_secs() / 86_400) as i64, since.as_secs() % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60,
+        since.subsec_millis()
+    )
+}
+
+/// One readiness check: its name, and the reason it fails (`None` when it passes).
+struct Check {
+    name: &'static str,
+    failure: Option<(&'static str, String)>,
+    took: Duration,
+}
+
+/// Runs `check`, timing it; it returns the status and reason it fails with, if it does.
+async fn check(name: &'static str, check: impl Future<Output = Option<(&'static str, String)>>) -> Check {
+    let started = Instant::now();
+    let failure = check.await;
+    Check { name, failure, took: started.elapsed() }
+}
+
+/// 200 when every check passes. The body names each check (not shutting down, the database
+/// open, answering reads, taking writes, the ready port listening) with its result and
+/// latency, and the time; when one fails, `status` and `reason` are the first failure's.
 async fn readyz(State(state): State<AppState>) -> Response {
-    let unready = |status: &str, reason: String| {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": status, "reason": reason }))).into_response()
-    };
-    if state.draining.load(Ordering::SeqCst) {
-        return unready("draining", "the service is shutting down".into());
-    }
     let storage = state.storage.borrow().clone();
-    let Some(storage) = storage else {
-        return unready(
-            "starting",
-            "waiting for the database lock (another release may still hold it)".into(),
-        );
-    };
-    if !storage.ready().await {
-        return unready("storage_unavailable", "the database does not answer reads".into());
-    }
-    match storage.health(WRITE_STALL_AFTER).await {
-        Health::Ready => Json(json!({ "status": "ready" })).into_response(),
-        Health::Failing { failures, error } => {
-            unready("writes_failing", format!("the last {failures} commit(s) failed: {error}"))
-        }
-        Health::Stalled { waited } => unready(
-            "writes_stalled",
-            format!("an append has waited {} ms for its commit", waited.as_millis()),
-        ),
-        Health::Closed => unready("storage_unavailable", "the writer has stopped".into()),
+    let not_open =
+        || Some(("starting", "waiting for the database lock (another release may still hold it)".into()));
+    let checks = [
+        check("not_shutting_down", async {
+            state.draining.load(Ordering::SeqCst).then(|| ("draining", "the service is shutting down".into()))
+        })
+        .await,
+        check("database_open", async { if storage.is_some() { None } else { not_open() } }).await,
+        check("database_reads", async {
+            match &storage {
+                Some(storage) if storage.ready().await => None,
+                Some(_) => Some(("storage_unavailable", "the database does not answer reads".into())),
+                None => not_open(),
+            }
+        })
+        .await,
+        check("database_writes", async {
+            let Some(storage) = &storage else { return not_open() };
+            match storage.health(WRITE_STALL_AFTER).await {
+                Health::Ready => None,
+                Health::Failing { failures, error } => {
+                    Some(("writes_failing", format!("the last {failures} commit(s) failed: {error}")))
+                }
+                Health::Stalled { waited } => Some((
+                    "writes_stalled",
+                    format!("an append has waited {} ms for its commit", waited.as_millis()),
+                )),
+                Health::Closed => Some(("storage_unavailable", "the writer has stopped".into())),
+            }
+        })
+        .await,
+        check("ready_port", async {
+            match &state.ready_port {
+                Some(listening) if !listening.load(Ordering::SeqCst) => {
+                    Some(("starting", "the ready port does not listen yet".into()))
+                }
+                _ => None,
+            }
+        })
+        .await,
+    ];
+    let listed: Vec<serde_json::Value> = checks
+        .iter()
+        .map(|c| {
+            json!({
+                "name": c.name,
+                "ok": c.failure.is_none(),
+                "latency_ms": (c.took.as_secs_f64() * 1e6).round() / 1e3,
+                "reason": c.failure.as_ref().map(|(_, reason)| reason),
+            })
+        })
+        .collect();
+    let time = utc_now();
+    match checks.iter().find_map(|c| c.failure.as_ref()) {
+        None => Json(json!({ "status": "ready", "time": time, "checks": listed })).into_response(),
+        Some((status, reason)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": status, "reason": reason, "time": time, "checks": listed })),
+        )
+            .into_response(),
     }
 }
 

@@ -150,6 +150,7 @@ pub async fn serve(
         None => None,
     };
     let draining = Arc::new(AtomicBool::new(false));
+    let ready_listening = Arc::new(AtomicBool::new(false));
     let (opened, storage) = tokio::sync::watch::channel(None);
     let mut opening =
         tokio::spawn(open_storage(config.db_path.clone(), config.lock_wait, config.wal_autocheckpoint));
@@ -164,6 +165,7 @@ pub async fn serve(
         db_path: config.db_path.clone(),
         body_timeout: config.body_timeout,
         request_timeout: config.request_timeout,
+        ready_port: ready_socket.as_ref().map(|_| ready_listening.clone()),
     };
     let mut server = Server::new(router(state), config.max_connections, config.write_timeout);
     tracing::info!(
@@ -191,7 +193,10 @@ pub async fn serve(
                 writer = Some(handle);
                 if let Some(socket) = ready_socket.take() {
                     match socket.listen(READY_BACKLOG) {
-                        Ok(listener) => ready = Some(listener),
+                        Ok(listener) => {
+                            ready = Some(listener);
+                            ready_listening.store(true, Ordering::SeqCst);
+                        }
                         // Another process took the port since it was bound (SO_REUSEADDR
                         // allows that until one listens): shut down as for a signal.
                         Err(e) => {
@@ -215,6 +220,7 @@ pub async fn serve(
     // to the next release at once; the main port follows after the drain delay. Those
     // already queued are served first.
     if let Some(listener) = ready.take() {
+        ready_listening.store(false, Ordering::SeqCst);
         accept_queued(&mut server, listener).await;
     }
     drop(ready_socket);

@@ -80,6 +80,7 @@ fn state(storage: Option<Storage>, token: Option<&str>) -> AppState {
         db_path: std::path::PathBuf::from("logbook.db"),
         body_timeout: Duration::from_secs(10),
         request_timeout: Duration::from_secs(30),
+        ready_port: None,
     }
 }
 
@@ -298,6 +299,41 @@ async fn oversized_requests_are_refused_before_the_body_with_json() {
     }
     let answer = app.call(big.body(Body::empty()).unwrap()).await;
     assert_eq!(error_of(&answer), (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "headers_too_large"));
+}
+
+#[tokio::test]
+async fn readiness_lists_each_check_with_its_result_latency_and_the_time() {
+    let app = App::new(None);
+    let (status, body) = app.get("/readyz").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "ready");
+    let time = body["time"].as_str().unwrap();
+    assert!(time.len() == 24 && time.starts_with("20") && time.ends_with('Z'), "{time}");
+    let names: Vec<&str> =
+        body["checks"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        ["not_shutting_down", "database_open", "database_reads", "database_writes", "ready_port"]
+    );
+    for check in body["checks"].as_array().unwrap() {
+        assert_eq!(check["ok"], true, "{check}");
+        assert!(check["latency_ms"].as_f64().is_some_and(|ms| ms >= 0.0), "{check}");
+        assert!(check["reason"].is_null(), "{check}");
+    }
+    // A ready port that does not listen yet fails its check, and readiness with it.
+    let listening = Arc::new(AtomicBool::new(false));
+    let unarmed = AppState { ready_port: Some(listening.clone()), ..app.state.clone() };
+    let (status, body) = App::call_with(&unarmed, Request::get("/readyz").body(Body::empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        (body["status"].as_str(), body["reason"].as_str()),
+        (Some("starting"), Some("the ready port does not listen yet"))
+    );
+    assert_eq!(body["checks"][4]["ok"], false);
+    assert_eq!(body["checks"][3]["ok"], true, "the other checks still run: {body}");
+    listening.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (status, _) = App::call_with(&unarmed, Request::get("/readyz").body(Body::empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
 }
 
 #[tokio::test]
