@@ -249,6 +249,10 @@ impl Config {
     }
 }
 
+/// The one line that runs the image as it is, published on this machine only (the README
+/// shows it): what the refusal to serve writes unauthenticated suggests.
+pub const FIRST_CONTACT: &str = "docker run --rm -p 127.0.0.1:8080:8080 -e LOGBOOK_ALLOW_UNAUTHENTICATED=1 -v logbook-data:/data logbook:latest";
+
 impl Config {
     /// For serving: refuses to take anyone's writes from the network unless told to.
     /// Loopback, a token, or LOGBOOK_ALLOW_UNAUTHENTICATED=1 pass; the operator
@@ -262,7 +266,8 @@ impl Config {
             value: None,
             expected: format!(
                 "a token (LOGBOOK_API_TOKEN or LOGBOOK_API_TOKEN_FILE) for writes on LOGBOOK_BIND={}, \
-                 which is not loopback; or LOGBOOK_ALLOW_UNAUTHENTICATED=1 to accept anyone's writes",
+                 which is not loopback; or LOGBOOK_ALLOW_UNAUTHENTICATED=1 to accept anyone's writes. \
+                 In a container published on this machine only: {FIRST_CONTACT}",
                 self.bind
             ),
         })

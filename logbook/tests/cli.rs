@@ -51,6 +51,8 @@ fn unsafe_auth_settings_stop_startup_with_one_line_naming_the_variable() {
         (&[("LOGBOOK_API_TOKEN", "")], "LOGBOOK_API_TOKEN: expected a non-empty value"),
         (&[("LOGBOOK_API_TOKEN_FILE", "")], "LOGBOOK_API_TOKEN_FILE: expected a non-empty value"),
         (&[("LOGBOOK_BIND", "0.0.0.0")], "LOGBOOK_ALLOW_UNAUTHENTICATED=1"),
+        // The line to copy, as the README shows it.
+        (&[("LOGBOOK_BIND", "0.0.0.0")], logbook::config::FIRST_CONTACT),
     ];
     for (vars, expected) in cases {
         let mut env = vec![("LOGBOOK_DB_PATH", db), ("LOGBOOK_PORT", "0")];

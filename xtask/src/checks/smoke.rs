@@ -38,6 +38,9 @@ impl Smoke {
         checks.run("a broken image fails to come up within the deadline, with its logs shown", || {
             broken_image_is_refused(sh, program.clone(), &image)
         })?;
+        checks.run("the README's one-line `docker run` serves the image alone, writes included", || {
+            readme_docker_run(sh, &image)
+        })?;
         checks.run(
             "`docker compose up --build` alone builds the image and serves it (no Rust toolchain)",
             || compose_builds_and_serves(sh, program.clone()),
@@ -350,6 +353,55 @@ fn https_is_served(sh: &Shell, program: docker::ComposeProgram, image: &str) -> 
     Ok(())
 }
 
+/// The line the README's quick start gives (and the service's refusal repeats).
+const README_RUN: &str = "docker run --rm -p 127.0.0.1:8080:8080 ";
+
+/// Runs the README's `docker run` line as written, but detached, on a free port, with a
+/// volume and name of its own and this tree's image; then a write and a read.
+fn readme_docker_run(sh: &Shell, image: &str) -> Result<()> {
+    let readme = sh.read_file("README.md")?;
+    let line = readme
+        .lines()
+        .find(|l| l.starts_with(README_RUN))
+        .context("the README shows no `docker run` line")?;
+    let port = crate::outside::http::free_port()?;
+    let name = format!("{}-first-contact-{}", project::NAME, std::process::id());
+    let cmd = first_contact(line, port, &name, image)?;
+    struct Remove<'a>(&'a Shell, String);
+    impl Drop for Remove<'_> {
+        fn drop(&mut self) {
+            let _ = process::run_cleanup(
+                self.0,
+                &Cmd::new("docker").args(["rm", "--force", "--volumes", &self.1]),
+            );
+            let _ = process::run_cleanup(self.0, &Cmd::new("docker").args(["volume", "rm", &self.1]));
+        }
+    }
+    let _remove = Remove(sh, name.clone());
+    process::run(sh, &cmd)?;
+    let addr = format!("127.0.0.1:{port}");
+    harness::wait_ready_at(&addr, "the container to be ready")?;
+    let id = harness::append(&addr, "first contact", None)?;
+    harness::expect_entry(&addr, id, "first contact")
+}
+
+/// The README's line, detached and named, on `port`, with volume `name` and `image`.
+fn first_contact(line: &str, port: u16, name: &str, image: &str) -> Result<Cmd> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    ensure!(words.get(..3) == Some(&["docker", "run", "--rm"][..]), "unexpected line {line:?}");
+    let mut cmd = Cmd::new("docker").args(["run", "--rm", "--detach", "--name", name]);
+    for word in &words[3..] {
+        let word = match *word {
+            "127.0.0.1:8080:8080" => format!("127.0.0.1:{port}:8080"),
+            "logbook-data:/data" => format!("{name}:/data"),
+            "logbook:latest" => image.to_owned(),
+            other => other.to_owned(),
+        };
+        cmd = cmd.arg(word);
+    }
+    Ok(cmd)
+}
+
 /// An image whose configuration is invalid must make `up` fail fast, naming the cause.
 fn broken_image_is_refused(sh: &Shell, program: docker::ComposeProgram, image: &str) -> Result<()> {
     let broken = format!("{}-smoke-broken:{}", project::NAME, std::process::id());
@@ -388,6 +440,19 @@ fn broken_image_is_refused(sh: &Shell, program: docker::ComposeProgram, image: &
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_readme_line_runs_detached_on_its_own_port_volume_and_image() {
+        let line = "docker run --rm -p 127.0.0.1:8080:8080 -e LOGBOOK_ALLOW_UNAUTHENTICATED=1 -v logbook-data:/data logbook:latest";
+        assert_eq!(
+            first_contact(line, 41000, "fc", "logbook:abc").unwrap().to_string(),
+            "docker run --rm --detach --name fc -p 127.0.0.1:41000:8080 -e LOGBOOK_ALLOW_UNAUTHENTICATED=1 -v fc:/data logbook:abc"
+        );
+        let readme =
+            std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+                .unwrap();
+        assert!(readme.lines().any(|l| l == line), "the README's line changed; update this test");
+    }
 
     #[test]
     fn only_plain_http_addresses_are_taken() {
