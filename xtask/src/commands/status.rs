@@ -10,6 +10,7 @@ use xshell::Shell;
 use crate::flags::Status;
 use crate::outside::docker;
 use crate::outside::process::{self, Cmd};
+use crate::project;
 use crate::targets::compose::{self, monitoring};
 use crate::time;
 
@@ -41,10 +42,14 @@ impl Status {
             return Ok(());
         }
         let inspected = process::query(sh, &Cmd::new("docker").arg("inspect").args(ids))?;
-        let rows = rows_from_inspect(&inspected, SystemTime::now())?;
+        let mut rows = rows_from_inspect(&inspected, SystemTime::now())?;
         // Which release answers: the running service container, behind the proxy.
         let serving = compose::running(sh, &stack)?;
         let addr = compose::published_addr(sh, &stack).ok();
+        // The proxy's image holds nothing to run a healthcheck with: probe it from here.
+        for row in rows.iter_mut().filter(|r| r.service == project::PROXY_SERVICE && r.health == "none") {
+            row.health = probe_listening(addr.as_deref());
+        }
         let unfinished = compose::journal::Journal::load(&compose::history_path(sh, &stack)?)?;
         if self.json {
             let serving = serving.map(|(id, image)| (id, image, addr));
@@ -70,6 +75,15 @@ impl Status {
         }
         Ok(())
     }
+}
+
+/// The proxy's health as this host sees it: whether its published port takes connections.
+fn probe_listening(addr: Option<&str>) -> String {
+    use std::net::ToSocketAddrs;
+    let listening = addr
+        .and_then(|a| a.to_socket_addrs().ok()?.next())
+        .is_some_and(|a| std::net::TcpStream::connect_timeout(&a, std::time::Duration::from_secs(1)).is_ok());
+    if listening { "listening (probed)" } else { "not listening (probed)" }.to_owned()
 }
 
 /// `status --json`: the project, its containers, what serves and where, and an unfinished
@@ -240,5 +254,15 @@ mod tests {
         assert!(value["unfinished_switch"].is_null());
         let idle: serde_json::Value = serde_json::from_str(&report_json("p", &[], None, None)).unwrap();
         assert!(idle["serving"].is_null() && idle["containers"].as_array().unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_proxy_probe_tells_a_listening_port_from_a_closed_one() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        assert_eq!(probe_listening(Some(&addr)), "listening (probed)");
+        drop(listener);
+        assert_eq!(probe_listening(Some(&addr)), "not listening (probed)");
+        assert_eq!(probe_listening(None), "not listening (probed)");
     }
 }
