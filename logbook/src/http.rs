@@ -570,9 +570,45 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
 /// target or headers too long, or a declared body above the limit.
 async fn refuse_early(request: Request, next: Next) -> Response {
     match refusal(&request) {
-        Some(refused) => refused.into_response(),
+        Some(refused) => {
+            if refused.status == StatusCode::PAYLOAD_TOO_LARGE {
+                discard_body(request).await;
+            }
+            refused.into_response()
+        }
         None => json_errors(next.run(request).await),
     }
+}
+
+/// The most of a refused body that is read and thrown away, and for how long.
+const DISCARD_BYTES: u64 = 16 * 1024 * 1024;
+const DISCARD_TIME: Duration = Duration::from_secs(5);
+
+/// Reads and throws away the body of a refused upload whose client did not wait for
+/// `100 Continue`, up to [`DISCARD_BYTES`] and [`DISCARD_TIME`], chunk by chunk (nothing
+/// is kept). That client writes the whole body before it reads the answer: closing the
+/// connection on unread data would make the kernel reset it, and the client would see a
+/// broken pipe instead of the 413 (nginx's lingering close does the same). A client that
+/// waits, or a body over the bound, is answered at once.
+async fn discard_body(request: Request) {
+    use axum::body::HttpBody;
+    let waits = request
+        .headers()
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .unwrap_or(u64::MAX);
+    if waits || declared > DISCARD_BYTES {
+        return;
+    }
+    let mut body = std::pin::pin!(request.into_body());
+    let _ = tokio::time::timeout(DISCARD_TIME, async {
+        while let Some(Ok(_)) = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {}
+    })
+    .await;
 }
 
 fn refusal(request: &Request) -> Option<ApiError> {

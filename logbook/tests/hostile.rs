@@ -103,6 +103,31 @@ fn a_declared_body_over_the_limit_gets_413_without_100_continue() {
 }
 
 #[test]
+fn a_client_that_sends_an_oversized_body_without_waiting_reads_the_413() {
+    let server = Server::start(&[("LOGBOOK_API_TOKEN", TOKEN)]);
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // As Python's urllib and many SDKs do: the whole body, then the answer.
+    // More than the kernel buffers on loopback, so the body must really be read.
+    let length = 15 * 1024 * 1024;
+    let head = post_head(server.addr, length as u64, Some(TOKEN), "");
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(&vec![b'x'; length]).expect("the body is read, not cut off");
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&answer).contains("body_too_large") {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("reading the answer failed: {e}"),
+        }
+    }
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains(r#""error":"body_too_large""#), "{answer}");
+}
+
+#[test]
 fn bodies_that_stall_are_cut_off_at_the_body_timeout() {
     let server = Server::start(&[
         ("LOGBOOK_API_TOKEN", TOKEN),
