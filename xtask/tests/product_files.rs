@@ -363,3 +363,34 @@ fn nothing_is_exposed_without_authentication_by_default() {
     assert!(caddyfile.contains("@https protocol https"), "HSTS is not limited to HTTPS");
     assert!(caddyfile.contains("header @https Strict-Transport-Security"), "no HSTS over HTTPS");
 }
+
+/// Nothing is published or deployed unless every gate passed: the job that publishes needs,
+/// directly, every job that runs `cargo xtask ci` for the gates (coverage included).
+#[test]
+fn publishing_needs_every_gate() {
+    let workflow = yaml(".github/workflows/ci.yml");
+    let jobs = workflow["jobs"].as_hash().unwrap();
+    let runs = |job: &Yaml, needle: &str| {
+        job["steps"]
+            .as_vec()
+            .into_iter()
+            .flatten()
+            .any(|s| s["run"].as_str().is_some_and(|r| r.contains(needle)))
+    };
+    let gates: Vec<&str> = jobs
+        .iter()
+        .filter(|(_, job)| runs(job, "cargo xtask ci --only") && !runs(job, "cargo xtask publish"))
+        .map(|(name, _)| name.as_str().unwrap())
+        .collect();
+    assert!(gates.contains(&"coverage") && gates.contains(&"test") && gates.contains(&"lint"), "{gates:?}");
+    let (publisher, job) =
+        jobs.iter().find(|(_, job)| runs(job, "cargo xtask publish")).expect("a job publishes the image");
+    let needs: Vec<&str> = job["needs"].as_vec().unwrap().iter().filter_map(|n| n.as_str()).collect();
+    for gate in gates {
+        assert!(
+            needs.contains(&gate),
+            "{} publishes without waiting for {gate}",
+            publisher.as_str().unwrap()
+        );
+    }
+}
