@@ -180,13 +180,11 @@ impl Rehearsal<'_> {
             self.expect(&self.v1, 2, 1)?;
             Ok(addr)
         })?;
-        // The proxy holds requests while no release serves, for up to 20 s: the data moving
-        // in `rollback --with-data`, or the guard restoring the snapshot, takes a few.
-        let traffic = Traffic::start_within(&addr, "schema-drill", None, PROXY_HOLD);
-        let outcome = self.switches(checks);
-        let report = traffic.stop()?;
+        let mut phases = Phases { addr: addr.clone(), rows: Vec::new(), total: TrafficReport::default() };
+        let outcome = self.switches(checks, &mut phases);
+        process::result(&phases.table());
         outcome?;
-        process::say(&format!("  traffic throughout: {}", report.summary()));
+        let report = phases.total;
         checks.run("no request failed, and every acknowledged entry is there once, under its id", || {
             report.expect_no_failures("the schema changes")?;
             ensure!(
@@ -199,27 +197,36 @@ impl Rehearsal<'_> {
         Ok(report)
     }
 
-    fn switches(&self, checks: &mut Checks) -> Result<()> {
-        checks.run("v2 migrates additively (schema 3, floor 1) after a snapshot it records", || {
-            self.up(&self.v2)?;
-            self.expect(&self.v2, 3, 1)?;
-            let snapshot = self.snapshot_of(&self.v2).context("no snapshot recorded with v2")?;
-            ensure!(snapshot.schema == 2, "v2's snapshot is at schema {}", snapshot.schema);
-            Ok(())
-        })?;
-        checks.run("rollback across the additive change: v1 serves on schema 3", || {
+    fn switches(&self, checks: &mut Checks, phases: &mut Phases) -> Result<()> {
+        phases.run(
+            checks,
+            "v2 migrates additively (schema 3, floor 1) after a snapshot it records",
+            || {
+                self.up(&self.v2)?;
+                self.expect(&self.v2, 3, 1)?;
+                let snapshot = self.snapshot_of(&self.v2).context("no snapshot recorded with v2")?;
+                ensure!(snapshot.schema == 2, "v2's snapshot is at schema {}", snapshot.schema);
+                Ok(())
+            },
+        )?;
+        phases.run(checks, "rollback across the additive change: v1 serves on schema 3", || {
             switch::rollback(self.sh, &self.compose, &self.history, None, self.gate.timeout)?;
             self.expect(&self.v1, 3, 1)
         })?;
-        checks.run("v2 again, then v3 migrates with a breaking change (schema 4, floor 4)", || {
-            self.up(&self.v2)?;
-            self.up(&self.v3)?;
-            self.expect(&self.v3, 4, 4)?;
-            let snapshot = self.snapshot_of(&self.v3).context("no snapshot recorded with v3")?;
-            ensure!(snapshot.schema == 3, "v3's snapshot is at schema {}", snapshot.schema);
-            Ok(())
-        })?;
-        checks.run(
+        phases.run(
+            checks,
+            "v2 again, then v3 migrates with a breaking change (schema 4, floor 4)",
+            || {
+                self.up(&self.v2)?;
+                self.up(&self.v3)?;
+                self.expect(&self.v3, 4, 4)?;
+                let snapshot = self.snapshot_of(&self.v3).context("no snapshot recorded with v3")?;
+                ensure!(snapshot.schema == 3, "v3's snapshot is at schema {}", snapshot.schema);
+                Ok(())
+            },
+        )?;
+        phases.run(
+            checks,
             "a plain rollback across the breaking change is refused before anything changes",
             || {
                 let (before, _) = self.serving()?;
@@ -237,7 +244,8 @@ impl Rehearsal<'_> {
                 self.expect(&self.v3, 4, 4)
             },
         )?;
-        checks.run(
+        phases.run(
+            checks,
             "rollback --with-data: v2 serves on the snapshot, with what v3 took carried over",
             || {
                 let line = snapshot::rollback_with_data(
@@ -252,7 +260,8 @@ impl Rehearsal<'_> {
                 self.expect(&self.v2, 3, 1)
             },
         )?;
-        checks.run(
+        phases.run(
+            checks,
             "a release that fails after a breaking migration: v2 serves again, on the snapshot",
             || {
                 match self.up(&self.v3_bad) {
@@ -263,6 +272,51 @@ impl Rehearsal<'_> {
             },
         )?;
         Ok(())
+    }
+}
+
+/// Each check runs under its own client traffic, whose figures make a row of the table;
+/// all of it adds up to the total the last check judges.
+struct Phases {
+    addr: String,
+    rows: Vec<(String, Duration, TrafficReport)>,
+    total: TrafficReport,
+}
+
+impl Phases {
+    fn run(&mut self, checks: &mut Checks, name: &str, step: impl FnOnce() -> Result<()>) -> Result<()> {
+        // The proxy holds requests while no release serves, for up to 20 s: the data moving
+        // in `rollback --with-data`, or the guard restoring the snapshot, takes a few.
+        let label = format!("schema-drill {}", self.rows.len() + 1);
+        let traffic = Traffic::start_within(&self.addr, &label, None, PROXY_HOLD);
+        let started = Instant::now();
+        let result = checks.run(name, step);
+        let took = started.elapsed();
+        let report = traffic.stop()?;
+        let row = TrafficReport {
+            requests: report.requests,
+            failed: report.failed,
+            longest: report.longest,
+            ..TrafficReport::default()
+        };
+        self.rows.push((name.to_owned(), took, row));
+        self.total.absorb(report);
+        result
+    }
+
+    fn table(&self) -> String {
+        let mut out =
+            String::from("| check | took | requests | failed | longest wait |\n|---|---|---|---|---|");
+        for (name, took, r) in &self.rows {
+            out.push_str(&format!(
+                "\n| {name} | {:.1}s | {} | {} | {} ms |",
+                took.as_secs_f64(),
+                r.requests,
+                r.failed,
+                r.longest.as_millis()
+            ));
+        }
+        out
     }
 }
 
