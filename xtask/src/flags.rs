@@ -10,11 +10,31 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 #[command(name = "cargo xtask", bin_name = "cargo xtask", version, about, long_about)]
 pub struct Xtask {
     /// Print the commands that would run, and run nothing that changes state.
-    #[arg(long, global = true)]
-    pub dry_run: bool,
+    /// `--dry-run=json` also prints the plan on stdout as one JSON object: each change's
+    /// argv and environment, in order, and where the dry run ended (docs/OPERATIONS.md,
+    /// "Output for programs").
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "text",
+        value_name = "FORMAT"
+    )]
+    pub dry_run: Option<PlanFormat>,
 
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How a dry run's plan is printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PlanFormat {
+    /// Only the echoed commands, on stderr (the default).
+    Text,
+    /// Also one JSON object on stdout.
+    Json,
 }
 
 #[derive(Debug, Subcommand)]

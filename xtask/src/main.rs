@@ -25,7 +25,7 @@ use crate::outside::process;
 
 fn main() -> ExitCode {
     let flags = flags::Xtask::parse();
-    process::init(flags.dry_run);
+    process::init(flags.dry_run.is_some(), flags.dry_run == Some(flags::PlanFormat::Json));
     process::install_interrupt_handler();
     process::finish(run(flags.command))
 }

@@ -53,6 +53,7 @@ fn read_only(call: &str) -> bool {
         ["docker", "run", "--rm", "--network", "none", .., "verify", _] => true,
         ["docker", "run", "--rm", "--network", "none", "--entrypoint", "/logbook", _, "schema"] => true,
         ["docker", "exec", _, "/logbook", "schema"] => true,
+        ["docker", "buildx", "version"] => true,
         ["docker", "run", "--rm", "--network", "none", .., "check-config", _] => true,
         ["docker", "run", "--rm", "--network", "none", .., "databases"] => true,
         [
@@ -93,7 +94,8 @@ fn read_only(call: &str) -> bool {
 fn every_subcommand_dry_runs_without_changing_anything() {
     let state = tempdir("state");
     let swarm_history = r#"{"format": 1, "releases": [
-        {"image": "logbook:aaaaaaaaaaaa", "revision": "a", "deployed_at": "2026-11-23T10:00:00Z", "previous": null},
+        {"image": "logbook:aaaaaaaaaaaa", "revision": "a", "deployed_at": "2026-11-23T10:00:00Z", "previous": null,
+         "snapshot": {"file": "/data/snapshots/schema-2-20261123T100000.000Z.db", "schema": 2}},
         {"image": "logbook:bbbbbbbbbbbb", "revision": "b", "deployed_at": "2026-11-23T11:00:00Z", "previous": "logbook:aaaaaaaaaaaa"}]}"#;
     std::fs::write(state.join("releases-logbook.json"), swarm_history).unwrap();
     std::fs::write(state.join("releases-swarm-logbook.json"), swarm_history).unwrap();
@@ -126,6 +128,9 @@ fn every_subcommand_dry_runs_without_changing_anything() {
         ("smoke --no-build", present),
         ("rollback", present),
         ("rollback --list", &[]),
+        ("rollback --list --json", &[]),
+        ("rollback --with-data --to bbbbbbbbbbbb", present),
+        ("status --json", present),
         ("rollback compose --to aaaaaaaaaaaa", present),
         ("rollback swarm", present),
         ("rollback swarm --list", &[]),
@@ -139,6 +144,7 @@ fn every_subcommand_dry_runs_without_changing_anything() {
         ("recovery-drill --no-build", present),
         ("drill --no-build", present),
         ("fault-drill --no-build", present),
+        ("schema-drill --no-build", present),
         ("lock status", &[]),
         ("lock acquire -m maintenance", &[]),
         ("lock release", &[]),
@@ -162,6 +168,7 @@ fn every_subcommand_dry_runs_without_changing_anything() {
         ("audit-image", present),
         ("advisories", &[]),
         ("ci", present),
+        ("ci --json --no-cache", present),
         ("bench", &[]),
     ];
     let mut failures = Vec::new();
@@ -182,6 +189,31 @@ fn every_subcommand_dry_runs_without_changing_anything() {
     );
     assert_eq!(support::snapshot(&checkout), before.0, "a dry run changed files in the checkout");
     assert_eq!(support::snapshot(&state), before.1, "a dry run changed the state directory");
+    std::fs::remove_dir_all(state.parent().unwrap()).unwrap();
+}
+
+#[test]
+fn a_json_plan_lists_each_change_with_its_argv() {
+    let state = tempdir("plan");
+    let fakes = fakes("plan", &state);
+    let (ok, output) = fakes.xtask(&["down", "--volumes", "--yes", "--dry-run=json"]);
+    assert!(ok, "{output}");
+    let line = output.lines().find(|l| l.starts_with('{')).expect("no JSON plan printed");
+    let plan: serde_json::Value = serde_json::from_str(line).unwrap();
+    let argv: Vec<&str> =
+        plan["changes"][0]["argv"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    assert_eq!(argv[..2], ["docker", "compose"], "{plan}");
+    assert_eq!(argv[argv.len() - 3..], ["down", "--remove-orphans", "--volumes"], "{plan}");
+    assert!(plan["ended_before"].is_null(), "{plan}");
+    assert_eq!(plan["command"][0], "down");
+    // A plan that ends early says where.
+    let (ok, output) = fakes.xtask(&["up", "--dry-run=json"]);
+    assert!(ok, "{output}");
+    let plan: serde_json::Value =
+        serde_json::from_str(output.lines().find(|l| l.starts_with('{')).unwrap()).unwrap();
+    assert_eq!(plan["changes"][0]["argv"][1], "build", "{plan}");
+    assert_eq!(plan["changes"][0]["env"]["DOCKER_BUILDKIT"], "1", "{plan}");
+    assert!(plan["ended_before"].is_string(), "{plan}");
     std::fs::remove_dir_all(state.parent().unwrap()).unwrap();
 }
 

@@ -101,13 +101,14 @@ impl SchemaDrill {
 /// Builds `plan` from a copy of this tree's build context whose storage has `migrations`
 /// added after its own, and can be told to fail once migrated ([`FAIL_SETTING`]).
 fn build_with_migrations(sh: &Shell, plan: &ImagePlan, migrations: &[&str]) -> Result<()> {
+    process::effect("copy this tree and patch its migrations")?;
     let copy = sh.create_temp_dir()?;
     for file in
         ["Dockerfile", ".dockerignore", "Cargo.toml", "Cargo.lock", "logbook/Cargo.toml", "xtask/Cargo.toml"]
     {
         let to = copy.path().join(file);
         process::create_dir_all(to.parent().context("a file with no directory")?)?;
-        std::fs::copy(file, &to).with_context(|| format!("cannot copy {file}"))?;
+        std::fs::copy(sh.current_dir().join(file), &to).with_context(|| format!("cannot copy {file}"))?;
     }
     process::run(
         sh,

@@ -116,8 +116,8 @@ fn quote(word: &str) -> String {
 static RUNNER: std::sync::OnceLock<Runner> = std::sync::OnceLock::new();
 
 /// Sets the process-wide policy from the global flags; called once by `main`.
-pub fn init(dry_run: bool) {
-    let _ = RUNNER.set(Runner::new(dry_run));
+pub fn init(dry_run: bool, json_plan: bool) {
+    let _ = RUNNER.set(Runner::with_plan(dry_run, json_plan));
 }
 
 /// The process-wide policy (see [`init`]).
@@ -186,23 +186,78 @@ pub struct Runner {
     skipped: AtomicUsize,
     /// Changes made for real: whether a guard has anything to clean up.
     made: AtomicUsize,
+    /// With `--dry-run --format json`: the changes it would make, for the plan it prints.
+    plan: Option<std::sync::Mutex<Vec<Planned>>>,
+}
+
+/// One change a dry run printed: a command, or an effect the runner has itself.
+#[derive(Debug, Clone)]
+enum Planned {
+    Command(Cmd),
+    Effect(String),
+}
+
+impl Planned {
+    fn to_json(&self) -> serde_json::Value {
+        match self {
+            Planned::Command(cmd) => serde_json::json!({
+                "argv": std::iter::once(&cmd.program).chain(&cmd.args).collect::<Vec<_>>(),
+                "env": cmd.env.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
+            }),
+            Planned::Effect(what) => serde_json::json!({ "effect": what }),
+        }
+    }
 }
 
 impl Runner {
     pub fn new(dry_run: bool) -> Self {
+        Self::with_plan(dry_run, false)
+    }
+
+    /// A runner that, under `dry_run`, also keeps the plan for `--format json`.
+    pub fn with_plan(dry_run: bool, json_plan: bool) -> Self {
         Runner {
             dry_run,
             github_actions: std::env::var("GITHUB_ACTIONS").is_ok_and(|v| v == "true"),
             skipped: AtomicUsize::new(0),
             made: AtomicUsize::new(0),
+            plan: (dry_run && json_plan).then(|| std::sync::Mutex::new(Vec::new())),
         }
     }
 
-    /// Echoes a change; true when it must really be made (false: a dry run, counted).
+    /// The plan as `--dry-run --format json` prints it: the subcommand's argv, each change
+    /// in order, and where the dry run ended, if it did before the end.
+    fn plan_json(&self, ended_before: Option<&str>) -> Option<String> {
+        let plan = self.plan.as_ref()?.lock().unwrap_or_else(|p| p.into_inner());
+        let argv: Vec<String> = std::env::args().skip(1).filter(|a| a != "xtask").collect();
+        Some(
+            serde_json::json!({
+                "command": argv,
+                "changes": plan.iter().map(Planned::to_json).collect::<Vec<_>>(),
+                "ended_before": ended_before,
+            })
+            .to_string(),
+        )
+    }
+
+    /// Echoes a change; true when it must really be made (false: a dry run, counted, and
+    /// with `--format json` kept for the plan).
     fn change(&self, shown: &str) -> bool {
+        self.change_as(shown, Planned::Effect(shown.to_owned()))
+    }
+
+    /// [`Runner::change`] of an external command, kept in the plan with its argv.
+    fn change_cmd(&self, cmd: &Cmd, shown: &str) -> bool {
+        self.change_as(shown, Planned::Command(cmd.clone()))
+    }
+
+    fn change_as(&self, shown: &str, planned: Planned) -> bool {
         say(&format!("$ {shown}"));
         if self.dry_run {
             self.skipped.fetch_add(1, Ordering::SeqCst);
+            if let Some(plan) = &self.plan {
+                plan.lock().unwrap_or_else(|p| p.into_inner()).push(planned);
+            }
             return false;
         }
         self.made.fetch_add(1, Ordering::SeqCst);
@@ -232,7 +287,7 @@ impl Runner {
 
     /// [`Runner::run`], even after Ctrl-C: for teardown and diagnostics.
     pub fn run_cleanup(&self, sh: &Shell, cmd: &Cmd) -> Result<()> {
-        if !self.change(&cmd.to_string()) {
+        if !self.change_cmd(cmd, &cmd.to_string()) {
             return Ok(());
         }
         // Through std, so the child inherits stdin too (xshell would give it a null one).
@@ -246,7 +301,7 @@ impl Runner {
     /// the output cannot be had without running it. For commands that change things; see
     /// [`query`] otherwise.
     pub fn capture(&self, sh: &Shell, cmd: &Cmd) -> Result<String> {
-        if !self.change(&cmd.to_string()) {
+        if !self.change_cmd(cmd, &cmd.to_string()) {
             return Err(DryRunEnd { next: format!("use what `{}` prints", cmd.program) }.into());
         }
         query(sh, cmd)
@@ -255,7 +310,7 @@ impl Runner {
     /// Echoes `cmd < (input)` and runs it with `input` on its stdin (unless dry-run). The
     /// input is never echoed: it may be a secret.
     pub fn run_with_input(&self, sh: &Shell, cmd: &Cmd, input: &str) -> Result<()> {
-        if !self.change(&format!("{cmd} < (input)")) {
+        if !self.change_cmd(cmd, &format!("{cmd} < (input)")) {
             return Ok(());
         }
         query_with_input(sh, cmd, input).map(drop)
@@ -263,7 +318,7 @@ impl Runner {
 
     /// Echoes `cmd > file`, then runs it with stdout written to `file` (unless dry-run).
     pub fn run_to_file(&self, cmd: &Cmd, file: &Path) -> Result<()> {
-        if !self.change(&format!("{cmd} > {}", quote(&file.display().to_string()))) {
+        if !self.change_cmd(cmd, &format!("{cmd} > {}", quote(&file.display().to_string()))) {
             return Ok(());
         }
         // Created new (O_EXCL): never over an existing file, nor through a planted symlink.
@@ -415,16 +470,25 @@ pub fn finish(result: Result<()>) -> std::process::ExitCode {
             say(&format!("dry run: {skipped} change(s) printed above, none made"));
         }
     };
+    let print_plan = |ended_before: Option<&str>| {
+        if let Some(json) = runner().plan_json(ended_before) {
+            use std::io::Write;
+            let _ = writeln!(std::io::stdout().lock(), "{json}");
+        }
+    };
     match result {
         Ok(()) => {
             dry_run_note();
+            print_plan(None);
             std::process::ExitCode::SUCCESS
         }
         Err(e) if is_dry_run_end(&e) => {
-            if let Some(end) = e.chain().find_map(|c| c.downcast_ref::<DryRunEnd>()) {
+            let end = e.chain().find_map(|c| c.downcast_ref::<DryRunEnd>());
+            if let Some(end) = end {
                 say(&end.to_string());
             }
             dry_run_note();
+            print_plan(end.map(|end| end.next.as_str()));
             std::process::ExitCode::SUCCESS
         }
         Err(e) => {
