@@ -200,8 +200,13 @@ impl Recovery<'_> {
         let after = self.append_replicated(addr, "after the moment", 10)?;
         let expected: Vec<i64> =
             harness::all_entries(addr)?.into_iter().map(|e| e.id).filter(|id| !after.contains(id)).collect();
-        let report =
-            replica::restore_stack(self.sh, &self.compose, &self.history, Some(moment), self.gate.timeout)?;
+        let report = compose::data::restore_stack(
+            self.sh,
+            &self.compose,
+            &self.history,
+            Some(moment),
+            self.gate.timeout,
+        )?;
         process::say(&format!("  {report}"));
         let addr = compose::published_addr(self.sh, &self.compose)?;
         let held: Vec<i64> = harness::all_entries(&addr)?.into_iter().map(|e| e.id).collect();
@@ -220,11 +225,16 @@ impl Recovery<'_> {
             (SystemTime::now() + hour, "in the future"),
             (SystemTime::UNIX_EPOCH + 1000 * hour, "before the replica's oldest file"),
         ] {
-            let refused =
-                replica::restore_stack(self.sh, &self.compose, &self.history, Some(at), self.gate.timeout)
-                    .err()
-                    .map(|e| format!("{e:#}"))
-                    .unwrap_or_default();
+            let refused = compose::data::restore_stack(
+                self.sh,
+                &self.compose,
+                &self.history,
+                Some(at),
+                self.gate.timeout,
+            )
+            .err()
+            .map(|e| format!("{e:#}"))
+            .unwrap_or_default();
             ensure!(
                 refused.contains(says) && refused.contains("the replica holds"),
                 "--at {says}: {refused:?}"
@@ -264,7 +274,7 @@ impl Recovery<'_> {
         self.store.wait_listening()?;
         let settings = replica::Settings::of(self.sh, &self.compose).context("replication is off")?;
         let last = ids.iter().copied().max().unwrap_or_default();
-        replica::wait_for_replica(
+        compose::data::wait_for_replica(
             self.sh,
             &self.compose,
             &settings,
@@ -285,7 +295,7 @@ impl Recovery<'_> {
         std::thread::sleep(Duration::from_secs(2));
         let acks = load.stop();
         ensure!(!acks.is_empty(), "no entry was acknowledged");
-        replica::drain_before_stop(self.sh, &self.compose, &self.image)?;
+        compose::data::drain_before_stop(self.sh, &self.compose, &self.image)?;
         let sidecar = compose::containers(self.sh, &self.compose)?
             .into_iter()
             .find(|c| c.state == "running" && c.service == replica::SERVICE)

@@ -51,9 +51,10 @@ pub fn check_replica(sh: &Shell, compose: &docker::Compose) -> Result<()> {
     let image = data::image_for(sh, compose, &compose::history_path(sh, compose)?)?;
     process::effect("append a marker entry through the stack")?;
     let (marker, text) = append_marker(sh, compose)?;
-    let took = replica::wait_for_replica(sh, compose, &settings, &image, marker, MARKER_WAIT).with_context(
-        || format!("the marker entry {marker} did not reach the replica at {}", settings.url),
-    )?;
+    let took = compose::data::wait_for_replica(sh, compose, &settings, &image, marker, MARKER_WAIT)
+        .with_context(|| {
+            format!("the marker entry {marker} did not reach the replica at {}", settings.url)
+        })?;
     let scratch = Scratch::new(sh)?;
     let (file, listing) = replica::restore_into(sh, compose, &settings, None, &scratch)?;
     let report = data::verify(sh, &image, &file)?;

@@ -24,7 +24,7 @@ impl Down {
         if compose::replica::is_on(&compose)
             && let Ok(image) = compose::data::image_for(sh, &compose, &history)
         {
-            compose::replica::drain_before_stop(sh, &compose, &image)?;
+            compose::data::drain_before_stop(sh, &compose, &image)?;
         }
         process::run(sh, &compose.down(self.volumes))?;
         // Every container is gone: an unfinished switch has nothing left to repair.

@@ -21,7 +21,7 @@ impl Restore {
             Some(file) => {
                 compose::data::restore(sh, &stack, &history, file, &file.display().to_string(), timeout)?
             }
-            None => compose::replica::restore_stack(sh, &stack, &history, self.at, timeout)?,
+            None => compose::data::restore_stack(sh, &stack, &history, self.at, timeout)?,
         };
         process::result(&report);
         Ok(())

@@ -3,12 +3,13 @@
 //! the host needs no SQLite.
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 use xshell::Shell;
 
+use super::replica;
 use crate::outside::docker::{self, Compose};
 use crate::outside::process::{self, Cmd};
 use crate::project;
@@ -123,10 +124,10 @@ pub fn restore(
     // The replication sidecar holds the database open too; SQLite's lock refuses the
     // restore while it does. `up` starts both again, and Litestream, finding the database
     // behind its replica, snapshots the restored state.
-    super::replica::remove_leftovers(sh, compose)?;
+    replica::remove_leftovers(sh, compose)?;
     let mut stop = vec!["stop", project::NAME];
-    if super::replica::is_on(compose) {
-        stop.push(super::replica::SERVICE);
+    if replica::is_on(compose) {
+        stop.push(replica::SERVICE);
     }
     let compose_up = compose.clone().var("LOGBOOK_IMAGE", &image);
     let restored = {
@@ -135,7 +136,7 @@ pub fn restore(
         // nothing).
         let _back = BringBack { sh, compose: &compose_up };
         // The data about to be replaced reaches the replica first.
-        super::replica::drain_before_stop(sh, compose, &image)?;
+        super::data::drain_before_stop(sh, compose, &image)?;
         process::run(sh, &compose.cmd(&stop))?;
         process::capture(sh, &restore_in_container(&image, &volume, file)?)
     };
@@ -194,6 +195,110 @@ pub fn restore_in_container(image: &str, volume: &str, file: &Path) -> Result<Cm
         &[format!("{volume}:/data"), mount],
         &["restore".to_owned(), "--from".to_owned(), path],
     ))
+}
+
+/// `restore --from-replica [--at]`: the replica's copy, restored into a scratch file, goes
+/// through [`restore`]'s steps (verified, only the service and its sidecar
+/// stopped, the old database kept as `.bak`). Returns the report line.
+pub fn restore_stack(
+    sh: &Shell,
+    compose: &Compose,
+    history: &Path,
+    at: Option<SystemTime>,
+    timeout: Duration,
+) -> Result<String> {
+    let settings = replica::Settings::of(sh, compose).with_context(|| {
+        format!("--from-replica: replication is off; set {} (docs/OPERATIONS.md)", replica::URL_VAR)
+    })?;
+    let scratch = replica::Scratch::new(sh)?;
+    let (file, _) = replica::restore_into(sh, compose, &settings, at, &scratch)?;
+    let from = match at {
+        Some(at) => format!("the replica at {}", crate::time::format_millis(at)),
+        None => "the replica's newest state".to_owned(),
+    };
+    process::needs_effects("restore the replica's copy")?;
+    restore(sh, compose, history, &file, &format!("{from} ({})", settings.url), timeout)
+}
+
+/// How long a planned stop waits for the replica to hold every acknowledged entry.
+pub const DRAIN_WAIT: Duration = Duration::from_secs(30);
+
+/// The highest entry id the replica's newest state holds: restored into a scratch copy and
+/// verified with `image`.
+pub fn replica_last_id(
+    sh: &Shell,
+    compose: &Compose,
+    settings: &replica::Settings,
+    image: &str,
+) -> Result<i64> {
+    let scratch = replica::Scratch::new(sh)?;
+    let (file, _) = replica::restore_into(sh, compose, settings, None, &scratch)?;
+    Ok(verify(sh, image, &file)?.last_id)
+}
+
+/// Waits, up to `timeout`, until the replica holds every entry up to id `last_id`; returns
+/// how long that took, or what it holds when the time is up.
+pub fn wait_for_replica(
+    sh: &Shell,
+    compose: &Compose,
+    settings: &replica::Settings,
+    image: &str,
+    last_id: i64,
+    timeout: Duration,
+) -> Result<Duration> {
+    let started = std::time::Instant::now();
+    let mut held = 0;
+    process::wait_for(
+        "the replica to hold every acknowledged entry",
+        timeout,
+        Duration::from_millis(500),
+        || {
+            held = replica_last_id(sh, compose, settings, image)?;
+            Ok((held >= last_id).then_some(()))
+        },
+    )
+    .map_err(|e| e.context(format!("the replica holds entries up to id {held}, not yet {last_id}")))?;
+    Ok(started.elapsed())
+}
+
+/// Before a planned stop (`down`, `restore`): stops the service, so nothing more is
+/// written, then waits up to [`DRAIN_WAIT`] until the replica holds every entry it
+/// acknowledged, while the sidecar still runs; the caller stops the rest. Says what it
+/// found; past the wait it warns and goes on (the entries are still in the volume).
+/// Nothing to do when replication is off or its sidecar is not running.
+pub fn drain_before_stop(sh: &Shell, compose: &Compose, image: &str) -> Result<()> {
+    let Some(settings) = replica::Settings::of(sh, compose) else { return Ok(()) };
+    if !replica::sidecars(sh, compose)?.iter().any(|s| s.service == replica::SERVICE && s.running) {
+        process::say(
+            "warning: the replication sidecar is not running: entries written since it stopped are on this host only",
+        );
+        return Ok(());
+    }
+    process::run(sh, &compose.cmd(&["stop", project::NAME]))?;
+    process::needs_effects("wait for the replica")?;
+    let volume = super::snapshot::volume(compose);
+    let live: FileReport = serde_json::from_str(&process::query(
+        sh,
+        &docker::one_off(
+            image,
+            &[format!("{volume}:/data")],
+            &["verify".to_owned(), replica::DATABASE.to_owned()],
+        ),
+    )?)
+    .context("logbook verify printed bad JSON")?;
+    match wait_for_replica(sh, compose, &settings, image, live.last_id, DRAIN_WAIT) {
+        Ok(took) => process::say(&format!(
+            "replica: holds every acknowledged entry (up to id {}), checked in {:.1}s",
+            live.last_id,
+            took.as_secs_f64()
+        )),
+        Err(e) if process::is_dry_run_end(&e) => return Err(e),
+        Err(e) => process::say(&format!(
+            "warning: {e:#} after {}s; stopping anyway: the rest is in volume {volume} on this host only",
+            DRAIN_WAIT.as_secs()
+        )),
+    }
+    Ok(())
 }
 
 #[cfg(test)]

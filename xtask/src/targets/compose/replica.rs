@@ -1,6 +1,8 @@
 //! Continuous replication of the stack's database to S3-compatible storage, by Litestream
 //! beside the service (docker-compose.replica.yml): its settings, the check `up` makes
-//! before switching anything, and copies of the replica restored into a scratch file.
+//! before switching anything, and copies of the replica restored into a scratch file. What
+//! combines the replica with the data (a restore from it, the wait before a planned stop)
+//! lives in data.rs, which uses this module and not the reverse.
 
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -10,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 use xshell::Shell;
 
-use crate::outside::docker::{self, Compose};
+use crate::outside::docker::Compose;
 use crate::outside::process::{self, Cmd};
 use crate::project;
 
@@ -22,7 +24,7 @@ pub const REGION_VAR: &str = "LOGBOOK_REPLICA_REGION";
 pub const SERVICE: &str = "litestream";
 /// The one-shot that restores an empty volume from the replica before the service starts.
 pub const RESTORE_SERVICE: &str = "replica-restore";
-const DATABASE: &str = "/data/logbook.db";
+pub const DATABASE: &str = "/data/logbook.db";
 /// The service's user in the image, which the sidecar runs as too.
 const SERVICE_UID: u32 = 10001;
 
@@ -482,100 +484,6 @@ pub fn restore_into(
         ))
     })?;
     Ok((scratch.database(), listing))
-}
-
-/// `restore --from-replica [--at]`: the replica's copy, restored into a scratch file, goes
-/// through [`super::data::restore`]'s steps (verified, only the service and its sidecar
-/// stopped, the old database kept as `.bak`). Returns the report line.
-pub fn restore_stack(
-    sh: &Shell,
-    compose: &Compose,
-    history: &Path,
-    at: Option<SystemTime>,
-    timeout: Duration,
-) -> Result<String> {
-    let settings = Settings::of(sh, compose)
-        .with_context(|| format!("--from-replica: replication is off; set {URL_VAR} (docs/OPERATIONS.md)"))?;
-    let scratch = Scratch::new(sh)?;
-    let (file, _) = restore_into(sh, compose, &settings, at, &scratch)?;
-    let from = match at {
-        Some(at) => format!("the replica at {}", crate::time::format_millis(at)),
-        None => "the replica's newest state".to_owned(),
-    };
-    process::needs_effects("restore the replica's copy")?;
-    super::data::restore(sh, compose, history, &file, &format!("{from} ({})", settings.url), timeout)
-}
-
-/// How long a planned stop waits for the replica to hold every acknowledged entry.
-pub const DRAIN_WAIT: Duration = Duration::from_secs(30);
-
-/// The highest entry id the replica's newest state holds: restored into a scratch copy and
-/// verified with `image`.
-pub fn replica_last_id(sh: &Shell, compose: &Compose, settings: &Settings, image: &str) -> Result<i64> {
-    let scratch = Scratch::new(sh)?;
-    let (file, _) = restore_into(sh, compose, settings, None, &scratch)?;
-    Ok(super::data::verify(sh, image, &file)?.last_id)
-}
-
-/// Waits, up to `timeout`, until the replica holds every entry up to id `last_id`; returns
-/// how long that took, or what it holds when the time is up.
-pub fn wait_for_replica(
-    sh: &Shell,
-    compose: &Compose,
-    settings: &Settings,
-    image: &str,
-    last_id: i64,
-    timeout: Duration,
-) -> Result<Duration> {
-    let started = std::time::Instant::now();
-    let mut held = 0;
-    process::wait_for(
-        "the replica to hold every acknowledged entry",
-        timeout,
-        Duration::from_millis(500),
-        || {
-            held = replica_last_id(sh, compose, settings, image)?;
-            Ok((held >= last_id).then_some(()))
-        },
-    )
-    .map_err(|e| e.context(format!("the replica holds entries up to id {held}, not yet {last_id}")))?;
-    Ok(started.elapsed())
-}
-
-/// Before a planned stop (`down`, `restore`): stops the service, so nothing more is
-/// written, then waits up to [`DRAIN_WAIT`] until the replica holds every entry it
-/// acknowledged, while the sidecar still runs; the caller stops the rest. Says what it
-/// found; past the wait it warns and goes on (the entries are still in the volume).
-/// Nothing to do when replication is off or its sidecar is not running.
-pub fn drain_before_stop(sh: &Shell, compose: &Compose, image: &str) -> Result<()> {
-    let Some(settings) = Settings::of(sh, compose) else { return Ok(()) };
-    if !sidecars(sh, compose)?.iter().any(|s| s.service == SERVICE && s.running) {
-        process::say(
-            "warning: the replication sidecar is not running: entries written since it stopped are on this host only",
-        );
-        return Ok(());
-    }
-    process::run(sh, &compose.cmd(&["stop", project::NAME]))?;
-    process::needs_effects("wait for the replica")?;
-    let volume = super::snapshot::volume(compose);
-    let live: super::data::FileReport = serde_json::from_str(&process::query(
-        sh,
-        &docker::one_off(image, &[format!("{volume}:/data")], &["verify".to_owned(), DATABASE.to_owned()]),
-    )?)
-    .context("logbook verify printed bad JSON")?;
-    match wait_for_replica(sh, compose, &settings, image, live.last_id, DRAIN_WAIT) {
-        Ok(took) => process::say(&format!(
-            "replica: holds every acknowledged entry (up to id {}), checked in {:.1}s",
-            live.last_id,
-            took.as_secs_f64()
-        )),
-        Err(e) if process::is_dry_run_end(&e) => return Err(e),
-        Err(e) => process::say(&format!(
-            "warning: {e:#} after {}s; stopping anyway: the rest is in volume {volume} on this host only",
-            DRAIN_WAIT.as_secs()
-        )),
-    }
-    Ok(())
 }
 
 #[cfg(test)]
