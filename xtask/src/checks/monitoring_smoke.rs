@@ -31,7 +31,7 @@ impl MonitoringSmoke {
     pub fn run(self, sh: &Shell) -> Result<()> {
         let program = docker::connect(sh)?;
         let image = image::ensure(sh, self.no_build)?;
-        let receiver = http::WebhookReceiver::start()?;
+        let receiver = crate::outside::webhook::WebhookReceiver::start()?;
         let app = harness::throwaway_project(program, "monitoring")?
             .var("PROMETHEUS_HOST_PORT", &http::free_port()?.to_string())
             .var("ALERTMANAGER_HOST_PORT", &http::free_port()?.to_string())

@@ -14,14 +14,12 @@ use serde_json::Value;
 use xshell::Shell;
 
 use crate::flags::{Scan, ScanFormat};
-use crate::outside::docker;
-use crate::outside::image::ImagePlan;
-use crate::outside::process::{self, Cmd};
+use crate::outside::process;
 use crate::outside::tools;
+use crate::outside::trivy::{DEFAULT_TRIVY_IMAGE, Trivy};
 
 /// The Trivy JSON schema this reads.
 const SCHEMA_VERSION: u64 = 2;
-const DEFAULT_TRIVY_IMAGE: &str = "aquasec/trivy:0.67.2";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Severity {
@@ -274,144 +272,6 @@ pub fn summary(what: &str, verdict: &Verdict, gate: &[Severity]) -> String {
     out
 }
 
-/// How to run Trivy: installed, or from its image with the Docker socket mounted.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Trivy {
-    /// The `trivy` on PATH; with a cache directory, it uses the database there as it is
-    /// (no update, no download).
-    Local {
-        cache: Option<std::path::PathBuf>,
-    },
-    Image {
-        image: String,
-        root: String,
-    },
-}
-
-impl Trivy {
-    /// A local `trivy`, else the `TRIVY_IMAGE` image if present or pullable; None otherwise.
-    pub fn find(sh: &Shell) -> Option<Trivy> {
-        if tools::TRIVY.installed(sh) {
-            return Some(Trivy::Local { cache: None });
-        }
-        let image = std::env::var("TRIVY_IMAGE").unwrap_or_else(|_| DEFAULT_TRIVY_IMAGE.to_owned());
-        let available = docker::image_exists(sh, &image)
-            || process::run(sh, &Cmd::new("docker").args(["pull", "--quiet", &image])).is_ok();
-        available.then(|| Trivy::Image { image, root: sh.current_dir().display().to_string() })
-    }
-
-    /// `trivy <args>`; in the container, the project is /src and reports go to /out.
-    fn cmd(&self, out_dir: &Path, args: Vec<String>) -> Cmd {
-        match self {
-            Trivy::Local { cache: None } => Cmd::new("trivy").args(args),
-            Trivy::Local { cache: Some(dir) } => Cmd::new("trivy")
-                .args(args)
-                .env("TRIVY_CACHE_DIR", dir.display().to_string())
-                .env("TRIVY_SKIP_DB_UPDATE", "true")
-                .env("TRIVY_SKIP_JAVA_DB_UPDATE", "true")
-                .env("TRIVY_OFFLINE_SCAN", "true"),
-            Trivy::Image { image, root } => Cmd::new("docker")
-                .args(["run", "--rm", "--volume", "/var/run/docker.sock:/var/run/docker.sock"])
-                .args(["--volume", "logbook-trivy-cache:/root/.cache/trivy"])
-                .args([
-                    "--volume".to_owned(),
-                    format!("{root}:/src:ro"),
-                    "--workdir".to_owned(),
-                    "/src".to_owned(),
-                ])
-                .args(["--volume".to_owned(), format!("{}:/out", out_dir.display())])
-                .arg(image.clone())
-                .args(args),
-        }
-    }
-
-    fn out_path(&self, out_dir: &Path, name: &str) -> String {
-        match self {
-            Trivy::Local { .. } => out_dir.join(name).display().to_string(),
-            Trivy::Image { .. } => format!("/out/{name}"),
-        }
-    }
-
-    /// Fetches the vulnerability database (or finds it current), and nothing else.
-    pub fn download_db(&self, out_dir: &Path) -> Cmd {
-        self.cmd(out_dir, strings(&["image", "--download-db-only", "--no-progress", "--quiet"]))
-    }
-
-    /// The image: its packages' vulnerabilities (when `vulnerabilities`), secrets in its
-    /// layers, and misconfigurations and secrets in its configuration.
-    pub fn image_scan(
-        &self,
-        out_dir: &Path,
-        image: &str,
-        ignorefile: &str,
-        ignore_unfixed: bool,
-        vulnerabilities: bool,
-    ) -> Cmd {
-        let scanners = if vulnerabilities { "vuln,secret" } else { "secret" };
-        let mut args = strings(&[
-            "image",
-            "--format",
-            "json",
-            "--exit-code",
-            "0",
-            "--scanners",
-            scanners,
-            "--image-config-scanners",
-            "misconfig,secret",
-            "--ignorefile",
-            ignorefile,
-            "--output",
-        ]);
-        args.push(self.out_path(out_dir, "image.json"));
-        if ignore_unfixed {
-            args.push("--ignore-unfixed".into());
-        }
-        args.push(image.to_owned());
-        self.cmd(out_dir, args)
-    }
-
-    /// The repository: misconfigurations (Dockerfile, compose files, manifests, workflows)
-    /// and secrets, build output left out.
-    pub fn repo_scan(&self, out_dir: &Path, ignorefile: &str) -> Cmd {
-        let mut args = strings(&[
-            "fs",
-            "--format",
-            "json",
-            "--exit-code",
-            "0",
-            "--scanners",
-            "misconfig,secret",
-            "--ignorefile",
-            ignorefile,
-            "--skip-dirs",
-            "target",
-            "--output",
-        ]);
-        args.push(self.out_path(out_dir, "repo.json"));
-        args.push(".".into());
-        self.cmd(out_dir, args)
-    }
-
-    pub fn to_sarif(&self, out_dir: &Path) -> Cmd {
-        let mut args = strings(&["convert", "--format", "sarif", "--output"]);
-        args.push(self.out_path(out_dir, "image.sarif"));
-        args.push(self.out_path(out_dir, "image.json"));
-        self.cmd(out_dir, args)
-    }
-
-    /// A CycloneDX SBOM of `image` (the crates cargo-auditable recorded in the binary).
-    pub fn sbom(&self, out_dir: &Path, image: &str) -> Cmd {
-        let mut args = strings(&["image", "--format", "cyclonedx", "--output"]);
-        args.push(self.out_path(out_dir, "sbom.cdx.json"));
-        args.push(image.to_owned());
-        self.cmd(out_dir, args)
-    }
-}
-
-fn strings(args: &[&str]) -> Vec<String> {
-    args.iter().map(|a| (*a).to_owned()).collect()
-}
-
 /// Checks SARIF 2.1.0's top-level shape, so a broken conversion is not uploaded as a pass.
 pub fn check_sarif(text: &str) -> Result<()> {
     let doc: Value = serde_json::from_str(text).context("the SARIF output is not valid JSON")?;
@@ -430,22 +290,9 @@ pub fn check_sarif(text: &str) -> Result<()> {
     Ok(())
 }
 
-/// The image a `--tag` names, else this tree's, which must have been built already.
-pub fn built_image(sh: &Shell, tag: Option<&str>) -> Result<String> {
-    let image = match tag {
-        Some(tag) => crate::project::image_name(tag),
-        None => ImagePlan::from_repo(sh)?.tag,
-    };
-    docker::check_engine(sh)?;
-    if !docker::image_exists(sh, &image) {
-        bail!("image {image} does not exist: run `cargo xtask build` first");
-    }
-    Ok(image)
-}
-
 impl Scan {
     pub fn run(self, sh: &Shell) -> Result<()> {
-        let image = built_image(sh, self.tag.as_deref())?;
+        let image = crate::outside::image::built(sh, self.tag.as_deref())?;
         let trivy = Trivy::find(sh).with_context(|| {
             format!("trivy not found: install it (https://trivy.dev), or make its image available and set TRIVY_IMAGE (default {DEFAULT_TRIVY_IMAGE})")
         })?;
@@ -663,15 +510,6 @@ pub fn parse_gate(text: &str) -> Result<Vec<Severity>> {
         .collect()
 }
 
-/// How many components a CycloneDX document lists; an SBOM with none is an error.
-pub fn sbom_components(text: &str) -> Result<usize> {
-    let doc: Value = serde_json::from_str(text).context("the SBOM is not valid JSON")?;
-    ensure!(doc["bomFormat"] == "CycloneDX", "the SBOM is not CycloneDX (bomFormat {})", doc["bomFormat"]);
-    let count = doc["components"].as_array().map_or(0, Vec::len);
-    ensure!(count > 0, "the SBOM lists no components: was the binary built with cargo-auditable?");
-    Ok(count)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -750,46 +588,5 @@ mod tests {
         assert!(check_sarif(&good.replace("2.1.0\",", "2.0.0\",")).is_err());
         assert!(check_sarif(r#"{"version":"2.1.0","$schema":"sarif","runs":[]}"#).is_err());
         assert!(check_sarif("nope").is_err());
-    }
-
-    #[test]
-    fn commands_are_exact() {
-        let out = Path::new("/tmp/out");
-        let local = Trivy::Local { cache: None };
-        assert_eq!(
-            local.image_scan(out, "logbook:abc", ".trivyignore", true, true).to_string(),
-            "trivy image --format json --exit-code 0 --scanners vuln,secret --image-config-scanners misconfig,secret \
-             --ignorefile .trivyignore --output /tmp/out/image.json --ignore-unfixed logbook:abc"
-        );
-        assert!(local.image_scan(out, "x", "i", false, false).to_string().contains(" --scanners secret "));
-        let image = Trivy::Image { image: "aquasec/trivy:0.67.2".into(), root: "/src/lb".into() };
-        assert_eq!(
-            image.repo_scan(out, ".trivyignore").to_string(),
-            "docker run --rm --volume /var/run/docker.sock:/var/run/docker.sock --volume logbook-trivy-cache:/root/.cache/trivy \
-             --volume /src/lb:/src:ro --workdir /src --volume /tmp/out:/out aquasec/trivy:0.67.2 fs --format json \
-             --exit-code 0 --scanners misconfig,secret --ignorefile .trivyignore --skip-dirs target --output /out/repo.json ."
-        );
-        assert_eq!(
-            local.to_sarif(out).to_string(),
-            "trivy convert --format sarif --output /tmp/out/image.sarif /tmp/out/image.json"
-        );
-        assert_eq!(
-            local.download_db(out).to_string(),
-            "trivy image --download-db-only --no-progress --quiet"
-        );
-        assert_eq!(
-            local.sbom(out, "logbook:abc").to_string(),
-            "trivy image --format cyclonedx --output /tmp/out/sbom.cdx.json logbook:abc"
-        );
-        let cached = Trivy::Local { cache: Some("/tmp/db".into()) }.download_db(out);
-        assert!(cached.env.iter().any(|(k, v)| k == "TRIVY_SKIP_DB_UPDATE" && v == "true"), "{cached:?}");
-    }
-
-    #[test]
-    fn sboms_are_counted_and_an_empty_one_is_an_error() {
-        let sbom = r#"{"bomFormat":"CycloneDX","components":[{"name":"hyper"},{"name":"serde"}]}"#;
-        assert_eq!(sbom_components(sbom).unwrap(), 2);
-        assert!(sbom_components(r#"{"bomFormat":"CycloneDX","components":[]}"#).is_err());
-        assert!(sbom_components(r#"{"bomFormat":"SPDX"}"#).is_err());
     }
 }

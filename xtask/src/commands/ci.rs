@@ -9,13 +9,14 @@ use xshell::Shell;
 use clap::ValueEnum;
 
 use super::ci_cache::{self, Cache};
-use crate::checks::{advisories, coverage, lint, scan::Trivy};
+use crate::checks::{advisories, coverage, lint};
 use crate::flags::{
     AuditImage, Build, Builder, Ci, CiStep, DEFAULT_FAIL_UNDER, Drill, FaultDrill, MonitoringSmoke,
     RecoveryDrill, ReleaseDrill, Scan, ScanFormat, SchemaDrill, Smoke, SwarmDrill,
 };
 use crate::outside::process::{self, Cmd};
 use crate::outside::tools::{self, cargo};
+use crate::outside::trivy::Trivy;
 use crate::outside::{docker, image};
 
 impl CiStep {

@@ -194,6 +194,19 @@ pub fn buildkit_usable(buildx: bool, client: &str) -> bool {
     buildx || major.is_none_or(|m| m < 23)
 }
 
+/// The image a `--tag` names, else this tree's, which must have been built already.
+pub fn built(sh: &Shell, tag: Option<&str>) -> Result<String> {
+    let image = match tag {
+        Some(tag) => crate::project::image_name(tag),
+        None => ImagePlan::from_repo(sh)?.tag,
+    };
+    docker::check_engine(sh)?;
+    if !docker::image_exists(sh, &image) {
+        bail!("image {image} does not exist: run `cargo xtask build` first");
+    }
+    Ok(image)
+}
+
 /// The image for the current tree: reused when a clean tree's tag exists, else built.
 pub fn ensure(sh: &Shell, no_build: bool) -> Result<String> {
     let plan = ImagePlan::from_repo(sh)?;

@@ -8,3 +8,5 @@ pub mod image;
 pub mod process;
 pub mod registry;
 pub mod tools;
+pub mod trivy;
+pub mod webhook;
