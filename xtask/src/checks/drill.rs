@@ -60,7 +60,7 @@ impl Drill {
         guard.remove_image(&drill.v2.tag);
         guard.remove_image(&drill.broken);
         image::build(sh, &drill.v2, Builder::Buildkit)?;
-        image::build_broken_image(sh, &drill.v1, &drill.broken)?;
+        harness::build_broken_image(sh, &drill.v1, &drill.broken)?;
         let mut checks = Checks::stop_at_first();
         let (rollback_took, traffic) = drill.releases(&mut checks)?;
         let compared = drill.compare_switches(&mut checks)?;

@@ -109,8 +109,8 @@ impl FaultDrill {
         let mut guard = StackGuard::new(sh, &drill.compose, OnDrop::RemoveWithVolumes);
         guard.remove_image(&drill.v2);
         guard.remove_image(&broken);
-        image::build_variant(sh, &drill.v1, &drill.v2)?;
-        image::build_broken_image(sh, &drill.v1, &broken)?;
+        harness::build_variant(sh, &drill.v1, &drill.v2)?;
+        harness::build_broken_image(sh, &drill.v1, &broken)?;
         process::needs_effects("run the runner under test against the throwaway stack")?;
         let mut checks = Checks::stop_at_first();
         let addr = checks.step("v1 deploys through the runner", || drill.up(&drill.v1.clone()))?;

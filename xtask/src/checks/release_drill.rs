@@ -45,7 +45,7 @@ impl ReleaseDrill {
         // check does not have (the image's own /etc/passwd, as a read token file).
         let unreadable = format!("{v1}-release-unreadable");
         guard.remove_image(&unreadable);
-        image::build_with_setting(sh, &v1, &unreadable, "LOGBOOK_READ_TOKEN_FILE=/etc/passwd")?;
+        harness::build_with_setting(sh, &v1, &unreadable, "LOGBOOK_READ_TOKEN_FILE=/etc/passwd")?;
         let workspace = Workspace::clone(sh)?;
         let registry = LocalRegistry::start(sh)?;
         let repository = format!("{}/{}", registry.addr, project::NAME);

@@ -79,7 +79,7 @@ impl SchemaDrill {
         let started = Instant::now();
         build_with_migrations(sh, &plan.variant("schema-additive"), &[ADDITIVE])?;
         build_with_migrations(sh, &plan.variant("schema-breaking"), &[ADDITIVE, BREAKING])?;
-        image::build_with_setting(sh, &drill.v3, &drill.v3_bad, &format!("{FAIL_SETTING}=1"))?;
+        harness::build_with_setting(sh, &drill.v3, &drill.v3_bad, &format!("{FAIL_SETTING}=1"))?;
         process::say(&format!("built the two releases in {:.0}s", started.elapsed().as_secs_f64()));
 
         let mut checks = Checks::stop_at_first();

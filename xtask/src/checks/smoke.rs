@@ -409,7 +409,7 @@ fn broken_image_is_refused(sh: &Shell, program: docker::ComposeProgram, image: &
     let compose = harness::throwaway_project(program, "smoke-broken")?;
     let mut guard = StackGuard::new(sh, &compose, OnDrop::RemoveWithVolumes);
     guard.remove_image(&broken);
-    image::build_broken_image(sh, image, &broken)?;
+    harness::build_broken_image(sh, image, &broken)?;
     let started = Instant::now();
     let deadline = Duration::from_secs(30);
     let history = dir.path().join("releases.json");
@@ -428,7 +428,7 @@ fn broken_image_is_refused(sh: &Shell, program: docker::ComposeProgram, image: &
     };
     // Generous: failing fast means well before the deadline plus teardown, not a tight bound.
     ensure!(took < deadline + Duration::from_secs(15), "failing took {took:?}");
-    ensure!(message.contains(image::BROKEN_SETTING), "the error does not show the cause:\n{message}");
+    ensure!(message.contains(harness::BROKEN_SETTING), "the error does not show the cause:\n{message}");
     process::say(&format!(
         "  refused in {:.1}s: {}",
         took.as_secs_f64(),

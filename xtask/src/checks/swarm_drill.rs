@@ -117,7 +117,7 @@ impl SwarmDrill {
         let broken = format!("{v1}-swarm-broken");
         setup.images.extend([v2.tag.clone(), broken.clone()]);
         image::build(sh, &v2, Builder::Buildkit)?;
-        image::build_broken_image(sh, &v1, &broken)?;
+        harness::build_broken_image(sh, &v1, &broken)?;
 
         let history = sh.create_temp_dir()?;
         let history = history.path().join("releases.json");

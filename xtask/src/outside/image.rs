@@ -107,36 +107,6 @@ pub fn build_image(plan: &ImagePlan, builder: Builder) -> Cmd {
     cmd.arg(".").env("DOCKER_BUILDKIT", buildkit)
 }
 
-/// The variable a broken test image sets to a value the service refuses. None of the
-/// compose file, the swarm stack or the manifests names it, so the image's value stands
-/// (a name listed in compose's `environment` without a value would unset it).
-pub const BROKEN_SETTING: &str = "LOGBOOK_BIND";
-
-/// Builds `tag` from `image` with a setting the service rejects, so it never gets ready:
-/// the stand-in for a bad release in smoke tests and drills.
-pub fn build_broken_image(sh: &Shell, image: &str, tag: &str) -> Result<()> {
-    build_on(sh, image, tag, &format!("ENV {BROKEN_SETTING}=not-an-address"))
-}
-
-/// Builds `tag` from `image` with one more label: another release of the same binary,
-/// for drills that switch back and forth.
-pub fn build_variant(sh: &Shell, image: &str, tag: &str) -> Result<()> {
-    build_on(sh, image, tag, &format!("LABEL io.logbook.drill-variant=\"{tag}\""))
-}
-
-/// Builds `tag` from `image` with one more setting in its environment (`KEY=value`).
-pub fn build_with_setting(sh: &Shell, image: &str, tag: &str, setting: &str) -> Result<()> {
-    build_on(sh, image, tag, &format!("ENV {setting}"))
-}
-
-/// Builds `tag` as `image` plus one Dockerfile instruction.
-fn build_on(sh: &Shell, image: &str, tag: &str, instruction: &str) -> Result<()> {
-    let dir = sh.create_temp_dir()?;
-    sh.write_file(dir.path().join("Dockerfile"), format!("FROM {image}\n{instruction}\n"))?;
-    let context = dir.path().display().to_string();
-    process::run(sh, &Cmd::new("docker").args(["build", "--quiet", "--tag", tag, &context]))
-}
-
 /// The git revision `image` was built from, by its label; "unknown" when it has none.
 pub fn revision(sh: &Shell, image: &str) -> String {
     let format = format!("{{{{index .Config.Labels \"{REVISION_LABEL}\"}}}}");
