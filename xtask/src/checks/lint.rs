@@ -6,10 +6,11 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use xshell::Shell;
 
-use super::harness::{Checks, LocalService, Profile};
+use super::harness::Checks;
 use crate::flags::Lint;
 use crate::outside::docker::{self, Compose};
 use crate::outside::http;
+use crate::outside::local_service::{LocalService, Profile};
 use crate::outside::process::{self, Cmd};
 use crate::outside::tools::{self, Tool};
 use crate::project;

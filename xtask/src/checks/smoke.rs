@@ -380,7 +380,7 @@ fn readme_docker_run(sh: &Shell, image: &str) -> Result<()> {
     let _remove = Remove(sh, name.clone());
     process::run(sh, &cmd)?;
     let addr = format!("127.0.0.1:{port}");
-    harness::wait_ready_at(&addr, "the container to be ready")?;
+    crate::outside::local_service::wait_ready_at(&addr, "the container to be ready")?;
     let id = harness::append(&addr, "first contact", None)?;
     harness::expect_entry(&addr, id, "first contact")
 }

@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use xshell::Shell;
 
-use crate::checks::harness::{self, LocalService, Profile};
+use crate::checks::harness;
 use crate::flags::Bench;
+use crate::outside::local_service::{self, LocalService, Profile};
 use crate::outside::process::{self, Cmd};
 use crate::outside::tools::{self, cargo};
 use crate::outside::{docker, http};
@@ -131,7 +132,7 @@ fn post_replicated(
     post_script: &Path,
     connections: u32,
     seconds: u32,
-) -> Result<Option<(WrkResult, Vec<crate::checks::recovery_drill::Synced>)>> {
+) -> Result<Option<(WrkResult, Vec<crate::targets::compose::replica::Synced>)>> {
     let image =
         std::env::var("LITESTREAM_IMAGE").unwrap_or_else(|_| project::DEFAULT_LITESTREAM_IMAGE.to_owned());
     if !docker::image_exists(sh, &image) {
@@ -156,13 +157,13 @@ fn post_replicated(
         "Litestream's first snapshot",
         Duration::from_secs(20),
         Duration::from_millis(50),
-        || Ok(crate::checks::recovery_drill::level0_syncs(&replica)?.first().map(|_| ())),
+        || Ok(crate::targets::compose::replica::level0_syncs(&replica)?.first().map(|_| ())),
     )?;
     let url = format!("http://{}/api/entries", server.addr);
     let run = parse_wrk(&process::capture(sh, &wrk(&url, connections, seconds, Some(post_script)))?)?;
     // The last writes' sync lands within the interval.
     std::thread::sleep(Duration::from_secs(2));
-    let syncs = crate::checks::recovery_drill::level0_syncs(&replica)?;
+    let syncs = crate::targets::compose::replica::level0_syncs(&replica)?;
     Ok(Some((run, syncs)))
 }
 
@@ -170,9 +171,9 @@ fn replica_report(
     c: u32,
     off: &WrkResult,
     on: &WrkResult,
-    syncs: &[crate::checks::recovery_drill::Synced],
+    syncs: &[crate::targets::compose::replica::Synced],
 ) -> String {
-    let bounds = crate::checks::recovery_drill::lag_bounds(syncs);
+    let bounds = crate::targets::compose::replica::lag_bounds(syncs);
     let at = |q: f64| {
         bounds.get(((bounds.len().max(1) - 1) as f64 * q).round() as usize).copied().unwrap_or_default()
     };
@@ -222,7 +223,7 @@ impl<'a> LocalProxy<'a> {
             .arg(image);
         process::capture(sh, &run)?;
         let proxy = LocalProxy { _container: container, addr: format!("127.0.0.1:{port}") };
-        harness::wait_ready_at(&proxy.addr, "the proxy to reach the service")?;
+        local_service::wait_ready_at(&proxy.addr, "the proxy to reach the service")?;
         Ok(Some(proxy))
     }
 }

@@ -5,6 +5,7 @@
 pub mod docker;
 pub mod http;
 pub mod image;
+pub mod local_service;
 pub mod process;
 pub mod registry;
 pub mod tools;

@@ -486,9 +486,87 @@ pub fn restore_into(
     Ok((scratch.database(), listing))
 }
 
+// Litestream's replica layout, read straight from a local copy of the bucket (the drills'
+// storage, and bench's).
+
+/// One sync in the replica: when Litestream read the WAL for it, and when the upload
+/// landed.
+#[derive(Debug, Clone, Copy)]
+pub struct Synced {
+    pub taken: SystemTime,
+    pub uploaded: SystemTime,
+}
+
+/// Every level-0 sync in the replica at `dir`: its LTX files in `0000` (an S3 replica)
+/// or `ltx/0` (a file replica).
+pub fn level0_syncs(dir: &Path) -> Result<Vec<Synced>> {
+    use std::io::Read;
+    let level0 = [dir.join("0000"), dir.join("ltx").join("0")];
+    let Some(entries) = level0.iter().find_map(|d| std::fs::read_dir(d).ok()) else { return Ok(Vec::new()) };
+    let mut synced = Vec::new();
+    for entry in entries.flatten() {
+        let mut header = [0u8; 40];
+        let Ok(mut file) = std::fs::File::open(entry.path()) else { continue };
+        let uploaded = file.metadata()?.modified()?;
+        if file.read_exact(&mut header).is_ok()
+            && let Some(taken) = ltx_taken(&header)
+        {
+            synced.push(Synced { taken, uploaded });
+        }
+    }
+    synced.sort_by_key(|s| s.taken);
+    Ok(synced)
+}
+
+/// For load with no record of each write: the longest any write can have waited for each
+/// sync, sorted. A write acknowledged after one sync read the WAL is in the next, so its
+/// lag is at most that next sync's upload time less the previous one's read time.
+pub fn lag_bounds(synced: &[Synced]) -> Vec<Duration> {
+    let mut bounds: Vec<Duration> = synced
+        .windows(2)
+        .map(|pair| pair[1].uploaded.duration_since(pair[0].taken).unwrap_or_default())
+        .collect();
+    bounds.sort();
+    bounds
+}
+
+/// Reads an LTX file's header time (milliseconds since the epoch, big-endian, at bytes
+/// 32..40 after the `LTX1` magic).
+fn ltx_taken(header: &[u8]) -> Option<SystemTime> {
+    if header.len() < 40 || &header[..4] != b"LTX1" {
+        return None;
+    }
+    let millis = i64::from_be_bytes(header[32..40].try_into().ok()?);
+    Some(SystemTime::UNIX_EPOCH + Duration::from_millis(u64::try_from(millis).ok()?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn at(ms: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_millis(ms)
+    }
+
+    #[test]
+    fn lag_bounds_run_from_one_sync_to_the_next_upload() {
+        let synced = [
+            Synced { taken: at(1_000), uploaded: at(1_020) },
+            Synced { taken: at(2_000), uploaded: at(2_300) },
+            Synced { taken: at(3_000), uploaded: at(3_010) },
+        ];
+        assert_eq!(lag_bounds(&synced), [Duration::from_millis(1_010), Duration::from_millis(1_300)]);
+        assert!(lag_bounds(&synced[..1]).is_empty());
+    }
+
+    #[test]
+    fn ltx_headers_give_the_time_of_their_sync() {
+        let mut header = [0u8; 40];
+        header[..4].copy_from_slice(b"LTX1");
+        header[32..40].copy_from_slice(&1_796_119_010_160i64.to_be_bytes());
+        assert_eq!(ltx_taken(&header), Some(at(1_796_119_010_160)));
+        assert_eq!(ltx_taken(b"not an ltx file, but long enough to be read here"), None);
+    }
     use crate::outside::docker::ComposeProgram;
 
     fn settings(url: &str, endpoint: &str, credentials_file: &str) -> Settings {
