@@ -1,11 +1,13 @@
 //! `cargo xtask`: the logbook project's operations runner. This file only dispatches.
 //!
 //! `outside/` talks to processes, Docker and HTTP; `release/` is the release policy;
-//! `targets/` applies it to compose, Swarm and Kubernetes; `checks/` proves the product;
-//! `commands/` holds the other subcommands. docs/ARCHITECTURE.md draws the layers.
+//! `targets/` applies it to compose, Swarm and Kubernetes; `checks/` and `drills/` prove
+//! the product, without and with a live engine; `commands/` holds the other subcommands.
+//! docs/ARCHITECTURE.md draws the layers.
 
 mod checks;
 mod commands;
+mod drills;
 mod flags;
 mod outside;
 mod project;

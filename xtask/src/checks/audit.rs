@@ -6,7 +6,7 @@ use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 use xshell::Shell;
 
-use super::harness::Checks;
+use super::report::Checks;
 use crate::flags::AuditImage;
 use crate::outside::docker;
 use crate::outside::image::ImagePlan;

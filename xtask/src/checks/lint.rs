@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use xshell::Shell;
 
-use super::harness::Checks;
+use super::report::Checks;
 use crate::flags::Lint;
 use crate::outside::docker::{self, Compose};
 use crate::outside::http;
@@ -309,7 +309,22 @@ fn live_metrics(sh: &Shell) -> Result<String> {
     )?;
     let dir = sh.create_temp_dir()?;
     let service = LocalService::start(sh, Profile::Debug, dir.path())?;
-    super::harness::append(&service.addr, "lint", None)?;
+    // One write, so the append counters and histograms have samples.
+    let body = r#"{"text":"lint"}"#;
+    let written = crate::outside::http::request_with_headers(
+        &service.addr,
+        "POST",
+        "/api/entries",
+        &[],
+        Some(body),
+        std::time::Duration::from_secs(5),
+    )?;
+    anyhow::ensure!(
+        written.status == 201,
+        "the service answered the write {}: {}",
+        written.status,
+        written.body
+    );
     http::get(&service.addr, "/api/entries", Duration::from_secs(5))?;
     Ok(http::get(&service.addr, "/metrics", Duration::from_secs(5))?.body)
 }

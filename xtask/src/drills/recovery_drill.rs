@@ -11,7 +11,8 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context, Result, ensure};
 use xshell::Shell;
 
-use super::harness::{self, Checks};
+use super::harness;
+use crate::checks::report::Checks;
 use crate::flags::RecoveryDrill;
 use crate::outside::docker::{self, Compose};
 use crate::outside::process::{self, Cmd};
@@ -65,7 +66,7 @@ impl RecoveryDrill {
             drill.outage(&addr)
         })?;
         checks.run("`backup --check-replica`: a marker entry written through the stack is found in the replica's copy", || {
-            crate::commands::backup::check_replica(sh, &drill.compose)
+            compose::data::check_replica(sh, &drill.compose).map(|line| process::say(&format!("  {line}")))
         })?;
         checks.run("a planned stop right after writes waits for the replica: the host lost the moment it returns, `up` restores every acknowledged entry", || {
             drill.planned_stop(&addr)

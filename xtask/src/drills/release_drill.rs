@@ -12,7 +12,8 @@ use anyhow::{Context, Result, bail, ensure};
 use xshell::Shell;
 use yaml_rust2::YamlLoader;
 
-use super::harness::{self, Checks, Traffic};
+use super::harness::{self, Traffic};
+use crate::checks::report::Checks;
 use crate::flags::{Builder, ReleaseDrill};
 use crate::outside::image::{self, ImagePlan};
 use crate::outside::process::{self, Cmd};

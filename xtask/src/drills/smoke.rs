@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use xshell::Shell;
 
-use super::harness::{self, Checks, REQUEST_TIMEOUT};
+use super::harness::{self, REQUEST_TIMEOUT};
+use crate::checks::report::Checks;
 use crate::flags::Smoke;
 use crate::outside::docker::{self, Compose};
 use crate::outside::process::{self, Cmd};

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use xshell::Shell;
 
-use super::harness::{self, Checks, Traffic};
+use super::harness::{self, Traffic};
+use crate::checks::report::Checks;
 use crate::flags::FaultDrill;
 use crate::outside::docker::{self, Compose};
 use crate::outside::{image, process};

@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use xshell::Shell;
 
-use super::harness::{self, Checks, Traffic};
+use super::harness::{self, Traffic};
+use crate::checks::report::Checks;
 use crate::flags::{Builder, SwarmDrill};
 use crate::outside::image::{self, ImagePlan};
 use crate::outside::process::{self, Cmd};

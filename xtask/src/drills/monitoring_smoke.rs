@@ -6,7 +6,8 @@ use anyhow::{Context, Result, ensure};
 use serde::Deserialize;
 use xshell::Shell;
 
-use super::harness::{self, Checks};
+use super::harness;
+use crate::checks::report::Checks;
 use crate::flags::{MonitoringService, MonitoringSmoke};
 use crate::outside::{docker, http, image, process};
 use crate::targets::compose::{self, OnDrop, StackGuard, monitoring};

@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use xshell::Shell;
 
-use super::harness::{self, Checks, Traffic, TrafficReport};
+use super::harness::{self, Traffic, TrafficReport};
+use crate::checks::report::Checks;
 use crate::flags::{Builder, SchemaDrill};
 use crate::outside::docker::{self, Compose};
 use crate::outside::image::{self, ImagePlan};
