@@ -48,13 +48,23 @@ impl Bench {
             sh,
             &wrk(&format!("{url}/api/entries"), c, seconds, Some(&post_script)),
         )?)?;
-        let proxied = match LocalProxy::start(sh, &server.addr)? {
-            Some(proxy) => {
-                let proxied = format!("http://{}/api/entries/1", proxy.addr);
-                Some(parse_wrk(&process::capture(sh, &wrk(&proxied, c, seconds, None))?)?)
-            }
-            None => None,
-        };
+        // The proxy as shipped (a new connection to the service per request, so a switch
+        // never loses a POST), and the same with keep-alive to the service, for comparison.
+        let shipped = sh.current_dir().join(project::PROXY_CONFIG);
+        let keepalive = dir.join("Caddyfile.keepalive");
+        std::fs::write(&keepalive, keepalive_config(&std::fs::read_to_string(&shipped)?)?)?;
+        let mut proxied = Vec::new();
+        for (label, config) in
+            [("the stack's proxy", &shipped), ("the same, keep-alive to the service", &keepalive)]
+        {
+            let Some(proxy) = LocalProxy::start(sh, &server.addr, config)? else { break };
+            let base = format!("http://{}/api/entries", proxy.addr);
+            let proxied_get =
+                parse_wrk(&process::capture(sh, &wrk(&format!("{base}/1"), c, seconds, None))?)?;
+            let proxied_post =
+                parse_wrk(&process::capture(sh, &wrk(&base, c, seconds, Some(&post_script)))?)?;
+            proxied.push((label, proxied_get, proxied_post));
+        }
 
         let term_sent = Instant::now();
         let exit = server.terminate(sh, Duration::from_secs(15))?;
@@ -71,8 +81,8 @@ impl Bench {
             .and_then(|v| v.parse::<f64>().ok())
             .with_context(|| format!("unexpected baseline output {raw:?}"))?;
         process::result(&report(c, &get, &post, raw_rows, startup, stop));
-        if let Some(proxied) = proxied {
-            process::result(&proxy_report(c, &get, &proxied));
+        if !proxied.is_empty() {
+            process::result(&proxy_table(c, &get, &post, &proxied));
         }
         let replicated_dir = dir.join("replicated");
         std::fs::create_dir(&replicated_dir)?;
@@ -109,17 +119,43 @@ fn report(
     .join("\n")
 }
 
-fn proxy_report(c: u32, direct: &WrkResult, proxied: &WrkResult) -> String {
-    format!(
-        "GET  /api/entries/{{id}} through the proxy, {c} connections:  {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms\n\
-         added by the proxy:  p50 +{:.2} ms, p99 +{:.2} ms; throughput ratio proxied / direct {:.2}",
-        proxied.requests_per_sec,
-        proxied.p50_ms,
-        proxied.p99_ms,
-        proxied.p50_ms - direct.p50_ms,
-        proxied.p99_ms - direct.p99_ms,
-        proxied.requests_per_sec / direct.requests_per_sec
-    )
+/// The shipped proxy configuration with keep-alive to the service turned on.
+fn keepalive_config(shipped: &str) -> Result<String> {
+    let off = "\t\t\tkeepalive off\n";
+    anyhow::ensure!(
+        shipped.matches(off).count() == 1,
+        "{} no longer turns keep-alive off in one place",
+        project::PROXY_CONFIG
+    );
+    Ok(shipped.replace(off, "\t\t\tkeepalive 30s\n"))
+}
+
+/// Direct and proxied figures side by side, as a Markdown table, with each path's ratio
+/// to direct.
+fn proxy_table(
+    c: u32,
+    get: &WrkResult,
+    post: &WrkResult,
+    proxied: &[(&str, WrkResult, WrkResult)],
+) -> String {
+    let cell = |r: &WrkResult, direct: &WrkResult| {
+        format!(
+            "{:.0} ({:.2}x), p50 {:.2} ms, p99 {:.2} ms",
+            r.requests_per_sec,
+            r.requests_per_sec / direct.requests_per_sec,
+            r.p50_ms,
+            r.p99_ms
+        )
+    };
+    let mut out = format!(
+        "| path to the service, {c} connections | GET req/s | durable POST req/s |\n|---|---|---|\n| direct | {} | {} |",
+        cell(get, get),
+        cell(post, post)
+    );
+    for (label, g, p) in proxied {
+        out.push_str(&format!("\n| {label} | {} | {} |", cell(g, get), cell(p, post)));
+    }
+    out
 }
 
 /// Durable POSTs again, on a fresh service with Litestream replicating its database beside
@@ -200,7 +236,7 @@ struct LocalProxy<'a> {
 
 impl<'a> LocalProxy<'a> {
     /// None, said in one line, where Docker or the proxy image is not available.
-    fn start(sh: &'a Shell, upstream: &str) -> Result<Option<Self>> {
+    fn start(sh: &'a Shell, upstream: &str, config: &Path) -> Result<Option<Self>> {
         let image = std::env::var("CADDY_IMAGE").unwrap_or_else(|_| project::DEFAULT_PROXY_IMAGE.to_owned());
         if !docker::image_exists(sh, &image) {
             process::say(&format!(
@@ -213,8 +249,7 @@ impl<'a> LocalProxy<'a> {
         let container =
             docker::ContainerGuard::new(sh, format!("{}-bench-proxy-{}", project::NAME, std::process::id()));
         let name = &container.name;
-        let config =
-            format!("{}/{}:/etc/caddy/Caddyfile:ro", sh.current_dir().display(), project::PROXY_CONFIG);
+        let config = format!("{}:/etc/caddy/Caddyfile:ro", config.display());
         let run = Cmd::new("docker")
             .args(["run", "--detach", "--rm", "--name", name, "--network", "host", "--volume", &config])
             .args(["--env".to_owned(), format!("LOGBOOK_SITE=:{port}")])
@@ -344,5 +379,17 @@ Transfer/sec:      3.13MB
             build_release().to_string().split_once(" build ").map(|(_, rest)| rest),
             Some("--release --locked -p logbook --bin logbook --example sqlite_baseline")
         );
+    }
+
+    #[test]
+    fn the_keep_alive_variant_changes_only_that_line() {
+        let shipped = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(project::PROXY_CONFIG),
+        )
+        .unwrap();
+        let variant = keepalive_config(&shipped).unwrap();
+        assert!(!variant.contains("keepalive off") && variant.contains("keepalive 30s"));
+        assert_eq!(variant.lines().count(), shipped.lines().count());
+        assert!(keepalive_config("reverse_proxy logbook").is_err());
     }
 }
