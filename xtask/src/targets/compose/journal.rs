@@ -68,6 +68,14 @@ pub struct Journal {
     pub message: Option<String>,
     pub new_container: Option<String>,
     pub step: Step,
+    /// Whether the new release may migrate the database (so the way back may need the
+    /// snapshot it takes). Journals from before this field say nothing: then it may.
+    #[serde(default = "may_migrate_unless_known")]
+    pub may_migrate: bool,
+}
+
+fn may_migrate_unless_known() -> bool {
+    true
 }
 
 pub fn path(history_file: &Path) -> PathBuf {
@@ -89,6 +97,7 @@ impl Journal {
             message: crate::state::lock_message(),
             new_container: None,
             step: Step::StartingNew,
+            may_migrate: true,
         }
     }
 
@@ -249,7 +258,7 @@ fn repair_with(
         docker(&["stop", &other.id])?;
         docker(&["rm", "--force", "--volumes", &other.id])?;
     }
-    if journal.step != Step::StartingNew {
+    if journal.step != Step::StartingNew && journal.may_migrate {
         // The new release had the database: it may have migrated it past the old one.
         if let Some(old) = old.filter(|c| c.state == "running") {
             docker(&["stop", &old.id])?;

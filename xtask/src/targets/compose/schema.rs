@@ -56,15 +56,17 @@ pub fn of_image(image: &str) -> Cmd {
 /// Refuses, before anything changes, a switch from the release in `running` (image
 /// `running_image`) to `image` that the database's schema forbids. A release from before
 /// `logbook schema` is not checked, and that is said.
-pub fn check_switch(sh: &Shell, running: &str, running_image: &str, image: &str) -> Result<()> {
+/// Returns whether the target may migrate the database (true when that is not known).
+pub fn check_switch(sh: &Shell, running: &str, running_image: &str, image: &str) -> Result<bool> {
     let (Some(live), Some(target)) = (ask(sh, &in_container(running)), ask(sh, &of_image(image))) else {
         process::say("schema: not checked (a release from before `logbook schema` is involved)");
-        return Ok(());
+        return Ok(true);
     };
-    let Some(database) = live.database else { return Ok(()) };
+    let Some(database) = live.database else { return Ok(true) };
     let target_snapshots = target.snapshots.is_some();
     decide(database, live.build, running_image, (target.build, target_snapshots), image)
-        .context("nothing was changed")
+        .context("nothing was changed")?;
+    Ok(target.build.version > database.version)
 }
 
 /// The rules: the target must know the database's floor; and while a release serves, a

@@ -68,11 +68,12 @@ pub fn switch(sh: &Shell, compose: &Compose, history_file: &Path, image: &str, g
     let mut history = History::load(history_file)?;
     check_proxy_config(sh, compose)?;
     let running = super::running(sh, compose)?;
-    if let Some((old, old_image)) = &running
-        && old_image != image
-    {
-        super::schema::check_switch(sh, old, old_image, image)?;
-    }
+    let may_migrate = match &running {
+        Some((old, old_image)) if old_image != image => {
+            super::schema::check_switch(sh, old, old_image, image)?
+        }
+        _ => true,
+    };
     let replica = check_replication(sh, compose, running.is_some())?;
     let plan = release::plan_switch(
         running.as_ref().map(|(_, i)| i.as_str()),
@@ -89,7 +90,7 @@ pub fn switch(sh: &Shell, compose: &Compose, history_file: &Path, image: &str, g
             &mut history,
             (old, old_image),
             &plan,
-            image,
+            (image, may_migrate),
             gate.timeout,
         )?,
         _ => {
@@ -284,7 +285,9 @@ impl SwitchGuard<'_> {
             // the start is not swallowed by a container about to exit.
             self.docker(&["stop", old])?;
             // The new release had the database: it may have migrated it past the old one.
-            super::snapshot::make_runnable(self.sh, self.compose, &self.journal.old_image)?;
+            if self.journal.may_migrate {
+                super::snapshot::make_runnable(self.sh, self.compose, &self.journal.old_image)?;
+            }
             self.docker(&["start", old])?;
         }
         let compose_old = self.compose.clone().var("LOGBOOK_IMAGE", &self.journal.old_image);
@@ -328,7 +331,7 @@ fn start_first(
     history: &mut History,
     (old, old_image): (&str, &str),
     plan: &release::SwitchPlan,
-    new_image: &str,
+    (new_image, may_migrate): (&str, bool),
     timeout: Duration,
 ) -> Result<String> {
     let started = Instant::now();
@@ -340,7 +343,7 @@ fn start_first(
         sh,
         compose: compose_new,
         history_file,
-        journal: Journal::begin(old, old_image, new_image, plan.previous.clone()),
+        journal: Journal { may_migrate, ..Journal::begin(old, old_image, new_image, plan.previous.clone()) },
         keep_failed: plan.on_failure == OnFailure::KeepFailed,
         timeout,
         done: false,
