@@ -3,115 +3,29 @@
 //! Tasks describe external commands as [`Cmd`] values, built by plain functions that tests
 //! can inspect. [`Runner`] decides what happens to them: echo, run, or (with `--dry-run`)
 //! only print. It also owns GitHub Actions log groups and progress on long waits.
+//!
+//! Split by concern: [`cmd`] (what a command is), [`files`] (files the runner writes,
+//! through the same policy), [`signals`] (Ctrl-C), [`wait`] (polling with progress); the
+//! policy itself, running and querying, and the output lines are here.
+
+mod cmd;
+mod files;
+mod signals;
+mod wait;
+
+use cmd::quote;
+pub use cmd::{Cmd, Limit, QUERY_LIMIT, RUN_LIMIT};
+pub use files::{create_dir_all, place_new, remove_file, unique_beside, write_file, write_file_with_mode};
+pub use signals::{clear_interrupt, install_interrupt_handler, interrupted};
+pub use wait::wait_for;
 
 use std::fmt;
-use std::io::IsTerminal;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use xshell::Shell;
-
-/// An external command: program, arguments and extra environment. Nothing runs until a
-/// [`Runner`] is given it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Cmd {
-    pub program: String,
-    pub args: Vec<String>,
-    pub env: Vec<(String, String)>,
-    pub limit: Limit,
-}
-
-/// How long the runner waits for a command before it stops it and fails, naming it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Limit {
-    /// [`QUERY_LIMIT`] for a read-only query, [`RUN_LIMIT`] for anything else.
-    #[default]
-    Default,
-    After(Duration),
-    /// Only for what runs until the user stops it (`logs -f`).
-    Unbounded,
-}
-
-/// A query (`docker inspect`, `compose ps`, a probe) answers in seconds; one that does not
-/// has a wedged engine behind it.
-pub const QUERY_LIMIT: Duration = Duration::from_secs(120);
-/// A change (a build, a pull, a test run, a drain) may take minutes, not hours.
-pub const RUN_LIMIT: Duration = Duration::from_secs(30 * 60);
-
-impl Cmd {
-    pub fn new(program: impl Into<String>) -> Self {
-        Cmd { program: program.into(), args: Vec::new(), env: Vec::new(), limit: Limit::Default }
-    }
-
-    /// Waits at most `limit` for it (instead of the default).
-    pub fn limit(mut self, limit: Limit) -> Self {
-        self.limit = limit;
-        self
-    }
-
-    fn limit_or(&self, default: Duration) -> Option<Duration> {
-        match self.limit {
-            Limit::Default => Some(default),
-            Limit::After(limit) => Some(limit),
-            Limit::Unbounded => None,
-        }
-    }
-
-    pub fn arg(mut self, arg: impl Into<String>) -> Self {
-        self.args.push(arg.into());
-        self
-    }
-
-    pub fn args<I, S>(mut self, args: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
-        self.args.extend(args.into_iter().map(Into::into));
-        self
-    }
-
-    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
-        self.env.push((key.into(), value.into()));
-        self
-    }
-
-    /// The argv as one vector, for assertions.
-    #[cfg(test)]
-    pub fn argv(&self) -> Vec<&str> {
-        std::iter::once(self.program.as_str()).chain(self.args.iter().map(String::as_str)).collect()
-    }
-
-    fn to_xshell<'a>(&self, sh: &'a Shell) -> xshell::Cmd<'a> {
-        let mut cmd = sh.cmd(&self.program).args(&self.args).quiet();
-        for (k, v) in &self.env {
-            cmd = cmd.env(k, v);
-        }
-        cmd
-    }
-}
-
-/// Shell-style rendering, so a printed command can be pasted into a terminal.
-impl fmt::Display for Cmd {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let words = self
-            .env
-            .iter()
-            .map(|(k, v)| format!("{k}={}", quote(v)))
-            .chain(std::iter::once(quote(&self.program)))
-            .chain(self.args.iter().map(|a| quote(a)));
-        let words: Vec<String> = words.collect();
-        f.write_str(&words.join(" "))
-    }
-}
-
-fn quote(word: &str) -> String {
-    let plain =
-        !word.is_empty() && word.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=@,+%^".contains(c));
-    if plain { word.to_owned() } else { format!("'{}'", word.replace('\'', r"'\''")) }
-}
 
 static RUNNER: std::sync::OnceLock<Runner> = std::sync::OnceLock::new();
 
@@ -388,78 +302,6 @@ pub fn changed_anything() -> bool {
     runner().made.load(Ordering::SeqCst) > 0
 }
 
-/// Creates `dir` and its parents (echoed as `mkdir -p`; not under --dry-run).
-pub fn create_dir_all(dir: &Path) -> Result<()> {
-    if runner().change(&format!("mkdir -p {}", quote(&dir.display().to_string()))) {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    Ok(())
-}
-
-/// Writes `contents` to `path` whole (echoed; not under --dry-run): beside it first, synced,
-/// then renamed into place, so a crash or Ctrl-C leaves the old file or the new one.
-pub fn write_file(path: &Path, contents: &str) -> Result<()> {
-    write_file_with_mode(path, contents, 0o644)
-}
-
-/// [`write_file`], the file created with `mode` (0o600 for one that holds a secret: it is
-/// never readable by others, not even for a moment).
-pub fn write_file_with_mode(path: &Path, contents: &str, mode: u32) -> Result<()> {
-    if !runner().change(&format!("write {}", quote(&path.display().to_string()))) {
-        return Ok(());
-    }
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let write = || -> std::io::Result<()> {
-        use std::io::Write;
-        std::fs::create_dir_all(dir)?;
-        // A fresh name, created exclusively: ours alone, whatever else is in the directory.
-        let partial = unique_beside(path, "partial");
-        let mut file = {
-            use std::os::unix::fs::OpenOptionsExt;
-            std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&partial)?
-        };
-        let written = file.write_all(contents.as_bytes()).and_then(|()| file.sync_all());
-        let placed = written.and_then(|()| std::fs::rename(&partial, path));
-        if placed.is_err() {
-            let _ = std::fs::remove_file(&partial);
-        }
-        placed?;
-        std::fs::File::open(dir)?.sync_all()
-    };
-    write().with_context(|| format!("cannot write {}", path.display()))
-}
-
-/// `<path>.<tag>-<pid>-<nanos>`: a name no earlier or concurrent run has.
-pub fn unique_beside(path: &Path, tag: &str) -> std::path::PathBuf {
-    let nanos =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
-    std::path::PathBuf::from(format!("{}.{tag}-{}-{nanos:x}", path.display(), std::process::id()))
-}
-
-/// Gives the complete file `from` the name `to`, only if nothing has that name yet
-/// (a hard link cannot replace a file), then drops the name `from` (not under --dry-run).
-pub fn place_new(from: &Path, to: &Path) -> Result<()> {
-    if !runner().change(&format!(
-        "mv -n {} {}",
-        quote(&from.display().to_string()),
-        quote(&to.display().to_string())
-    )) {
-        return Ok(());
-    }
-    std::fs::hard_link(from, to).with_context(|| {
-        format!("cannot name the copy {} (a file of that name appeared meanwhile?)", to.display())
-    })?;
-    std::fs::remove_file(from).with_context(|| format!("cannot remove {}", from.display()))
-}
-
-/// Removes a file this run created (not under --dry-run, where it was never created).
-pub fn remove_file(path: &Path) -> Result<()> {
-    if runner().change(&format!("rm {}", quote(&path.display().to_string()))) && path.exists() {
-        std::fs::remove_file(path).with_context(|| format!("cannot remove {}", path.display()))?;
-    }
-    Ok(())
-}
-
 /// What `main` makes of a subcommand's result: its exit code, and the error printed as a
 /// command line tool prints it (the message and its causes on one line). A backtrace is
 /// shown only when asked for with XTASK_BACKTRACE=1, whatever RUST_BACKTRACE says.
@@ -666,83 +508,10 @@ pub fn result(line: &str) {
     let _ = writeln!(std::io::stdout().lock(), "{line}");
 }
 
-/// Set by SIGINT or SIGTERM, so long waits stop and RAII guards get to clean up.
-static INTERRUPTED: std::sync::LazyLock<std::sync::Arc<std::sync::atomic::AtomicBool>> =
-    std::sync::LazyLock::new(Default::default);
-
-/// Turns the first Ctrl-C (or SIGTERM) into an error at the next wait, so cleanup runs;
-/// a second one exits at once.
-pub fn install_interrupt_handler() {
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        let _ = signal_hook::flag::register_conditional_shutdown(signal, 130, INTERRUPTED.clone());
-        let _ = signal_hook::flag::register(signal, INTERRUPTED.clone());
-    }
-}
-
-/// Forgets an interrupt that has been handled (say, by starting a restore), so the
-/// restore's own waits can run; a further Ctrl-C interrupts those.
-pub fn clear_interrupt() {
-    INTERRUPTED.store(false, std::sync::atomic::Ordering::SeqCst);
-}
-
-pub fn interrupted() -> bool {
-    INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst)
-}
-
 /// One plain line on stderr: progress and diagnostics, never results.
 #[allow(clippy::print_stderr)]
 pub fn say(line: &str) {
     eprintln!("{line}");
-}
-
-/// Polls `check` until it yields a value or `timeout` passes. Shows a spinner on a
-/// terminal, and a plain line every few seconds elsewhere (CI logs). A dry run that has
-/// skipped a change ends here: there is nothing to wait for.
-pub fn wait_for<T>(
-    what: &str,
-    timeout: Duration,
-    interval: Duration,
-    mut check: impl FnMut() -> Result<Option<T>>,
-) -> Result<T> {
-    runner().observable(|| format!("wait for {what}"))?;
-    let started = Instant::now();
-    let spinner = std::io::stderr().is_terminal().then(|| {
-        let bar = indicatif::ProgressBar::new_spinner();
-        bar.enable_steady_tick(Duration::from_millis(100));
-        bar
-    });
-    let mut last_line = Instant::now();
-    let result = loop {
-        if interrupted() {
-            break Err(anyhow::anyhow!("interrupted while waiting for {what}"));
-        }
-        match check() {
-            Ok(Some(value)) => break Ok(value),
-            Ok(None) => {}
-            Err(e) => break Err(e),
-        }
-        let elapsed = started.elapsed();
-        if elapsed >= timeout {
-            break Err(anyhow::anyhow!("timed out after {}s waiting for {what}", timeout.as_secs()));
-        }
-        match &spinner {
-            Some(bar) => bar.set_message(format!("waiting for {what} ({}s)", elapsed.as_secs())),
-            None if last_line.elapsed() >= Duration::from_secs(5) => {
-                say(&format!(
-                    "  still waiting for {what} ({}s of {}s)",
-                    elapsed.as_secs(),
-                    timeout.as_secs()
-                ));
-                last_line = Instant::now();
-            }
-            None => {}
-        }
-        std::thread::sleep(interval);
-    };
-    if let Some(bar) = spinner {
-        bar.finish_and_clear();
-    }
-    result
 }
 
 #[cfg(test)]
