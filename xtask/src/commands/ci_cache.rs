@@ -20,8 +20,7 @@ use crate::outside::process::{self, Cmd};
 /// Only the documentation, which no step but the tests reads (they read the runbook).
 const DOCS: &[&str] = &["docs/", "README.md"];
 /// What the image build reads (the Dockerfile's context and the Dockerfile).
-const IMAGE: &[&str] =
-    &["Dockerfile", ".dockerignore", "Cargo.toml", "Cargo.lock", "logbook/", "xtask/Cargo.toml"];
+const IMAGE: &[&str] = crate::outside::image::CONTEXT;
 /// The third-party images and settings the live steps pass through to Docker.
 const IMAGE_SETTINGS: &[&str] = &[
     "RUST_IMAGE",

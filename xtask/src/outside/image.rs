@@ -11,6 +11,11 @@ use super::process::{self, Cmd};
 use crate::flags::Builder;
 use crate::project;
 
+/// What the image is built from: the Dockerfile and the files its context lets in
+/// (`.dockerignore`).
+pub const CONTEXT: &[&str] =
+    &["Dockerfile", ".dockerignore", "Cargo.toml", "Cargo.lock", "logbook/", "xtask/Cargo.toml"];
+
 /// The OCI label holding the git revision an image was built from.
 pub const REVISION_LABEL: &str = "org.opencontainers.image.revision";
 
@@ -36,7 +41,11 @@ impl ImagePlan {
         let short = git(&["rev-parse", "--short=12", "HEAD"])
             .context("cannot read the git revision (is this a git checkout with a commit?)")?;
         let full = git(&["rev-parse", "HEAD"])?;
-        let dirty = !git(&["status", "--porcelain"])?.is_empty();
+        // Dirty only when what the image is built from differs from the commit: a change to
+        // the README makes no new image.
+        let mut status = vec!["status", "--porcelain", "--"];
+        status.extend(CONTEXT);
+        let dirty = !git(&status)?.is_empty();
         let created = git(&["show", "-s", "--format=%ct", "HEAD"])?
             .parse::<u64>()
             .map(crate::time::unix_to_rfc3339)
