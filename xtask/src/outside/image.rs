@@ -315,4 +315,22 @@ mod tests {
         // A CLI that does not say: try BuildKit, as asked.
         assert!(buildkit_usable(false, ""));
     }
+
+    #[test]
+    fn the_context_holds_everything_the_dockerfile_copies() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).unwrap();
+        let mut copied = 0;
+        for line in dockerfile.lines().filter(|l| l.starts_with("COPY ") && !l.contains("--from")) {
+            let words: Vec<&str> = line.split_whitespace().skip(1).filter(|w| !w.starts_with("--")).collect();
+            for source in &words[..words.len() - 1] {
+                let inside = CONTEXT
+                    .iter()
+                    .any(|c| if c.ends_with('/') { source.starts_with(c) } else { source == c });
+                assert!(inside, "the Dockerfile copies {source}, which CONTEXT leaves out");
+                copied += 1;
+            }
+        }
+        assert!(copied >= 4, "only {copied} sources found in the Dockerfile");
+    }
 }
