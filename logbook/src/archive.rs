@@ -117,6 +117,16 @@ pub fn snapshot_before_migrating(db: &Path) -> Result<Option<PathBuf>, ArchiveEr
     if version == 0 || version >= SCHEMA_VERSION {
         return Ok(None);
     }
+    // A release that keeps failing before its migration commits restarts, and would copy
+    // the database again each time: the last copy at this schema serves while it still
+    // holds the same entries.
+    let live = verify_as(db, Accept::AnySchema).ok().map(|r| (r.entries, r.last_id));
+    if let Some(last) = snapshots(db).into_iter().rev().find(|s| s.version == version)
+        && live.is_some()
+        && verify_file(&last.file).ok().map(|r| (r.entries, r.last_id)) == live
+    {
+        return Ok(Some(last.file));
+    }
     let dir = snapshot_dir(db);
     std::fs::create_dir_all(&dir)
         .map_err(|e| ArchiveError::File(format!("cannot create {}: {e}", dir.display())))?;
@@ -128,17 +138,18 @@ pub fn snapshot_before_migrating(db: &Path) -> Result<Option<PathBuf>, ArchiveEr
 /// The snapshots beside `db`, oldest first (their names sort by time).
 pub fn snapshots(db: &Path) -> Vec<Snapshot> {
     let Ok(dir) = std::fs::read_dir(snapshot_dir(db)) else { return Vec::new() };
-    let mut found: Vec<Snapshot> = dir
+    let mut found: Vec<(String, Snapshot)> = dir
         .filter_map(|entry| {
             let file = entry.ok()?.path();
             let name = file.file_name()?.to_str()?;
-            let version =
-                name.strip_prefix("schema-")?.strip_suffix(".db")?.split('-').next()?.parse().ok()?;
-            Some(Snapshot { file, version })
+            let (version, stamp) = name.strip_prefix("schema-")?.strip_suffix(".db")?.split_once('-')?;
+            let version = version.parse().ok()?;
+            Some((stamp.to_owned(), Snapshot { file, version }))
         })
         .collect();
-    found.sort_by(|a, b| a.file.cmp(&b.file));
-    found
+    // By the time they were taken (the stamp sorts as text), not by schema number.
+    found.sort_by(|a, b| a.0.cmp(&b.0));
+    found.into_iter().map(|(_, snapshot)| snapshot).collect()
 }
 
 /// The current UTC time as `20261204T145012.345Z`, from SQLite (the crate has no clock library).
@@ -362,26 +373,37 @@ fn has_table(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
     })
 }
 
+/// The entries an export wrote, every line checked.
+fn read_carry(carry: &Path) -> Result<Vec<Exported>, ArchiveError> {
+    let text = std::fs::read_to_string(carry)
+        .map_err(|e| ArchiveError::File(format!("cannot read {}: {e}", carry.display())))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(number, line)| {
+            serde_json::from_str(line).map_err(|e| {
+                ArchiveError::Unusable(format!(
+                    "{} line {}: not an exported entry ({e})",
+                    carry.display(),
+                    number + 1
+                ))
+            })
+        })
+        .collect()
+}
+
 /// Adds the exported entries in `carry` to the database file `file`, keeping their ids and
 /// idempotency keys, in one transaction. An entry whose id the file already holds is
 /// skipped when it is the same entry, and reported otherwise, as is one that cannot be
 /// inserted; returns how many were added, and the reports.
 fn carry_into(file: &Path, carry: &Path) -> Result<(usize, Vec<String>), ArchiveError> {
-    let text = std::fs::read_to_string(carry)
-        .map_err(|e| ArchiveError::File(format!("cannot read {}: {e}", carry.display())))?;
+    let entries = read_carry(carry)?;
     let mut conn = Connection::open(file)
         .map_err(|e| ArchiveError::File(format!("cannot open {}: {e}", file.display())))?;
     let keyed = has_table(&conn, "idempotency_keys").map_err(database)?;
     let tx = conn.transaction().map_err(database)?;
     let (mut carried, mut refused) = (0, Vec::new());
-    for (number, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let entry: Exported = serde_json::from_str(line).map_err(|e| {
-            ArchiveError::Unusable(format!(
-                "{} line {}: not an exported entry ({e})",
-                carry.display(),
-                number + 1
-            ))
-        })?;
+    for entry in entries {
         let tags = entry.tags.to_string();
         let present: Option<(String, String)> = tx
             .query_row("SELECT text, tags FROM entries WHERE id = ?1", [entry.id], |r| {
@@ -431,6 +453,10 @@ fn carry_into(file: &Path, carry: &Path) -> Result<(usize, Vec<String>), Archive
 /// while the service is stopped.
 pub fn restore(from: &Path, db: &Path, carry: Option<&Path>) -> Result<RestoreReport, ArchiveError> {
     verify_file(from)?;
+    // A carry file that cannot be read is refused before anything is written.
+    if let Some(carry) = carry {
+        read_carry(carry)?;
+    }
     // Held until the restore is done: a running service (or a second restore) refuses it.
     let _lock = crate::storage::lock_exclusive(db)
         .map_err(|e| ArchiveError::InUse(format!("{e}; stop the service first")))?;
@@ -678,5 +704,32 @@ mod tests {
         let kept = report.previous.expect("the replaced database is kept");
         assert!(kept.exists(), "{}", kept.display());
         assert_eq!(verify_file(&db).unwrap().entries, 1);
+    }
+
+    #[test]
+    fn snapshots_are_listed_by_when_they_were_taken_not_by_schema() {
+        let dir = temp_dir("order");
+        let db = dir.join("logbook.db");
+        std::fs::create_dir_all(snapshot_dir(&db)).unwrap();
+        for name in ["schema-10-20261204T100000.000Z.db", "schema-9-20261204T110000.000Z.db", "notes.txt"] {
+            std::fs::write(snapshot_dir(&db).join(name), "").unwrap();
+        }
+        let versions: Vec<usize> = snapshots(&db).iter().map(|s| s.version).collect();
+        assert_eq!(versions, [10, 9], "the newest last");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_release_that_restarts_before_migrating_reuses_its_snapshot() {
+        let dir = temp_dir("again");
+        let db = dir.join("logbook.db");
+        database_with(&db, &["one"]).await;
+        Connection::open(&db).unwrap().execute("UPDATE logbook_schema SET version = 1", []).unwrap();
+        let first = snapshot_before_migrating(&db).unwrap().unwrap();
+        assert_eq!(
+            snapshot_before_migrating(&db).unwrap(),
+            Some(first.clone()),
+            "nothing changed: the same copy"
+        );
+        assert_eq!(snapshots(&db).len(), 1);
     }
 }

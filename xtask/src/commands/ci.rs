@@ -167,17 +167,18 @@ impl Ci {
                     .map(|need| Outcome::Skipped(format!("not run: needs {}", need.name())))
             };
             let forced = self.force.as_ref().is_some_and(|f| f.is_empty() || f.contains(&step));
-            let key = match (&cache, ci_cache::reads(step), outcome_before_run.is_some() || forced) {
-                (Some(_), Some(reads), false) => Some(step_key(sh, &reads, &tree)),
-                _ => None,
-            };
-            // A build's green record counts only while the image it built is there.
+            // A forced step is keyed too, so that its result replaces the record.
+            let reads = ci_cache::reads(step).filter(|_| cache.is_some() && outcome_before_run.is_none());
+            let key = reads.as_ref().map(|reads| step_key(sh, reads, &tree));
+            // A build's green record counts only while the very image it built is there
+            // (a dirty tree's tag is shared by every dirty state).
             let builds = matches!(step, CiStep::Build | CiStep::BuildClassic);
             let hit = key
                 .as_ref()
                 .zip(cache.as_ref())
+                .filter(|_| !forced)
                 .and_then(|(key, cache)| cache.hit(step, key))
-                .filter(|_| !builds || tree_image_id(sh).is_some());
+                .filter(|record| !builds || (record.image.is_some() && record.image == tree_image_id(sh)));
             let outcome_before_run = outcome_before_run.or(hit.map(Outcome::Cached));
             let report = match outcome_before_run {
                 Some(outcome) => StepReport { step, outcome, took: None },
@@ -197,13 +198,17 @@ impl Ci {
                             Outcome::Fail(format!("{e:#}"))
                         }
                     };
-                    if let (Some(cache), Some(key)) = (&cache, key) {
-                        let passed = matches!(outcome, Outcome::Pass(_)).then(|| ci_cache::Record {
-                            key,
-                            at: crate::time::now_rfc3339(),
-                            revision: revision(sh),
-                            seconds: took.as_secs_f64(),
-                        });
+                    if let (Some(cache), Some(key), Some(reads)) = (&cache, key, &reads) {
+                        // Inputs edited while the step ran were not what it tested.
+                        let unchanged = step_key(sh, reads, &ci_cache::tree(sh)?) == key;
+                        let passed =
+                            (matches!(outcome, Outcome::Pass(_)) && unchanged).then(|| ci_cache::Record {
+                                key,
+                                at: crate::time::now_rfc3339(),
+                                revision: revision(sh),
+                                seconds: took.as_secs_f64(),
+                                image: if builds { tree_image_id(sh) } else { None },
+                            });
                         cache.note(step, passed)?;
                     }
                     StepReport { step, outcome, took: Some(took) }

@@ -52,7 +52,12 @@ pub struct Reads {
     pub tools: &'static [&'static [&'static str]],
     /// Environment variables it passes through.
     pub settings: &'static [&'static str],
+    /// Lines it reads out of a file it otherwise ignores: (file, what they start with).
+    pub lines: &'static [(&'static str, &'static str)],
 }
+
+/// The README's one-line `docker run`, which smoke runs as written and a test reads.
+const README_RUN: &[(&str, &str)] = &[("README.md", "docker run ")];
 
 const CARGO: &[&str] = &["cargo", "--version", "--verbose"];
 const RUSTC: &[&str] = &["rustc", "--version", "--verbose"];
@@ -60,14 +65,20 @@ const DOCKER: &[&str] = &["docker", "version", "--format", "{{.Client.Version}} 
 
 /// What `step` reads, or `None` for a step that always runs.
 pub fn reads(step: CiStep) -> Option<Reads> {
-    let live =
-        Reads { files: Files::AllBut(&[]), image: true, tools: &[DOCKER, CARGO], settings: IMAGE_SETTINGS };
+    let live = Reads {
+        files: Files::AllBut(&[]),
+        image: true,
+        tools: &[DOCKER, CARGO],
+        settings: IMAGE_SETTINGS,
+        lines: README_RUN,
+    };
     Some(match step {
         CiStep::Fmt => Reads {
             files: Files::Under(&["rustfmt.toml", "logbook/", "xtask/"]),
             image: false,
             tools: &[&["cargo", "fmt", "--version"]],
             settings: &[],
+            lines: &[],
         },
         CiStep::Clippy => Reads {
             files: Files::Under(&[
@@ -81,6 +92,7 @@ pub fn reads(step: CiStep) -> Option<Reads> {
             image: false,
             tools: &[CARGO, RUSTC, &["cargo", "clippy", "--version"]],
             settings: &["RUSTFLAGS"],
+            lines: &[],
         },
         // The tests read the product files (compose, workflows, rules) and the runbook.
         CiStep::Test | CiStep::Coverage => Reads {
@@ -88,6 +100,7 @@ pub fn reads(step: CiStep) -> Option<Reads> {
             image: false,
             tools: &[CARGO, RUSTC, &["cargo", "nextest", "--version"], &["cargo", "llvm-cov", "--version"]],
             settings: &["RUSTFLAGS", "LLVM_COV"],
+            lines: README_RUN,
         },
         CiStep::Lint => Reads {
             files: Files::AllBut(&[]),
@@ -103,6 +116,7 @@ pub fn reads(step: CiStep) -> Option<Reads> {
                 &["kubernetes-validate", "--version"],
             ],
             settings: &["PROMETHEUS_IMAGE", "CADDY_IMAGE", "LITESTREAM_IMAGE", "ALERTMANAGER_IMAGE"],
+            lines: &[],
         },
         CiStep::BuildClassic | CiStep::Build => Reads {
             files: Files::Under(IMAGE),
@@ -110,6 +124,7 @@ pub fn reads(step: CiStep) -> Option<Reads> {
             image: false,
             tools: &[DOCKER],
             settings: &["RUST_IMAGE"],
+            lines: &[],
         },
         CiStep::AuditImage
         | CiStep::Smoke
@@ -178,6 +193,11 @@ pub fn measure(sh: &Shell, reads: &Reads, tree: &[String], image_id: Option<&str
     for setting in reads.settings {
         parts.insert(format!("setting {setting}"), std::env::var(setting).unwrap_or_default());
     }
+    for (file, start) in reads.lines {
+        let text = std::fs::read_to_string(sh.current_dir().join(file)).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().filter(|l| l.starts_with(start)).collect();
+        parts.insert(format!("lines {file} {start}"), lines.join("\n"));
+    }
     Measured { parts }
 }
 
@@ -197,6 +217,9 @@ pub struct Record {
     pub at: String,
     pub revision: String,
     pub seconds: f64,
+    /// For a build: the id of the image it built.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
 }
 
 /// The records, one file per step under `dir` (`target/ci-cache`).
@@ -313,6 +336,9 @@ mod tests {
             for setting in reads.settings {
                 base.insert(format!("setting {setting}"), String::new());
             }
+            for (file, start) in reads.lines {
+                base.insert(format!("lines {file} {start}"), "docker run …".into());
+            }
             assert!(base.keys().any(|k| k.starts_with("file ")), "{step:?} reads no file");
             let key = Measured { parts: base.clone() }.key();
             for name in base.keys() {
@@ -352,6 +378,11 @@ mod tests {
         // A nested README is a product file (a chart's, say), read where its folder is.
         assert!(reads_file(CiStep::Lint, "deploy/k8s/README.md"));
         assert!(reads(CiStep::Scan).is_none() && reads(CiStep::Advisories).is_none());
+        // The README's `docker run` line, which smoke runs and a test reads, is an input of
+        // both: a README change elsewhere is not.
+        for step in [CiStep::Smoke, CiStep::Test, CiStep::Coverage] {
+            assert_eq!(reads(step).unwrap().lines, README_RUN, "{step:?}");
+        }
     }
 
     #[test]
@@ -364,6 +395,7 @@ mod tests {
             at: "2026-12-04T15:00:00Z".into(),
             revision: "abc".into(),
             seconds: 1.5,
+            image: None,
         };
         assert_eq!(cache.hit(CiStep::Fmt, &key), None);
         cache.note(CiStep::Fmt, Some(record.clone())).unwrap();
@@ -380,5 +412,25 @@ mod tests {
         // FNV-1a 128 of "" and "a", as published.
         assert_eq!(Digest::of(b""), "6c62272e07bb014262b821756295c58d");
         assert_eq!(Digest::of(b"a"), "d228cb696f1a8caf78912b704e4a8964");
+    }
+
+    #[test]
+    fn only_the_named_lines_of_a_file_are_read() {
+        let sh = Shell::new().unwrap();
+        let dir = sh.create_temp_dir().unwrap();
+        sh.change_dir(dir.path());
+        let reads =
+            Reads { files: Files::Under(&[]), image: false, tools: &[], settings: &[], lines: README_RUN };
+        let key = |readme: &str| {
+            std::fs::write(dir.path().join("README.md"), readme).unwrap();
+            measure(&sh, &reads, &[], None).key()
+        };
+        let first = key("# logbook\ndocker run --rm logbook:latest\n");
+        assert_eq!(
+            key("# logbook, renamed\n\ndocker run --rm logbook:latest\n"),
+            first,
+            "prose is not an input"
+        );
+        assert_ne!(key("# logbook\ndocker run --rm -p 8080:8080 logbook:latest\n"), first);
     }
 }

@@ -239,6 +239,9 @@ fn repair_with(
                     docker(&["rm", "--force", "--volumes", &other.id])?;
                 }
                 journal.record_new_release(sh, history_file)?;
+                if let Some(new) = new {
+                    super::snapshot::record_taken(sh, &new.id, &journal.new_image, history_file)?;
+                }
                 clear(history_file)?;
                 process::say(&format!(
                     "repaired: {} serves; the old container is removed",
@@ -263,7 +266,7 @@ fn repair_with(
         if let Some(old) = old.filter(|c| c.state == "running") {
             docker(&["stop", &old.id])?;
         }
-        super::snapshot::make_runnable(sh, compose, &journal.old_image)?;
+        super::snapshot::make_runnable(sh, compose, &journal.old_image, &journal.new_image)?;
     }
     match old {
         Some(old) => {

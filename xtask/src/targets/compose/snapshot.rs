@@ -18,7 +18,7 @@ use xshell::Shell;
 
 use super::schema;
 use crate::outside::docker::{self, Compose};
-use crate::outside::process::{self, Cmd};
+use crate::outside::process::{self, Cmd, Limit};
 use crate::project;
 use crate::release::{self, History};
 
@@ -30,7 +30,8 @@ pub fn volume(compose: &Compose) -> String {
 /// `logbook <args>` in a one-off container of `image` on the stack's volume.
 fn on_volume(image: &str, volume: &str, args: &[&str]) -> Cmd {
     let args: Vec<String> = args.iter().map(|&a| a.to_owned()).collect();
-    docker::one_off(image, &[format!("{volume}:/data")], &args)
+    // A whole database is read (and checked) or written: no query's time limit.
+    docker::one_off(image, &[format!("{volume}:/data")], &args).limit(Limit::After(process::RUN_LIMIT))
 }
 
 /// Runs `logbook <args>` in `image` on the volume and parses the JSON it prints.
@@ -65,40 +66,62 @@ pub fn record_taken(sh: &Shell, container: &str, image: &str, history_file: &Pat
     Ok(())
 }
 
-/// Makes the stack's database one `image` can run on, with the service stopped: when a
-/// migration since (by a release that failed to become ready, say) raised its floor past
-/// what `image` knows, restores the newest snapshot `image` can run on, keeping the
-/// migrated database as a `.bak` beside it. Nothing to do for a release from before
+/// Makes the stack's database one `image` can run on again, with the service stopped,
+/// after `new_image` had it: when a migration since raised its floor past what `image`
+/// knows, restores the newest snapshot (the one `new_image` took as it migrated) with the
+/// entries appended after it carried over under their ids, keeping the migrated database
+/// as a `.bak` beside it. `new_image` knows both schemas, so it lists, exports and
+/// restores; `image` must then verify the result. Nothing to do for a release from before
 /// `logbook schema`, or when the database suits it.
-pub fn make_runnable(sh: &Shell, compose: &Compose, image: &str) -> Result<()> {
+pub fn make_runnable(sh: &Shell, compose: &Compose, image: &str, new_image: &str) -> Result<()> {
     let volume = volume(compose);
     let Some(report) = schema::ask(sh, &schema::in_volume(image, &volume)) else { return Ok(()) };
     let Some(database) = report.database.filter(|d| d.floor > report.build.version) else { return Ok(()) };
-    let snapshot = report
-        .snapshots
-        .unwrap_or_default()
-        .into_iter()
-        .rev()
-        .find(|s| s.version >= 1 && s.version <= report.build.version)
+    let lister = schema::ask(sh, &schema::in_volume(new_image, &volume));
+    let snapshot = lister
+        .and_then(|r| r.snapshots)
+        .and_then(|mut all| all.pop())
         .with_context(|| {
             format!(
-                "{image} knows schema up to {}, the database is at schema {} (floor {}), and no snapshot it can run on is in volume {volume}",
+                "{image} knows schema up to {}, the database is at schema {} (floor {}), and {new_image} lists no snapshot in volume {volume}",
                 report.build.version, database.version, database.floor
             )
         })?;
+    // Checked before anything moves: the old release must be able to run on it.
+    let _: Verified = run_on_volume(sh, image, &volume, &["verify", &snapshot.file])
+        .with_context(|| format!("{image} cannot run on the newest snapshot {}", snapshot.file))?;
+    let held: Verified = run_on_volume(sh, new_image, &volume, &["verify", &snapshot.file])?;
     process::say(&format!(
-        "schema: {image} cannot run on the database a migration left (schema {}); restoring the snapshot {} taken before it",
+        "schema: {image} cannot run on the database a migration left (schema {}); restoring the snapshot {} taken before it, with what was appended since",
         database.version, snapshot.file
     ));
     with_sidecar_stopped(sh, compose, || {
-        let restored: Restored = run_on_volume(sh, image, &volume, &["restore", "--from", &snapshot.file])?;
+        let carry = carry_file();
+        let after = held.last_id.unwrap_or(0).to_string();
+        let _: Exported =
+            run_on_volume(sh, new_image, &volume, &["export", "--after", &after, "--to", &carry])?;
+        let restored: Restored =
+            run_on_volume(sh, new_image, &volume, &["restore", "--from", &snapshot.file, "--carry", &carry])?;
         process::say(&format!(
-            "schema: restored {} entries; the migrated database is kept as {}",
+            "schema: restored {} entries ({} carried over); the migrated database is kept as {}",
             restored.entries,
+            restored.carried.unwrap_or(0),
             restored.previous.as_deref().unwrap_or("(none)")
         ));
+        if !restored.not_carried.is_empty() {
+            process::say(&format!(
+                "warning: not carried over, still in {carry}: {}",
+                restored.not_carried.join("; ")
+            ));
+        }
         Ok(())
     })
+}
+
+/// Where an export for a carry goes, in the volume: named by the time, kept afterwards.
+fn carry_file() -> String {
+    let stamp: String = crate::time::now_rfc3339().chars().filter(char::is_ascii_alphanumeric).collect();
+    format!("/data/snapshots/carried-{stamp}.jsonl")
 }
 
 /// Runs `body` with the replication sidecar stopped (it holds the database open, so a
@@ -164,8 +187,14 @@ pub fn rollback_with_data(
             compose.project
         )
     })?;
-    let release =
-        history.latest_of(&current).with_context(|| format!("{current} is not in the release history"))?;
+    // The record that took the snapshot: a later `up` of the same image records it anew.
+    let release = history
+        .releases
+        .iter()
+        .rev()
+        .find(|r| r.image == current && r.snapshot.is_some())
+        .or_else(|| history.latest_of(&current))
+        .with_context(|| format!("{current} is not in the release history"))?;
     let snapshot = release.snapshot.clone().with_context(|| {
         format!(
             "{current} recorded no snapshot: it migrated nothing when it started, so a plain `cargo xtask rollback` goes \
@@ -200,8 +229,7 @@ pub fn rollback_with_data(
     ));
 
     let compose_target = compose.clone().var("LOGBOOK_IMAGE", &target);
-    let stamp: String = crate::time::now_rfc3339().chars().filter(char::is_ascii_alphanumeric).collect();
-    let carry = format!("/data/snapshots/carried-{stamp}.jsonl");
+    let carry = carry_file();
     let mut back = BringBack { sh, compose, image: &current, replaced: None, done: false };
     let mut stop = vec!["stop", project::NAME];
     if super::replica::is_on(compose) {

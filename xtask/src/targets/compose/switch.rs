@@ -188,7 +188,7 @@ fn start_fresh(
             let compose_old = compose.clone().var("LOGBOOK_IMAGE", previous);
             // The failed release may have migrated the database before it failed.
             let restored = process::run(sh, &compose.cmd(&["stop", project::NAME]))
-                .and_then(|()| super::snapshot::make_runnable(sh, compose, previous))
+                .and_then(|()| super::snapshot::make_runnable(sh, compose, previous, image))
                 .and_then(|()| process::run(sh, &compose_old.up()))
                 .and_then(|()| super::wait_ready(sh, &compose_old, timeout));
             match restored {
@@ -286,7 +286,12 @@ impl SwitchGuard<'_> {
             self.docker(&["stop", old])?;
             // The new release had the database: it may have migrated it past the old one.
             if self.journal.may_migrate {
-                super::snapshot::make_runnable(self.sh, self.compose, &self.journal.old_image)?;
+                super::snapshot::make_runnable(
+                    self.sh,
+                    self.compose,
+                    &self.journal.old_image,
+                    &self.journal.new_image,
+                )?;
             }
             self.docker(&["start", old])?;
         }
