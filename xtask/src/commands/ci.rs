@@ -42,17 +42,26 @@ impl CiStep {
             | CiStep::BuildClassic
             | CiStep::Build
             | CiStep::Advisories => &[],
-            CiStep::Smoke
-            | CiStep::Drill
-            | CiStep::MonitoringSmoke
-            | CiStep::SwarmDrill
-            | CiStep::ReleaseDrill
-            | CiStep::RecoveryDrill
-            | CiStep::FaultDrill
-            | CiStep::SchemaDrill
-            | CiStep::AuditImage
-            | CiStep::Scan => &[CiStep::Build],
+            _ if self.tests_the_image() => &[CiStep::Build],
+            CiStep::Scan => &[CiStep::Build],
+            _ => &[],
         }
+    }
+
+    /// The steps that run this tree's image: they need the build, and its id is their input.
+    pub fn tests_the_image(self) -> bool {
+        matches!(
+            self,
+            CiStep::AuditImage
+                | CiStep::Smoke
+                | CiStep::Drill
+                | CiStep::MonitoringSmoke
+                | CiStep::SwarmDrill
+                | CiStep::ReleaseDrill
+                | CiStep::RecoveryDrill
+                | CiStep::FaultDrill
+                | CiStep::SchemaDrill
+        )
     }
 
     /// Runs the step. `required`: a missing tool fails the step instead of skipping it.

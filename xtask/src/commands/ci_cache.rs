@@ -126,17 +126,10 @@ pub fn reads(step: CiStep) -> Option<Reads> {
             settings: &["RUST_IMAGE"],
             lines: &[],
         },
-        CiStep::AuditImage
-        | CiStep::Smoke
-        | CiStep::Drill
-        | CiStep::MonitoringSmoke
-        | CiStep::SwarmDrill
-        | CiStep::ReleaseDrill
-        | CiStep::RecoveryDrill
-        | CiStep::FaultDrill
-        | CiStep::SchemaDrill => live,
         // Their verdicts change with databases published daily, not with this tree.
         CiStep::Advisories | CiStep::Scan => return None,
+        _ if step.tests_the_image() => live,
+        _ => return None,
     })
 }
 
