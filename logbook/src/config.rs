@@ -20,6 +20,7 @@ pub const KNOWN: &[&str] = &[
     "LOGBOOK_LOG_FORMAT",
     "LOGBOOK_SHUTDOWN_TIMEOUT",
     "LOGBOOK_DRAIN_DELAY",
+    "LOGBOOK_KEEPALIVE_GRACE",
     "LOGBOOK_LOCK_WAIT",
     "LOGBOOK_API_TOKEN",
     "LOGBOOK_API_TOKEN_FILE",
@@ -51,6 +52,11 @@ pub struct Config {
     pub log_format: LogFormat,
     pub shutdown_timeout: Duration,
     pub drain_delay: Duration,
+    /// LOGBOOK_KEEPALIVE_GRACE: at shutdown, how long a kept-alive connection with no
+    /// request in progress stays open for its client to close; a request on it meanwhile
+    /// is answered, with `Connection: close`. Above the idle timeout of a proxy in front,
+    /// the service never closes a connection as the proxy sends a request on it.
+    pub keepalive_grace: Duration,
     /// How long to wait at start for another process to release the database.
     pub lock_wait: Duration,
     pub api_token: Option<Secret>,
@@ -197,6 +203,16 @@ impl Config {
         };
         let shutdown_timeout = positive_duration(&get, "LOGBOOK_SHUTDOWN_TIMEOUT", Duration::from_secs(10))?;
         let drain_delay = duration_var(&get, "LOGBOOK_DRAIN_DELAY", Duration::ZERO)?;
+        let keepalive_grace = duration_var(&get, "LOGBOOK_KEEPALIVE_GRACE", Duration::ZERO)?;
+        // The grace is part of the shutdown timeout, which cuts off everything left.
+        if keepalive_grace >= shutdown_timeout {
+            let raw = lookup("LOGBOOK_KEEPALIVE_GRACE").unwrap_or_default();
+            return Err(invalid(
+                "LOGBOOK_KEEPALIVE_GRACE",
+                &raw,
+                &format!("a duration below LOGBOOK_SHUTDOWN_TIMEOUT ({}s)", shutdown_timeout.as_secs_f64()),
+            ));
+        }
         let lock_wait = duration_var(&get, "LOGBOOK_LOCK_WAIT", Duration::from_secs(30))?;
         let (api_token, read_token, allow_unauthenticated) = read_auth(&lookup, &get)?;
         let max_connections = match get("LOGBOOK_MAX_CONNECTIONS") {
@@ -236,6 +252,7 @@ impl Config {
             log_format,
             shutdown_timeout,
             drain_delay,
+            keepalive_grace,
             lock_wait,
             api_token,
             read_token,
@@ -398,8 +415,23 @@ mod tests {
         assert_eq!(c.log_format, LogFormat::Json);
         assert_eq!(c.shutdown_timeout, Duration::from_secs(10));
         assert_eq!(c.drain_delay, Duration::ZERO);
+        assert_eq!(c.keepalive_grace, Duration::ZERO);
         assert!(c.api_token.is_none());
         assert_eq!(c.ready_port, None);
+    }
+
+    #[test]
+    fn the_keepalive_grace_ends_before_the_shutdown_timeout() {
+        let c = config(&[("LOGBOOK_KEEPALIVE_GRACE", "2s")]).unwrap();
+        assert_eq!(c.keepalive_grace, Duration::from_secs(2));
+        assert_eq!(
+            config(&[("LOGBOOK_KEEPALIVE_GRACE", "10s")]).unwrap_err().to_string(),
+            r#"invalid LOGBOOK_KEEPALIVE_GRACE="10s": expected a duration below LOGBOOK_SHUTDOWN_TIMEOUT (10s)"#
+        );
+        assert_eq!(
+            config(&[("LOGBOOK_KEEPALIVE_GRACE", "soon")]).unwrap_err().var,
+            "LOGBOOK_KEEPALIVE_GRACE"
+        );
     }
 
     #[test]

@@ -3,7 +3,11 @@
 //! On SIGTERM or SIGINT: readiness turns 503 and the ready port (if any) stops listening
 //! at once; the main listener keeps accepting for `LOGBOOK_DRAIN_DELAY` (so balancers see
 //! the 503), then stops; in-flight requests get `LOGBOOK_SHUTDOWN_TIMEOUT` to finish (a
-//! connection that has sent nothing yet gets `FIRST_REQUEST_GRACE` to send its request);
+//! connection that has sent nothing yet gets `FIRST_REQUEST_GRACE` to send its request).
+//! From the first signal every response says `Connection: close`, and a kept-alive
+//! connection with nothing in progress stays open for `LOGBOOK_KEEPALIVE_GRACE`, for its
+//! client to close: a proxy whose idle timeout is shorter never sends a request on a
+//! connection just as the service closes it (a POST it could not safely send again);
 //! queued appends are committed, the WAL is checkpointed and the database closed. A second
 //! signal exits at once, which loses nothing acknowledged because every 201 follows a
 //! durable commit.
@@ -167,7 +171,9 @@ pub async fn serve(
         request_timeout: config.request_timeout,
         ready_port: ready_socket.as_ref().map(|_| ready_listening.clone()),
     };
-    let mut server = Server::new(router(state), config.max_connections, config.write_timeout);
+    let app =
+        router(state).layer(axum::middleware::map_response_with_state(draining.clone(), close_when_draining));
+    let mut server = Server::new(app, config.max_connections, config.write_timeout, config.keepalive_grace);
     tracing::info!(
         addr = %local,
         ready_addr = ready_addr.map(|a| a.to_string()),
@@ -291,6 +297,21 @@ async fn drain(
     shutdown_started
 }
 
+/// From shutdown on, every response closes its connection: the client opens its next one
+/// elsewhere (to the next release, through a proxy), rather than on a connection that is
+/// about to close.
+async fn close_when_draining(
+    axum::extract::State(draining): axum::extract::State<Arc<AtomicBool>>,
+    mut response: axum::response::Response,
+) -> axum::response::Response {
+    if draining.load(Ordering::SeqCst) {
+        response
+            .headers_mut()
+            .insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+    }
+    response
+}
+
 /// Takes the database lock, waiting up to `lock_wait` for another process (the previous
 /// release, still draining) to let go of it, then opens and migrates the database.
 async fn open_storage(
@@ -363,12 +384,18 @@ struct Server {
     connections: JoinSet<()>,
     max_connections: usize,
     write_timeout: Duration,
+    keepalive_grace: Duration,
     /// Whether the cap was reached and not yet left, so the log says it once per episode.
     at_cap: bool,
 }
 
 impl Server {
-    fn new(app: axum::Router, max_connections: usize, write_timeout: Duration) -> Self {
+    fn new(
+        app: axum::Router,
+        max_connections: usize,
+        write_timeout: Duration,
+        keepalive_grace: Duration,
+    ) -> Self {
         let mut http = http1::Builder::new();
         http.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).max_buf_size(MAX_HEAD_BUFFER);
         Server {
@@ -378,6 +405,7 @@ impl Server {
             connections: JoinSet::new(),
             max_connections,
             write_timeout,
+            keepalive_grace,
             at_cap: false,
         }
     }
@@ -411,11 +439,12 @@ impl Server {
                 let service = TowerToHyperService::new(self.app.clone());
                 let connection = self.http.serve_connection(TokioIo::new(stream), service);
                 let shutdown = self.shutdown.subscribe();
+                let keepalive_grace = self.keepalive_grace;
                 self.connections.spawn(async move {
                     tokio::pin!(connection);
                     let result = tokio::select! {
                         result = connection.as_mut() => result,
-                        () = shutdown_after_first_bytes(shutdown, first_bytes) => {
+                        () = time_to_close(shutdown, keepalive_grace, first_bytes) => {
                             connection.as_mut().graceful_shutdown();
                             connection.await
                         }
@@ -441,17 +470,21 @@ impl Server {
 /// only bounds what a silent client can hold shutdown up by.
 const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
 
-/// Resolves once connections are told to close and this one has sent its first bytes (or
-/// had `FIRST_REQUEST_GRACE` to). The HTTP layer's graceful shutdown closes a connection
-/// it has read nothing from, even when its request already waits in the socket: a
-/// connection accepted just as shutdown starts would lose a request that a proxy cannot
-/// retry, since it was sent.
-async fn shutdown_after_first_bytes(
+/// Resolves when a connection may be closed once its request in progress (if any) is
+/// answered: `keepalive_grace` after connections are told to close, and once it has sent
+/// its first bytes (or had `FIRST_REQUEST_GRACE` to). The HTTP layer's graceful shutdown
+/// closes a connection it has read nothing from, even when its request already waits in
+/// the socket: a connection accepted just as shutdown starts would lose a request that a
+/// proxy cannot retry, since it was sent.
+async fn time_to_close(
     mut shutdown: watch::Receiver<bool>,
+    keepalive_grace: Duration,
     mut first_bytes: watch::Receiver<bool>,
 ) {
     // The sender is set before it is dropped, so this resolves either way.
     let _ = shutdown.wait_for(|started| *started).await;
+    // Meanwhile each request on it is answered with `Connection: close`, which ends it.
+    tokio::time::sleep(keepalive_grace).await;
     let _ = tokio::time::timeout(FIRST_REQUEST_GRACE, first_bytes.wait_for(|seen| *seen)).await;
 }
 

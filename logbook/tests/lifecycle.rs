@@ -316,6 +316,80 @@ fn a_connection_that_has_sent_nothing_when_shutdown_starts_still_gets_its_answer
     assert_eq!(stored_entries(&server.db).len(), 1);
 }
 
+/// Reads one response from a kept-alive connection: its head, then a `Content-Length` body.
+fn read_one_response(stream: &mut TcpStream) -> std::io::Result<String> {
+    let mut bytes = Vec::new();
+    let mut byte = [0u8; 1];
+    while !bytes.ends_with(b"\r\n\r\n") {
+        if std::io::Read::read(stream, &mut byte)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        bytes.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&bytes).to_ascii_lowercase();
+    let length = head
+        .lines()
+        .find_map(|line| line.strip_prefix("content-length:"))
+        .map_or(0, |n| n.trim().parse::<usize>().unwrap());
+    let mut body = vec![0u8; length];
+    std::io::Read::read_exact(stream, &mut body)?;
+    Ok(format!("{head}{}", String::from_utf8_lossy(&body)))
+}
+
+/// A kept-alive connection, used once before SIGTERM and once after the service starts
+/// closing connections: what the second request gets.
+fn second_request_after_sigterm(env: &[(&str, &str)]) -> (Server, std::io::Result<String>) {
+    let mut server = Server::start(env);
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
+    let first = read_one_response(&mut stream).unwrap();
+    assert!(first.starts_with("http/1.1 200") && !first.contains("connection: close"), "{first:?}");
+    server.signal("TERM");
+    server.wait_for_log("closing connections once answered", Duration::from_secs(5));
+    // What a proxy does with a pooled connection it believes open.
+    std::thread::sleep(Duration::from_millis(300));
+    let post = b"POST /api/entries HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: 15\r\n\r\n{\"text\":\"late\"}";
+    let second = stream.write_all(post).and_then(|()| read_one_response(&mut stream));
+    (server, second)
+}
+
+#[test]
+fn a_kept_alive_connection_is_answered_through_the_keepalive_grace_then_closed() {
+    // Through the grace, a request on a connection the client kept alive is answered and
+    // told to close the connection: the client never sends on a connection that is closing.
+    let (mut server, second) =
+        second_request_after_sigterm(&[("LOGBOOK_DRAIN_DELAY", "0s"), ("LOGBOOK_KEEPALIVE_GRACE", "2s")]);
+    let second = second.unwrap();
+    assert!(second.starts_with("http/1.1 201") && second.contains("connection: close"), "{second:?}");
+    assert_eq!(server.wait_exit(Duration::from_secs(10)).code(), Some(0));
+    assert_eq!(stored_entries(&server.db).len(), 1);
+}
+
+#[test]
+fn without_a_keepalive_grace_an_idle_connection_closes_at_shutdown() {
+    // The race the grace removes: the request sent on the closed connection is lost, and
+    // its sender cannot know whether it was stored.
+    let (mut server, second) = second_request_after_sigterm(&[("LOGBOOK_DRAIN_DELAY", "0s")]);
+    assert!(second.is_err(), "{second:?}");
+    assert_eq!(server.wait_exit(Duration::from_secs(10)).code(), Some(0));
+    assert_eq!(stored_entries(&server.db).len(), 0);
+}
+
+#[test]
+fn an_idle_kept_alive_connection_holds_shutdown_up_for_the_grace_only() {
+    let mut server = Server::start(&[("LOGBOOK_DRAIN_DELAY", "0s"), ("LOGBOOK_KEEPALIVE_GRACE", "1500ms")]);
+    let mut idle = TcpStream::connect(server.addr).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
+    read_one_response(&mut idle).unwrap();
+    let signalled = Instant::now();
+    server.signal("TERM");
+    assert_eq!(server.wait_exit(Duration::from_secs(15)).code(), Some(0));
+    let took = signalled.elapsed();
+    assert!(took >= Duration::from_millis(1400) && took < Duration::from_secs(5), "shutdown took {took:?}");
+}
+
 #[test]
 fn a_connection_that_never_sends_holds_shutdown_up_only_briefly() {
     // The grace for a first request is not the shutdown timeout: a silent client (a port

@@ -48,22 +48,23 @@ impl Bench {
             sh,
             &wrk(&format!("{url}/api/entries"), c, seconds, Some(&post_script)),
         )?)?;
-        // The proxy as shipped (a new connection to the service per request, so a switch
-        // never loses a POST), and the same with keep-alive to the service, for comparison.
-        let shipped = sh.current_dir().join(project::PROXY_CONFIG);
-        let keepalive = dir.join("Caddyfile.keepalive");
-        std::fs::write(&keepalive, keepalive_config(&std::fs::read_to_string(&shipped)?)?)?;
+        // The proxy as shipped, then HAProxy in the same place, for comparison.
+        let through = |addr: &str| -> Result<(WrkResult, WrkResult)> {
+            let base = format!("http://{addr}/api/entries");
+            let get = parse_wrk(&process::capture(sh, &wrk(&format!("{base}/1"), c, seconds, None))?)?;
+            let post = parse_wrk(&process::capture(sh, &wrk(&base, c, seconds, Some(&post_script)))?)?;
+            Ok((get, post))
+        };
         let mut proxied = Vec::new();
-        for (label, config) in
-            [("the stack's proxy", &shipped), ("the same, keep-alive to the service", &keepalive)]
+        if let Some(proxy) =
+            LocalProxy::start(sh, &server.addr, &sh.current_dir().join(project::PROXY_CONFIG))?
         {
-            let Some(proxy) = LocalProxy::start(sh, &server.addr, config)? else { break };
-            let base = format!("http://{}/api/entries", proxy.addr);
-            let proxied_get =
-                parse_wrk(&process::capture(sh, &wrk(&format!("{base}/1"), c, seconds, None))?)?;
-            let proxied_post =
-                parse_wrk(&process::capture(sh, &wrk(&base, c, seconds, Some(&post_script)))?)?;
-            proxied.push((label, proxied_get, proxied_post));
+            let (get, post) = through(&proxy.addr)?;
+            proxied.push(("the stack's proxy", get, post));
+        }
+        if let Some(haproxy) = LocalHaproxy::start(sh, &server.addr, dir)? {
+            let (get, post) = through(&haproxy.addr)?;
+            proxied.push(("HAProxy, one thread, keep-alive (for comparison)", get, post));
         }
 
         let term_sent = Instant::now();
@@ -119,15 +120,59 @@ fn report(
     .join("\n")
 }
 
-/// The shipped proxy configuration with keep-alive to the service turned on.
-fn keepalive_config(shipped: &str) -> Result<String> {
-    let off = "\t\t\tkeepalive off\n";
-    anyhow::ensure!(
-        shipped.matches(off).count() == 1,
-        "{} no longer turns keep-alive off in one place",
-        project::PROXY_CONFIG
-    );
-    Ok(shipped.replace(off, "\t\t\tkeepalive 30s\n"))
+/// HAProxy in front of `upstream`, listening on loopback at `port`: one thread, and
+/// connections to the service kept alive and shared between clients.
+fn haproxy_config(port: u16, upstream: &str) -> String {
+    format!(
+        "global
+    nbthread 1
+defaults
+    mode http
+    timeout connect 100ms
+    timeout client 30s
+    timeout server 30s
+    http-reuse safe
+frontend bench
+    bind 127.0.0.1:{port}
+    default_backend service
+backend service
+    server service {upstream}
+"
+    )
+}
+
+/// HAProxy from this machine's PATH in front of a local service; stopped when dropped.
+struct LocalHaproxy {
+    handle: duct::Handle,
+    addr: String,
+}
+
+impl LocalHaproxy {
+    /// None, said in one line, where HAProxy is not installed.
+    fn start(sh: &Shell, upstream: &str, dir: &Path) -> Result<Option<Self>> {
+        if !tools::HAPROXY.installed(sh) {
+            process::say(&format!("bench: no HAProxy to compare with ({})", tools::HAPROXY.fix()));
+            return Ok(None);
+        }
+        let port = http::free_port()?;
+        let config = dir.join("haproxy.cfg");
+        std::fs::write(&config, haproxy_config(port, upstream))?;
+        let handle = duct::cmd!("haproxy", "-db", "-f", &config)
+            .stdout_path(dir.join("haproxy.log"))
+            .stderr_to_stdout()
+            .unchecked()
+            .start()
+            .context("cannot start haproxy")?;
+        let haproxy = LocalHaproxy { handle, addr: format!("127.0.0.1:{port}") };
+        local_service::wait_ready_at(&haproxy.addr, "HAProxy to reach the service")?;
+        Ok(Some(haproxy))
+    }
+}
+
+impl Drop for LocalHaproxy {
+    fn drop(&mut self) {
+        let _ = self.handle.kill();
+    }
 }
 
 /// Direct and proxied figures side by side, as a Markdown table, with each path's ratio
@@ -382,14 +427,38 @@ Transfer/sec:      3.13MB
     }
 
     #[test]
-    fn the_keep_alive_variant_changes_only_that_line() {
-        let shipped = std::fs::read_to_string(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(project::PROXY_CONFIG),
-        )
-        .unwrap();
-        let variant = keepalive_config(&shipped).unwrap();
-        assert!(!variant.contains("keepalive off") && variant.contains("keepalive 30s"));
-        assert_eq!(variant.lines().count(), shipped.lines().count());
-        assert!(keepalive_config("reverse_proxy logbook").is_err());
+    fn haproxy_listens_on_loopback_and_reuses_connections_to_the_service() {
+        let config = haproxy_config(18000, "127.0.0.1:9000");
+        assert!(config.contains("    bind 127.0.0.1:18000\n"), "{config}");
+        assert!(config.contains("    server service 127.0.0.1:9000\n"), "{config}");
+        assert!(config.contains("http-reuse safe") && config.contains("nbthread 1"), "{config}");
+    }
+
+    /// The whole-second value after `key` on the line that starts with it (trimmed), in `file`.
+    fn seconds_after(file: &str, key: &str) -> u64 {
+        let text =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(file)).unwrap();
+        let values: Vec<u64> = text
+            .lines()
+            .filter_map(|line| line.trim().strip_prefix(key))
+            .map(|value| value.trim().trim_matches('"').trim_end_matches('s').parse().unwrap())
+            .collect();
+        assert_eq!(values.len(), 1, "{file}: {key} {values:?}");
+        values[0]
+    }
+
+    #[test]
+    fn every_stack_s_service_outlasts_the_proxy_s_idle_connections() {
+        // The proxy keeps connections to the service alive; a stopping service must leave
+        // them open until the proxy has closed them, or a POST sent on one is lost.
+        let idle = seconds_after(project::PROXY_CONFIG, "keepalive ");
+        assert!(idle >= 1);
+        for stack in ["docker-compose.yml", "deploy/swarm/stack.yml"] {
+            let grace = seconds_after(stack, "LOGBOOK_KEEPALIVE_GRACE:");
+            assert!(
+                grace > idle,
+                "{stack}: LOGBOOK_KEEPALIVE_GRACE {grace}s, the proxy's idle timeout {idle}s"
+            );
+        }
     }
 }

@@ -131,6 +131,13 @@ pub const WRK: Tool = Tool {
     hint: "the load generator of `bench` (Debian/Ubuntu: apt-get install wrk, macOS: brew install wrk)",
 };
 
+pub const HAPROXY: Tool = Tool {
+    name: "haproxy",
+    probe: &["haproxy", "-v"],
+    install: Install::ByHand,
+    hint: "a second proxy that `bench` measures beside the stack's, for comparison (Debian/Ubuntu: apt-get install haproxy)",
+};
+
 pub const CURL: Tool = Tool {
     name: "curl",
     probe: &["curl", "--version"],
@@ -160,6 +167,7 @@ pub const OPTIONAL: &[Tool] = &[
     KUBERNETES_VALIDATE,
     CARGO_DENY,
     WRK,
+    HAPROXY,
     CURL,
 ];
 
