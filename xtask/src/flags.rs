@@ -781,6 +781,17 @@ pub struct Ci {
     /// docs/OPERATIONS.md, "Output for programs").
     #[arg(long)]
     pub json: bool,
+
+    /// How many of the steps that share nothing (fmt, clippy, lint, advisories) run at
+    /// once, before the others; each one's log is printed whole when all have ended. 1 runs
+    /// every step in turn, its output as it comes. Defaults to the number of cores.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..), default_value_t = default_jobs())]
+    pub jobs: u16,
+}
+
+/// `ci --jobs` unless told otherwise: the cores this process may use.
+fn default_jobs() -> u16 {
+    std::thread::available_parallelism().map_or(1, |n| u16::try_from(n.get()).unwrap_or(u16::MAX))
 }
 
 /// The steps of `cargo xtask ci`, in the order they run.
@@ -908,5 +919,20 @@ mod tests {
         let Command::Ci(ci) = flags.command else { panic!("expected ci") };
         assert_eq!(ci.skip, vec![CiStep::Fmt, CiStep::Clippy]);
         assert!(Xtask::try_parse_from(["xtask", "ci", "--skip", "fmt", "--only", "test"]).is_err());
+    }
+
+    #[test]
+    fn ci_jobs_default_to_the_cores_and_refuse_zero() {
+        let Command::Ci(ci) = parse("ci").unwrap().command else { panic!("expected ci") };
+        assert_eq!(usize::from(ci.jobs), std::thread::available_parallelism().unwrap().get());
+        let Command::Ci(ci) = parse("ci --jobs 3").unwrap().command else { panic!("expected ci") };
+        assert_eq!(ci.jobs, 3);
+        let err = parse("ci --jobs 0").unwrap_err().to_string();
+        assert!(err.contains("--jobs") && err.contains("1.."), "{err}");
+        let err = parse("ci --only nosuchstep").unwrap_err().to_string();
+        assert!(
+            err.contains("nosuchstep") && err.contains("possible values") && err.contains("fmt"),
+            "{err}"
+        );
     }
 }

@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use xshell::Shell;
 
 use clap::ValueEnum;
@@ -46,6 +46,17 @@ impl CiStep {
             CiStep::Scan => &[CiStep::Build],
             _ => &[],
         }
+    }
+
+    /// Steps that share nothing with each other while they run (no engine, no image, no
+    /// fixed port): with `--jobs` above 1, they run side by side, before the others.
+    pub fn runs_beside_others(self) -> bool {
+        matches!(self, CiStep::Fmt | CiStep::Clippy | CiStep::Lint | CiStep::Advisories)
+    }
+
+    /// The steps that build this tree's image.
+    fn builds(self) -> bool {
+        matches!(self, CiStep::Build | CiStep::BuildClassic)
     }
 
     /// The steps that run this tree's image: they need the build, and its id is their input.
@@ -144,10 +155,16 @@ struct StepReport {
     took: Option<Duration>,
 }
 
+/// A step about to run, and what its cache needs once it has.
+struct Pending {
+    step: CiStep,
+    /// Its key and inputs, when the cache is on.
+    keyed: Option<(String, ci_cache::Reads)>,
+}
+
 impl Ci {
     pub fn run(self, sh: &Shell) -> Result<()> {
         let started = Instant::now();
-        let mut reports: Vec<StepReport> = Vec::new();
         let on_ci = std::env::var("CI").is_ok_and(|v| v == "true");
         let cache = (!self.no_cache && !on_ci && !process::is_dry_run())
             .then(|| Cache::new(&sh.current_dir().join("target").join("ci-cache")));
@@ -158,73 +175,38 @@ impl Ci {
             Some(_) => ci_cache::tree(sh)?,
             None => Vec::new(),
         };
-        for &step in CiStep::all() {
-            let outcome_before_run = if process::interrupted() {
-                Some(Outcome::Skipped("not run: interrupted".into()))
-            } else if !self.only.is_empty() && !self.only.contains(&step) {
-                Some(Outcome::Skipped("not in --only".into()))
-            } else if self.skip.contains(&step) {
-                Some(Outcome::Skipped("--skip".into()))
-            } else {
-                step.needs()
-                    .iter()
-                    .find(|need| {
-                        reports.iter().any(|r| {
-                            r.step == **need && matches!(r.outcome, Outcome::Fail(_) | Outcome::DryRun)
-                        })
-                    })
-                    .map(|need| Outcome::Skipped(format!("not run: needs {}", need.name())))
-            };
-            let forced = self.force.as_ref().is_some_and(|f| f.is_empty() || f.contains(&step));
-            // A forced step is keyed too, so that its result replaces the record.
-            let reads = ci_cache::reads(step).filter(|_| cache.is_some() && outcome_before_run.is_none());
-            let key = reads.as_ref().map(|reads| step_key(sh, reads, &tree));
-            // A build's green record counts only while the very image it built is there
-            // (a dirty tree's tag is shared by every dirty state).
-            let builds = matches!(step, CiStep::Build | CiStep::BuildClassic);
-            let hit = key
-                .as_ref()
-                .zip(cache.as_ref())
-                .filter(|_| !forced)
-                .and_then(|(key, cache)| cache.hit(step, key))
-                .filter(|record| !builds || (record.image.is_some() && record.image == tree_image_id(sh)));
-            let outcome_before_run = outcome_before_run.or(hit.map(Outcome::Cached));
-            let report = match outcome_before_run {
-                Some(outcome) => StepReport { step, outcome, took: None },
-                None => {
+        let mut reports: Vec<StepReport> = Vec::new();
+        // Steps that share nothing run first, side by side, each with its log printed
+        // whole once it ends; the table keeps the order of the steps. A dry run's plan is
+        // one list in order, so it takes them in turn.
+        let jobs = if process::is_dry_run() { 1 } else { usize::from(self.jobs) };
+        let beside: Vec<CiStep> = if jobs > 1 {
+            CiStep::all().iter().copied().filter(|s| s.runs_beside_others()).collect()
+        } else {
+            Vec::new()
+        };
+        let mut batch = Vec::new();
+        for &step in &beside {
+            match self.decide(sh, step, &reports, cache.as_ref(), &tree) {
+                Ok(outcome) => reports.push(StepReport { step, outcome, took: None }),
+                Err(pending) => batch.push(pending),
+            }
+        }
+        for (pending, outcome, took) in run_beside(sh, batch, jobs, |sh, step| self.execute(sh, step))? {
+            reports.push(self.finish(sh, pending, outcome, took, cache.as_ref())?);
+        }
+        for &step in CiStep::all().iter().filter(|s| !beside.contains(s)) {
+            let report = match self.decide(sh, step, &reports, cache.as_ref(), &tree) {
+                Ok(outcome) => StepReport { step, outcome, took: None },
+                Err(pending) => {
                     let step_started = Instant::now();
-                    let required = self.require.contains(&step);
-                    let result = process::group(&format!("ci: {}", step.name()), || step.run(sh, required));
-                    let took = step_started.elapsed();
-                    let outcome = match result {
-                        Ok(outcome) => outcome,
-                        Err(e) if process::is_dry_run_end(&e) => {
-                            process::say(&format!("ci: {}: {e:#}", step.name()));
-                            Outcome::DryRun
-                        }
-                        Err(e) => {
-                            process::say(&format!("ci: {} failed: {e:#}", step.name()));
-                            Outcome::Fail(format!("{e:#}"))
-                        }
-                    };
-                    if let (Some(cache), Some(key), Some(reads)) = (&cache, key, &reads) {
-                        // Inputs edited while the step ran were not what it tested.
-                        let unchanged = step_key(sh, reads, &ci_cache::tree(sh)?) == key;
-                        let passed =
-                            (matches!(outcome, Outcome::Pass(_)) && unchanged).then(|| ci_cache::Record {
-                                key,
-                                at: crate::time::now_rfc3339(),
-                                revision: revision(sh),
-                                seconds: took.as_secs_f64(),
-                                image: if builds { tree_image_id(sh) } else { None },
-                            });
-                        cache.note(step, passed)?;
-                    }
-                    StepReport { step, outcome, took: Some(took) }
+                    let outcome = self.execute(sh, step);
+                    self.finish(sh, pending, outcome, step_started.elapsed(), cache.as_ref())?
                 }
             };
             reports.push(report);
         }
+        reports.sort_by_key(|r| CiStep::all().iter().position(|s| *s == r.step));
 
         if self.json {
             process::result(&summary_json(&reports, started.elapsed()));
@@ -244,6 +226,157 @@ impl Ci {
             bail!("ci failed: {}", failed.join(", "));
         }
         Ok(())
+    }
+
+    /// What becomes of `step` without running it (left out, not worth running, or cached),
+    /// or, as the error, that it runs.
+    fn decide(
+        &self,
+        sh: &Shell,
+        step: CiStep,
+        reports: &[StepReport],
+        cache: Option<&Cache>,
+        tree: &[String],
+    ) -> std::result::Result<Outcome, Pending> {
+        let left_out = if process::interrupted() {
+            Some(Outcome::Skipped("not run: interrupted".into()))
+        } else if !self.only.is_empty() && !self.only.contains(&step) {
+            Some(Outcome::Skipped("not in --only".into()))
+        } else if self.skip.contains(&step) {
+            Some(Outcome::Skipped("--skip".into()))
+        } else {
+            step.needs()
+                .iter()
+                .find(|need| {
+                    reports
+                        .iter()
+                        .any(|r| r.step == **need && matches!(r.outcome, Outcome::Fail(_) | Outcome::DryRun))
+                })
+                .map(|need| Outcome::Skipped(format!("not run: needs {}", need.name())))
+        };
+        if let Some(outcome) = left_out {
+            return Ok(outcome);
+        }
+        let forced = self.force.as_ref().is_some_and(|f| f.is_empty() || f.contains(&step));
+        // A forced step is keyed too, so that its result replaces the record.
+        let keyed =
+            cache.and_then(|_| ci_cache::reads(step)).map(|reads| (step_key(sh, &reads, tree), reads));
+        // A build's green record counts only while the very image it built is there
+        // (a dirty tree's tag is shared by every dirty state).
+        let hit = keyed
+            .as_ref()
+            .zip(cache)
+            .filter(|_| !forced)
+            .and_then(|((key, _), cache)| cache.hit(step, key))
+            .filter(|record| !step.builds() || (record.image.is_some() && record.image == tree_image_id(sh)));
+        match hit {
+            Some(record) => Ok(Outcome::Cached(record)),
+            None => Err(Pending { step, keyed }),
+        }
+    }
+
+    /// Runs `step` in a log group, and says how it ended.
+    fn execute(&self, sh: &Shell, step: CiStep) -> Outcome {
+        let required = self.require.contains(&step);
+        match process::group(&format!("ci: {}", step.name()), || step.run(sh, required)) {
+            Ok(outcome) => outcome,
+            Err(e) if process::is_dry_run_end(&e) => {
+                process::say(&format!("ci: {}: {e:#}", step.name()));
+                Outcome::DryRun
+            }
+            Err(e) => {
+                process::say(&format!("ci: {} failed: {e:#}", step.name()));
+                Outcome::Fail(format!("{e:#}"))
+            }
+        }
+    }
+}
+
+/// Runs `batch` with `execute`, at most `jobs` at a time, each on a thread of its own
+/// with its output in `target/ci-logs/<step>.log`, printed whole in the order of the
+/// steps once all have ended.
+fn run_beside(
+    sh: &Shell,
+    batch: Vec<Pending>,
+    jobs: usize,
+    execute: impl Fn(&Shell, CiStep) -> Outcome + Sync,
+) -> Result<Vec<(Pending, Outcome, Duration)>> {
+    if batch.is_empty() {
+        return Ok(Vec::new());
+    }
+    // The runner's own logs, not a change to the project: made even by a dry run.
+    let logs = sh.current_dir().join("target").join("ci-logs");
+    std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
+    process::say(&format!(
+        "ci: {} side by side, at most {jobs} at once: {}",
+        batch.len(),
+        batch.iter().map(|p| p.step.name()).collect::<Vec<_>>().join(", ")
+    ));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let ended: std::sync::Mutex<Vec<Option<(Outcome, Duration)>>> =
+        std::sync::Mutex::new(batch.iter().map(|_| None).collect());
+    let dir = sh.current_dir();
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.min(batch.len()) {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let Some(pending) = batch.get(i) else { break };
+                    let step_started = Instant::now();
+                    let outcome =
+                        match std::fs::File::create(logs.join(format!("{}.log", pending.step.name())))
+                            .map_err(anyhow::Error::from)
+                            .and_then(|log| {
+                                // A shell of its own: a shell's directory and variables are not shared.
+                                let sh = Shell::new()?;
+                                sh.change_dir(&dir);
+                                Ok(process::logging_to(log, || execute(&sh, pending.step)))
+                            }) {
+                            Ok(outcome) => outcome,
+                            Err(e) => Outcome::Fail(format!("cannot run it beside others: {e:#}")),
+                        };
+                    ended.lock().unwrap_or_else(|p| p.into_inner())[i] =
+                        Some((outcome, step_started.elapsed()));
+                }
+            });
+        }
+    });
+    let ended = ended.into_inner().unwrap_or_else(|p| p.into_inner());
+    let mut results = Vec::new();
+    for (pending, ended) in batch.into_iter().zip(ended) {
+        let log = logs.join(format!("{}.log", pending.step.name()));
+        process::say(std::fs::read_to_string(&log).unwrap_or_default().trim_end());
+        let (outcome, took) = ended.unwrap_or((Outcome::Fail("it did not end".into()), Duration::ZERO));
+        results.push((pending, outcome, took));
+    }
+    Ok(results)
+}
+
+impl Ci {
+    /// Records a green result under its key (when the inputs did not change while it ran),
+    /// or forgets the step's record otherwise.
+    fn finish(
+        &self,
+        sh: &Shell,
+        pending: Pending,
+        outcome: Outcome,
+        took: Duration,
+        cache: Option<&Cache>,
+    ) -> Result<StepReport> {
+        let Pending { step, keyed } = pending;
+        if let (Some(cache), Some((key, reads))) = (cache, keyed) {
+            // Inputs edited while the step ran were not what it tested.
+            let unchanged = step_key(sh, &reads, &ci_cache::tree(sh)?) == key;
+            let passed = (matches!(outcome, Outcome::Pass(_)) && unchanged).then(|| ci_cache::Record {
+                key,
+                at: crate::time::now_rfc3339(),
+                revision: revision(sh),
+                seconds: took.as_secs_f64(),
+                image: if step.builds() { tree_image_id(sh) } else { None },
+            });
+            cache.note(step, passed)?;
+        }
+        Ok(StepReport { step, outcome, took: Some(took) })
     }
 }
 
@@ -364,6 +497,47 @@ fn summary_markdown(reports: &[StepReport]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn steps_beside_each_other_overlap_and_keep_their_logs_apart() {
+        let sh = Shell::new().unwrap();
+        let dir = sh.create_temp_dir().unwrap();
+        sh.change_dir(dir.path());
+        let steps = [CiStep::Fmt, CiStep::Clippy, CiStep::Lint];
+        let run = |jobs| {
+            let batch = steps.iter().map(|&step| Pending { step, keyed: None }).collect();
+            let started = Instant::now();
+            let ended = run_beside(&sh, batch, jobs, |_, step| {
+                for i in 0..3 {
+                    process::say(&format!("{} says {i}", step.name()));
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                if step == CiStep::Clippy {
+                    Outcome::Fail("red".into())
+                } else {
+                    Outcome::Pass(String::new())
+                }
+            })
+            .unwrap();
+            (ended, started.elapsed())
+        };
+        let (ended, took) = run(3);
+        // In turn, the three would take 900 ms.
+        assert!(took < Duration::from_millis(750), "took {took:?}");
+        let order: Vec<CiStep> = ended.iter().map(|(pending, _, _)| pending.step).collect();
+        assert_eq!(order, steps);
+        assert_eq!(ended[1].1, Outcome::Fail("red".into()));
+        assert!(ended.iter().all(|(_, _, took)| *took >= Duration::from_millis(300)));
+        for step in steps {
+            let log = std::fs::read_to_string(dir.path().join(format!("target/ci-logs/{}.log", step.name())))
+                .unwrap();
+            let expected: Vec<String> = (0..3).map(|i| format!("{} says {i}", step.name())).collect();
+            assert_eq!(log.lines().collect::<Vec<_>>(), expected);
+        }
+        // Two at a time: the third waits for a free one.
+        let (_, took) = run(2);
+        assert!(took >= Duration::from_millis(600) && took < Duration::from_millis(850), "took {took:?}");
+    }
 
     #[test]
     fn commands_are_exact() {

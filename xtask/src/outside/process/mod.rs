@@ -206,6 +206,7 @@ impl Runner {
         }
         // Through std, so the child inherits stdin too (xshell would give it a null one).
         let mut command: std::process::Command = cmd.to_xshell(sh).into();
+        output_to_step_log(&mut command).with_context(|| format!("cannot log the output of `{cmd}`"))?;
         let mut child = command.spawn().map_err(|e| spawn_error(cmd, &e))?;
         let status = wait_within(cmd, &mut child, cmd.limit_or(RUN_LIMIT))?;
         check_status(cmd, status)
@@ -502,7 +503,7 @@ pub fn echo(cmd: &Cmd) {
 /// nothing is printed.
 pub fn result(line: &str) {
     use std::io::Write;
-    if runner().skipped.load(Ordering::SeqCst) > 0 {
+    if runner().skipped.load(Ordering::SeqCst) > 0 || to_step_log(line) {
         return;
     }
     let _ = writeln!(std::io::stdout().lock(), "{line}");
@@ -511,12 +512,77 @@ pub fn result(line: &str) {
 /// One plain line on stderr: progress and diagnostics, never results.
 #[allow(clippy::print_stderr)]
 pub fn say(line: &str) {
-    eprintln!("{line}");
+    if !to_step_log(line) {
+        eprintln!("{line}");
+    }
+}
+
+thread_local! {
+    /// Where this thread's output goes instead of the terminal: the log of a `ci` step
+    /// that runs beside others, printed whole once it ends.
+    static STEP_LOG: std::cell::RefCell<Option<std::fs::File>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `body` with this thread's output written to `log` instead of the terminal: the
+/// lines said, the results, and the output of every command it runs.
+pub fn logging_to<T>(log: std::fs::File, body: impl FnOnce() -> T) -> T {
+    /// Puts the terminal back, also when `body` panics.
+    struct Restore;
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            STEP_LOG.with(|current| current.borrow_mut().take());
+        }
+    }
+    STEP_LOG.with(|current| *current.borrow_mut() = Some(log));
+    let _restore = Restore;
+    body()
+}
+
+/// Writes `line` to this thread's step log; false when it has none.
+fn to_step_log(line: &str) -> bool {
+    use std::io::Write;
+    STEP_LOG.with(|current| match current.borrow_mut().as_mut() {
+        Some(log) => {
+            let _ = writeln!(log, "{line}");
+            true
+        }
+        None => false,
+    })
+}
+
+/// Gives `command` this thread's step log as its stdout and stderr, when there is one.
+fn output_to_step_log(command: &mut std::process::Command) -> std::io::Result<()> {
+    STEP_LOG.with(|current| {
+        if let Some(log) = current.borrow().as_ref() {
+            command.stdout(log.try_clone()?).stderr(log.try_clone()?);
+        }
+        Ok(())
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_step_log_takes_the_thread_s_lines_and_its_commands_output() {
+        let sh = Shell::new().unwrap();
+        let dir = sh.create_temp_dir().unwrap();
+        let path = dir.path().join("step.log");
+        let log = std::fs::File::create(&path).unwrap();
+        let echo = Cmd::new("sh").args(["-c", "echo to-stdout; echo to-stderr >&2"]);
+        logging_to(log, || {
+            say("a line said");
+            result("a result");
+            run(&sh, &echo).unwrap();
+        });
+        let logged = std::fs::read_to_string(&path).unwrap();
+        for expected in ["a line said\n", "a result\n", "$ sh -c", "to-stdout\n", "to-stderr\n"] {
+            assert!(logged.contains(expected), "{expected:?} missing from {logged:?}");
+        }
+        // The terminal is back once the body ends.
+        assert!(!to_step_log("not logged"));
+    }
 
     #[test]
     fn display_quotes_only_what_needs_it() {
