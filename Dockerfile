@@ -2,6 +2,11 @@
 # Builds with the classic builder and with BuildKit alike. Every base image is a build
 # argument with a public default, so mirrors and air-gapped registries work.
 ARG RUST_IMAGE=rust:1.95-slim-bookworm
+# Where the runtime's files come from: `native-files` (compiled below, for the builder's
+# own platform) or `cross-files` (another platform's binary, cross-compiled outside and
+# staged in the context under CROSS_DIR by `cargo xtask build --platform`).
+ARG FILES=native-files
+ARG CROSS_DIR=Cargo.lock
 
 FROM ${RUST_IMAGE} AS build
 # Pipelines in RUN fail when any part fails, not only the last.
@@ -45,12 +50,26 @@ RUN touch logbook/src/main.rs logbook/src/lib.rs \
  && chmod 1777 /rootfs/tmp \
  && /rootfs/logbook version | grep '^logbook '
 
-# 3. Runtime: the binary, a passwd entry for the non-root user, /tmp and the data directory.
+# 3. The runtime's files, from the build above or from another platform's staged ones.
+#    BuildKit builds only the stages the chosen one needs: an image for another platform
+#    compiles nothing here and emulates nothing. The classic builder runs every stage, so
+#    the cross stage copies Cargo.lock too, which makes it a no-op when not chosen.
+FROM scratch AS native-files
+COPY --from=build /rootfs /rootfs
+COPY --from=build /datafs /datafs
+
+FROM scratch AS cross-files
+ARG CROSS_DIR
+COPY Cargo.lock ${CROSS_DIR} /
+
+FROM ${FILES} AS files
+
+# 4. Runtime: the binary, a passwd entry for the non-root user, /tmp and the data directory.
 #    Whole trees are copied so the directories keep their modes (/tmp is 1777, and Docker's
 #    tmpfs takes its mode from the directory it covers).
 FROM scratch
-COPY --from=build /rootfs /
-COPY --from=build --chown=10001:10001 /datafs /
+COPY --from=files /rootfs /
+COPY --from=files --chown=10001:10001 /datafs /
 USER 10001:10001
 ENV LOGBOOK_BIND=0.0.0.0 \
     LOGBOOK_PORT=8080 \

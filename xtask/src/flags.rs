@@ -62,6 +62,7 @@ pub enum Command {
     RecoveryDrill(RecoveryDrill),
     FaultDrill(FaultDrill),
     SchemaDrill(SchemaDrill),
+    PlatformSmoke(PlatformSmoke),
     Doctor(Doctor),
     Coverage(Coverage),
     Completions(Completions),
@@ -76,12 +77,34 @@ pub enum Command {
 /// `logbook:latest`, with OCI labels. Prints its size and the build time.
 ///
 /// RUST_IMAGE in the environment overrides the build's base image (for mirrors).
+///
+/// With `--platform`, one image per platform: this machine's built as always, any other
+/// cross-compiled here (not emulated) and put in an image by the same Dockerfile, tagged
+/// `logbook:<git sha>-<arch>`. Cross-compiling needs zig, cargo-zigbuild and the Rust
+/// target (`cargo xtask doctor` names what is missing); it is checked before anything is
+/// built.
 #[derive(Debug, Args)]
 pub struct Build {
     /// Which image builder to use: BuildKit, or the classic builder (for engines without
-    /// BuildKit). The Dockerfile supports both.
+    /// BuildKit). The Dockerfile supports both; another platform's image needs BuildKit.
     #[arg(long, value_enum, default_value_t = Builder::Buildkit)]
     pub builder: Builder,
+
+    /// The platforms to build for, comma-separated (default: LOGBOOK_PLATFORMS, else this
+    /// machine's).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub platform: Vec<Platform>,
+}
+
+/// A platform the image is built for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ValueEnum)]
+pub enum Platform {
+    /// x86-64 Linux
+    #[value(name = "linux/amd64")]
+    LinuxAmd64,
+    /// 64-bit Arm Linux (Graviton, Ampere, Apple silicon under Docker Desktop)
+    #[value(name = "linux/arm64")]
+    LinuxArm64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -446,6 +469,18 @@ pub struct SchemaDrill {
     pub no_build: bool,
 }
 
+/// Prove the image for every platform, live: build this machine's image and the other
+/// platform's (cross-compiled), push both to a throwaway registry on loopback with one
+/// manifest list over them, check that the list names both platforms, then run the
+/// arm64 image's binary under qemu-aarch64-static: start, `/readyz`, a write and a read.
+/// Prints each platform's build time and image size. Always tears down.
+#[derive(Debug, Args)]
+pub struct PlatformSmoke {
+    /// Use the existing image for this tree; fail if it has not been built.
+    #[arg(long)]
+    pub no_build: bool,
+}
+
 /// Rehearse the release path of the workflow, offline: start a container registry on
 /// loopback ($REGISTRY_IMAGE, default registry:2.8.2), publish the tested image and a
 /// second release to it, remove the local copies, then run the workflow's own staging and
@@ -632,6 +667,11 @@ pub struct Publish {
     /// Also write `image=<repository>@<digest>` to $GITHUB_OUTPUT, for later jobs.
     #[arg(long)]
     pub github_output: bool,
+
+    /// Publish one image per platform under one manifest list, comma-separated (each built
+    /// already, by `build --platform`); a deploy by the list's digest pulls the host's.
+    #[arg(long, value_enum, value_delimiter = ',', conflicts_with = "image")]
+    pub platform: Vec<Platform>,
 }
 
 /// Deploy a release to an orchestrator, health-gated, and record it.
@@ -831,6 +871,9 @@ pub enum CiStep {
     FaultDrill,
     /// cargo xtask schema-drill: additive and breaking migrations, rolled back under writes
     SchemaDrill,
+    /// cargo xtask platform-smoke: the amd64 and arm64 images, their manifest list, and
+    /// the arm64 binary run under emulation
+    PlatformSmoke,
     /// cargo xtask scan: Trivy (skipped when Trivy is not available, unless required)
     Scan,
 }
@@ -919,6 +962,20 @@ mod tests {
         let Command::Ci(ci) = flags.command else { panic!("expected ci") };
         assert_eq!(ci.skip, vec![CiStep::Fmt, CiStep::Clippy]);
         assert!(Xtask::try_parse_from(["xtask", "ci", "--skip", "fmt", "--only", "test"]).is_err());
+    }
+
+    #[test]
+    fn platforms_parse_comma_separated_and_an_unknown_one_lists_the_known() {
+        let Command::Build(build) = parse("build --platform linux/amd64,linux/arm64").unwrap().command else {
+            panic!("expected build")
+        };
+        assert_eq!(build.platform, [Platform::LinuxAmd64, Platform::LinuxArm64]);
+        let err = parse("build --platform linux/s390x").unwrap_err().to_string();
+        assert!(
+            err.contains("linux/s390x") && err.contains("linux/amd64") && err.contains("linux/arm64"),
+            "{err}"
+        );
+        assert!(parse("publish --repository r --image x --platform linux/arm64").is_err());
     }
 
     #[test]

@@ -59,6 +59,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::RecoveryDrill(cmd) => cmd.run(&sh),
         Command::FaultDrill(cmd) => cmd.run(&sh),
         Command::SchemaDrill(cmd) => cmd.run(&sh),
+        Command::PlatformSmoke(cmd) => cmd.run(&sh),
         Command::Doctor(cmd) => cmd.run(&sh),
         Command::Coverage(cmd) => cmd.run(&sh),
         Command::Completions(cmd) => cmd.run(&sh),

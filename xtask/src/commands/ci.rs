@@ -11,7 +11,7 @@ use clap::ValueEnum;
 use super::ci_cache::{self, Cache};
 use crate::checks::{advisories, coverage, lint};
 use crate::flags::{
-    AuditImage, Build, Builder, Ci, CiStep, DEFAULT_FAIL_UNDER, Drill, FaultDrill, MonitoringSmoke,
+    AuditImage, Build, Builder, Ci, CiStep, DEFAULT_FAIL_UNDER, Drill, FaultDrill, MonitoringSmoke, Platform,
     RecoveryDrill, ReleaseDrill, Scan, ScanFormat, SchemaDrill, Smoke, SwarmDrill,
 };
 use crate::outside::process::{self, Cmd};
@@ -72,6 +72,7 @@ impl CiStep {
                 | CiStep::RecoveryDrill
                 | CiStep::FaultDrill
                 | CiStep::SchemaDrill
+                | CiStep::PlatformSmoke
         )
     }
 
@@ -84,8 +85,10 @@ impl CiStep {
             CiStep::Lint => done(lint::lint(sh, true)),
             CiStep::Test => done(process::run(sh, &tests(tools::NEXTEST.installed(sh)))),
             CiStep::Coverage => done(coverage::run(sh, DEFAULT_FAIL_UNDER, true)),
-            CiStep::BuildClassic => done(Build { builder: Builder::Classic }.run(sh)),
-            CiStep::Build => done(Build { builder: Builder::Buildkit }.run(sh)),
+            // This machine's image: the other platforms' are platform-smoke's.
+            CiStep::BuildClassic => done(Build { builder: Builder::Classic, platform: host_only() }.run(sh)),
+            CiStep::Build => done(Build { builder: Builder::Buildkit, platform: host_only() }.run(sh)),
+            CiStep::PlatformSmoke => done(crate::drills::platform_smoke::run(sh, true, true)),
             CiStep::Smoke => done(Smoke { no_build: true, tag: None, url: None }.run(sh)),
             CiStep::Drill => done(Drill { no_build: true }.run(sh)),
             CiStep::MonitoringSmoke => done(MonitoringSmoke { no_build: true }.run(sh)),
@@ -99,6 +102,12 @@ impl CiStep {
             CiStep::Scan => scan_step(sh, required),
         }
     }
+}
+
+/// This machine's platform alone (none where the image is not built for it: `build`
+/// then says so).
+fn host_only() -> Vec<Platform> {
+    Platform::host().into_iter().collect()
 }
 
 /// Where `ci` finds a Trivy cache holding a test database, for the gate's self-test.

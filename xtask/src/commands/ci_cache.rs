@@ -126,6 +126,18 @@ pub fn reads(step: CiStep) -> Option<Reads> {
             settings: &["RUST_IMAGE"],
             lines: &[],
         },
+        CiStep::PlatformSmoke => Reads {
+            tools: &[
+                DOCKER,
+                CARGO,
+                RUSTC,
+                &["cargo-zigbuild", "--version"],
+                &["python3", "-m", "ziglang", "version"],
+                &["qemu-aarch64-static", "--version"],
+                &["rustup", "target", "list", "--installed"],
+            ],
+            ..live
+        },
         // Their verdicts change with databases published daily, not with this tree.
         CiStep::Advisories | CiStep::Scan => return None,
         _ if step.tests_the_image() => live,

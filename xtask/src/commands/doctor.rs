@@ -4,8 +4,11 @@ use anyhow::{Result, bail};
 use xshell::Shell;
 
 use crate::checks::coverage;
-use crate::flags::Doctor;
+use clap::ValueEnum;
+
+use crate::flags::{Doctor, Platform};
 use crate::outside::docker;
+use crate::outside::platform;
 use crate::outside::process::{self, Cmd};
 use crate::outside::tools::{self, Tool};
 
@@ -73,6 +76,23 @@ pub fn examine(sh: &Shell) -> Vec<Finding> {
         },
     });
     findings.extend(tools::OPTIONAL.iter().map(|tool| found(tool, false, tool.version(sh))));
+    findings.extend(Platform::value_variants().iter().filter(|p| platform::is_cross(**p)).map(|&p| {
+        let installed = platform::target_installed(sh, p);
+        Finding {
+            what: p.rust_target(),
+            status: if installed { Status::Ok } else { Status::Missing },
+            detail: if installed {
+                format!("the Rust target for `build --platform {}`", p.name())
+            } else {
+                format!(
+                    "run `{}` (for `build --platform {}`)",
+                    platform::add_target(p.rust_target()),
+                    p.name()
+                )
+            },
+            needed_by_up: false,
+        }
+    }));
     findings
 }
 

@@ -4,7 +4,9 @@ use anyhow::{Context, Result, bail};
 use xshell::Shell;
 
 use crate::flags::Publish;
-use crate::outside::registry::{push, repository_name};
+use crate::outside::image::ImagePlan;
+use crate::outside::platform;
+use crate::outside::registry::{push, push_platforms, repository_name};
 use crate::outside::{docker, image, process};
 
 impl Publish {
@@ -19,7 +21,26 @@ impl Publish {
             )?,
         };
         let repository = repository_name(&self.repository)?;
-        let (image, tags) = push(sh, &local, &repository, self.git_ref.as_deref())?;
+        let (image, tags) = if self.platform.is_empty() {
+            push(sh, &local, &repository, self.git_ref.as_deref())?
+        } else {
+            let plan = ImagePlan::from_repo(sh)?;
+            let revision = plan.tag.rsplit_once(':').map_or(String::new(), |(_, tag)| tag.to_owned());
+            let mut images = Vec::new();
+            for &p in &platform::chosen(&self.platform)? {
+                let image =
+                    if platform::is_cross(p) { platform::platform_tag(&plan, p) } else { local.clone() };
+                if !docker::image_exists(sh, &image) {
+                    bail!(
+                        "the {} image {image} is not here: run `cargo xtask build --platform {}` first",
+                        p.name(),
+                        p.name()
+                    );
+                }
+                images.push((p.arch(), image));
+            }
+            push_platforms(sh, &images, &repository, &revision, self.git_ref.as_deref())?
+        };
         if self.github_output {
             let path = std::env::var("GITHUB_OUTPUT")
                 .context("--github-output needs GITHUB_OUTPUT (set by GitHub Actions)")?;

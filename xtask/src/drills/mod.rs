@@ -6,6 +6,7 @@ pub mod drill;
 pub mod fault_drill;
 pub mod harness;
 pub mod monitoring_smoke;
+pub mod platform_smoke;
 pub mod recovery_drill;
 pub mod release_drill;
 pub mod schema_drill;

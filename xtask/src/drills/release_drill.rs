@@ -6,7 +6,7 @@
 //! its check takes the workflow's failure path.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, Result, bail, ensure};
 use xshell::Shell;
@@ -15,16 +15,16 @@ use yaml_rust2::YamlLoader;
 use super::harness::{self, Traffic};
 use crate::checks::report::Checks;
 use crate::flags::{Builder, ReleaseDrill};
+use crate::outside::docker;
 use crate::outside::image::{self, ImagePlan};
 use crate::outside::process::{self, Cmd};
-use crate::outside::{docker, http, registry};
+use crate::outside::registry::{self, LocalRegistry};
 use crate::project;
 use crate::targets::compose::{OnDrop, StackGuard};
 
 /// The workflow whose release jobs are rehearsed, and the one that rolls back by hand.
 const RELEASE_WORKFLOW: &str = ".github/workflows/ci.yml";
 const ROLLBACK_WORKFLOW: &str = ".github/workflows/rollback.yml";
-const DEFAULT_REGISTRY_IMAGE: &str = "registry:2.8.2";
 /// The token the rehearsed deployment requires, as production's would.
 const DRILL_TOKEN: &str = "release-drill-token";
 
@@ -272,45 +272,6 @@ fn job_steps(workflow: &str, job: &str) -> Result<Vec<JobStep>> {
         .collect())
 }
 
-/// A container registry on a free loopback port, removed (with its storage) when dropped.
-struct LocalRegistry<'a> {
-    container: docker::ContainerGuard<'a>,
-    addr: String,
-}
-
-impl<'a> LocalRegistry<'a> {
-    fn start(sh: &'a Shell) -> Result<Self> {
-        let image = std::env::var("REGISTRY_IMAGE").unwrap_or_else(|_| DEFAULT_REGISTRY_IMAGE.to_owned());
-        let port = http::free_port()?;
-        let name = format!("{}-registry-{}", project::NAME, std::process::id());
-        let registry = LocalRegistry {
-            container: docker::ContainerGuard::new(sh, name),
-            addr: format!("127.0.0.1:{port}"),
-        };
-        process::run(sh, &run_registry(&image, &registry.container.name, port)).with_context(|| {
-            format!("cannot start the registry {image} (set REGISTRY_IMAGE to one you can reach)")
-        })?;
-        process::wait_for(
-            "the registry to answer",
-            Duration::from_secs(20),
-            Duration::from_millis(50),
-            || {
-                Ok(http::get(&registry.addr, "/v2/", Duration::from_secs(1))
-                    .is_ok_and(|r| r.status == 200)
-                    .then_some(()))
-            },
-        )?;
-        Ok(registry)
-    }
-}
-
-pub fn run_registry(image: &str, name: &str, port: u16) -> Cmd {
-    Cmd::new("docker")
-        .args(["run", "--detach", "--name", name, "--publish"])
-        .arg(format!("127.0.0.1:{port}:5000"))
-        .arg(image)
-}
-
 /// Local images taken off the engine, so that deploys must pull them. The tested one is
 /// saved first, with its local tags, and put back however the drill ends.
 struct LocalCopies<'a> {
@@ -428,7 +389,7 @@ mod tests {
     #[test]
     fn commands_are_exact() {
         assert_eq!(
-            run_registry("registry:2.8.2", "logbook-registry-1", 5000).to_string(),
+            registry::run_registry("registry:2.8.2", "logbook-registry-1", 5000).to_string(),
             "docker run --detach --name logbook-registry-1 --publish 127.0.0.1:5000:5000 registry:2.8.2"
         );
         let archive = Path::new("/tmp/x/images.tar");

@@ -130,12 +130,7 @@ pub fn build(sh: &Shell, plan: &ImagePlan, builder: Builder) -> Result<()> {
     let started = Instant::now();
     let builder = usable_builder(sh, builder);
     process::run(sh, &build_image(plan, builder))?;
-    let size: f64 = process::observe(
-        sh,
-        &Cmd::new("docker").args(["image", "inspect", "--format", "{{.Size}}", &plan.tag]),
-    )?
-    .parse()
-    .unwrap_or(0.0);
+    let size = size_bytes(sh, &plan.tag)?;
     let also = if plan.tag_latest { format!(" (also {})", plan.latest()) } else { String::new() };
     process::result(&format!(
         "built {}{also}: {:.1} MB in {:.1}s",
@@ -144,6 +139,13 @@ pub fn build(sh: &Shell, plan: &ImagePlan, builder: Builder) -> Result<()> {
         started.elapsed().as_secs_f64()
     ));
     Ok(())
+}
+
+/// The size of `image`, in bytes, as the engine reports it (0 when it cannot say).
+pub fn size_bytes(sh: &Shell, image: &str) -> Result<f64> {
+    let size =
+        process::observe(sh, &Cmd::new("docker").args(["image", "inspect", "--format", "{{.Size}}", image]))?;
+    Ok(size.parse().unwrap_or(0.0))
 }
 
 /// `builder`, unless BuildKit is asked for and this docker CLI cannot drive it: from
@@ -323,7 +325,9 @@ mod tests {
         let mut copied = 0;
         for line in dockerfile.lines().filter(|l| l.starts_with("COPY ") && !l.contains("--from")) {
             let words: Vec<&str> = line.split_whitespace().skip(1).filter(|w| !w.starts_with("--")).collect();
-            for source in &words[..words.len() - 1] {
+            // Another platform's staged files, named by a build argument, are build output,
+            // not part of what makes this tree's image.
+            for source in words[..words.len() - 1].iter().filter(|s| !s.starts_with("${")) {
                 let inside = CONTEXT
                     .iter()
                     .any(|c| if c.ends_with('/') { source.starts_with(c) } else { source == c });

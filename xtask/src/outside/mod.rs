@@ -6,6 +6,7 @@ pub mod docker;
 pub mod http;
 pub mod image;
 pub mod local_service;
+pub mod platform;
 pub mod process;
 pub mod registry;
 pub mod tools;

@@ -5,7 +5,13 @@ use anyhow::{Context, Result, bail};
 use xshell::Shell;
 
 use super::process::{self, Cmd};
-use super::{docker, image};
+use std::time::Duration;
+
+use super::{docker, http, image};
+use crate::project;
+
+/// The registry image `LocalRegistry` runs unless REGISTRY_IMAGE names another.
+const DEFAULT_REGISTRY_IMAGE: &str = "registry:2.8.2";
 
 /// Tags `local` for `repository` (its revision, and the release tags of `git_ref`) and
 /// pushes each; returns `<repository>@<digest>`, by which to deploy it, and the tags.
@@ -35,6 +41,33 @@ pub fn push(
     process::needs_effects("read the digest the registry gave the image")?;
     let digests = process::query(sh, &docker::inspect_format(local, "{{json .RepoDigests}}"))?;
     Ok((pushed_digest(&digests, repository)?, tags))
+}
+
+/// Pushes one image per platform (`(arch, local image)`) as `<repository>:<revision>-<arch>`,
+/// then a manifest list over them under each release tag of `git_ref`; returns
+/// `<repository>@<digest>` of the list, by which a deploy pulls its host's platform, and
+/// the tags.
+pub fn push_platforms(
+    sh: &Shell,
+    images: &[(&str, String)],
+    repository: &str,
+    revision: &str,
+    git_ref: Option<&str>,
+) -> Result<(String, Vec<String>)> {
+    let mut per_platform = Vec::new();
+    for (arch, local) in images {
+        let remote = format!("{repository}:{revision}-{arch}");
+        process::run(sh, &Cmd::new("docker").args(["tag", local, &remote]))?;
+        process::run(sh, &Cmd::new("docker").args(["push", &remote]))
+            .with_context(|| format!("cannot push {remote}"))?;
+        per_platform.push(remote);
+    }
+    let tags = release_tags(revision, git_ref);
+    let mut digest = String::new();
+    for tag in &tags {
+        digest = push_index(sh, &format!("{repository}:{tag}"), &per_platform)?;
+    }
+    Ok((format!("{repository}@{digest}"), tags))
 }
 
 /// `ghcr.io/Owner/Logbook` as registries accept it: lower case, no trailing slash.
@@ -84,9 +117,128 @@ pub fn release_tags(revision: &str, git_ref: Option<&str>) -> Vec<String> {
     tags
 }
 
+/// Whether `reference` is in a registry on this machine, which speaks plain HTTP.
+fn on_loopback(reference: &str) -> bool {
+    let host = image::registry_of(reference);
+    host.starts_with("127.0.0.1") || host.starts_with("localhost")
+}
+
+/// `docker manifest create`: the list `index` over images already pushed, one per platform.
+pub fn manifest_create(index: &str, images: &[String]) -> Cmd {
+    let mut cmd = Cmd::new("docker").args(["manifest", "create"]);
+    if on_loopback(index) {
+        cmd = cmd.arg("--insecure");
+    }
+    cmd.args(["--amend", index]).args(images.iter().cloned())
+}
+
+/// `docker manifest push`: the list to its registry (and out of the local store).
+pub fn manifest_push(index: &str) -> Cmd {
+    let mut cmd = Cmd::new("docker").args(["manifest", "push", "--purge"]);
+    if on_loopback(index) {
+        cmd = cmd.arg("--insecure");
+    }
+    cmd.arg(index)
+}
+
+/// Makes `index` the manifest list of `images` (pushed already) and pushes it; returns
+/// the list's digest, by which a deploy pulls the host's platform.
+pub fn push_index(sh: &Shell, index: &str, images: &[String]) -> Result<String> {
+    process::run(sh, &manifest_create(index, images))?;
+    let printed = process::capture(sh, &manifest_push(index))
+        .with_context(|| format!("cannot push the manifest list {index}"))?;
+    printed
+        .lines()
+        .map(str::trim)
+        .find(|line| line.starts_with("sha256:"))
+        .map(str::to_owned)
+        .with_context(|| format!("`{}` printed no digest: {printed:?}", manifest_push(index)))
+}
+
+/// The platforms (`os/arch`) a manifest list in a registry names.
+pub fn index_platforms(sh: &Shell, index: &str) -> Result<Vec<String>> {
+    let mut inspect = Cmd::new("docker").args(["manifest", "inspect"]);
+    if on_loopback(index) {
+        inspect = inspect.arg("--insecure");
+    }
+    let json = process::query(sh, &inspect.arg(index))?;
+    platforms_of(&json).with_context(|| format!("{index} is not a manifest list: {json}"))
+}
+
+/// The `os/arch` of each entry of a manifest list, as `docker manifest inspect` prints it.
+fn platforms_of(json: &str) -> Option<Vec<String>> {
+    let value: serde_json::Value = serde_json::from_str(json).ok()?;
+    value["manifests"]
+        .as_array()?
+        .iter()
+        .map(|m| {
+            Some(format!("{}/{}", m["platform"]["os"].as_str()?, m["platform"]["architecture"].as_str()?))
+        })
+        .collect()
+}
+
+/// A container registry on a free loopback port, removed (with its storage) when dropped.
+pub struct LocalRegistry<'a> {
+    pub container: docker::ContainerGuard<'a>,
+    pub addr: String,
+}
+
+impl<'a> LocalRegistry<'a> {
+    pub fn start(sh: &'a Shell) -> Result<Self> {
+        let image = std::env::var("REGISTRY_IMAGE").unwrap_or_else(|_| DEFAULT_REGISTRY_IMAGE.to_owned());
+        let port = http::free_port()?;
+        let name = format!("{}-registry-{}", project::NAME, std::process::id());
+        let registry = LocalRegistry {
+            container: docker::ContainerGuard::new(sh, name),
+            addr: format!("127.0.0.1:{port}"),
+        };
+        process::run(sh, &run_registry(&image, &registry.container.name, port)).with_context(|| {
+            format!("cannot start the registry {image} (set REGISTRY_IMAGE to one you can reach)")
+        })?;
+        process::wait_for(
+            "the registry to answer",
+            Duration::from_secs(20),
+            Duration::from_millis(50),
+            || {
+                Ok(http::get(&registry.addr, "/v2/", Duration::from_secs(1))
+                    .is_ok_and(|r| r.status == 200)
+                    .then_some(()))
+            },
+        )?;
+        Ok(registry)
+    }
+}
+
+pub fn run_registry(image: &str, name: &str, port: u16) -> Cmd {
+    Cmd::new("docker")
+        .args(["run", "--detach", "--name", name, "--publish"])
+        .arg(format!("127.0.0.1:{port}:5000"))
+        .arg(image)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn manifest_lists_are_made_and_read() {
+        let images =
+            ["127.0.0.1:5000/logbook:abc-amd64".to_owned(), "127.0.0.1:5000/logbook:abc-arm64".to_owned()];
+        assert_eq!(
+            manifest_create("127.0.0.1:5000/logbook:abc", &images).to_string(),
+            "docker manifest create --insecure --amend 127.0.0.1:5000/logbook:abc \
+             127.0.0.1:5000/logbook:abc-amd64 127.0.0.1:5000/logbook:abc-arm64"
+        );
+        assert_eq!(
+            manifest_push("ghcr.io/o/logbook:abc").to_string(),
+            "docker manifest push --purge ghcr.io/o/logbook:abc"
+        );
+        let listed = r#"{"schemaVersion":2,"manifests":[
+            {"digest":"sha256:a","platform":{"architecture":"amd64","os":"linux"}},
+            {"digest":"sha256:b","platform":{"architecture":"arm64","os":"linux"}}]}"#;
+        assert_eq!(platforms_of(listed).unwrap(), ["linux/amd64", "linux/arm64"]);
+        assert_eq!(platforms_of(r#"{"schemaVersion":2,"config":{}}"#), None);
+    }
 
     #[test]
     fn repositories_are_lower_cased_and_checked() {

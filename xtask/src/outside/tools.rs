@@ -138,6 +138,25 @@ pub const HAPROXY: Tool = Tool {
     hint: "a second proxy that `bench` measures beside the stack's, for comparison (Debian/Ubuntu: apt-get install haproxy)",
 };
 
+pub const ZIG: Tool = Tool {
+    name: "zig",
+    probe: &["python3", "-m", "ziglang", "version"],
+    install: Install::Pip(&["ziglang==0.17.1"]),
+    hint: "the C toolchain that cross-compiles the service for another platform (`build --platform`)",
+};
+pub const CARGO_ZIGBUILD: Tool = Tool {
+    name: "cargo-zigbuild",
+    probe: &["cargo-zigbuild", "--version"],
+    install: Install::Pip(&["cargo-zigbuild==0.24.1"]),
+    hint: "drives cargo with zig as the linker, for `build --platform`",
+};
+pub const QEMU_AARCH64: Tool = Tool {
+    name: "qemu-aarch64-static",
+    probe: &["qemu-aarch64-static", "--version"],
+    install: Install::ByHand,
+    hint: "runs the arm64 binary on this machine in `platform-smoke` (Debian/Ubuntu: apt-get install qemu-user-static)",
+};
+
 pub const CURL: Tool = Tool {
     name: "curl",
     probe: &["curl", "--version"],
@@ -168,6 +187,9 @@ pub const OPTIONAL: &[Tool] = &[
     CARGO_DENY,
     WRK,
     HAPROXY,
+    ZIG,
+    CARGO_ZIGBUILD,
+    QEMU_AARCH64,
     CURL,
 ];
 
