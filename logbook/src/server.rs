@@ -136,112 +136,199 @@ async fn accept_on(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream
 /// say), then shuts down as the module documents. `started` is when the process began,
 /// for the start-up time in the log. A second signal is the caller's to handle.
 ///
-/// Listening comes first: /healthz answers while the database lock is awaited (a
-/// start-first rolling update overlaps the old and new process). The ready port listens
-/// once the database is open and closes as shutdown starts.
+/// A start-up, then the listener loop, then the shutdown. Listening comes first: /healthz
+/// answers while the database lock is awaited (a start-first rolling update overlaps the
+/// old and new process). The ready port listens once the database is open and closes as
+/// shutdown starts.
 pub async fn serve(
     config: Config,
     listeners: impl Into<Listeners>,
     shutdown: impl Future<Output = &'static str>,
     started: Instant,
 ) -> Result<(), ServeError> {
-    let metrics = crate::telemetry::init_metrics().map_err(ServeError::Runtime)?;
-    metrics::gauge!("logbook_wal_autocheckpoint_pages").set(f64::from(config.wal_autocheckpoint));
-    let Listeners { main: listener, ready: mut ready_socket } = listeners.into();
-    let local = listener.local_addr().map_err(|e| ServeError::Runtime(e.to_string()))?;
-    let ready_addr = match &ready_socket {
-        Some(socket) => Some(socket.local_addr().map_err(|e| ServeError::Runtime(e.to_string()))?),
-        None => None,
+    let mut running = Running::start(config, listeners.into(), started)?;
+    let (reason, failed) = tokio::select! {
+        reason = shutdown => (reason, None),
+        stopped = running.run() => match stopped {
+            // A database that cannot be used: nothing was served from it, nothing to drain.
+            Stopped::Unusable(e) => return Err(e),
+            Stopped::ReadyPortTaken(e) => ("the ready port failed", Some(e)),
+        },
     };
-    let draining = Arc::new(AtomicBool::new(false));
-    let ready_listening = Arc::new(AtomicBool::new(false));
-    let (opened, storage) = tokio::sync::watch::channel(None);
-    let mut opening =
-        tokio::spawn(open_storage(config.db_path.clone(), config.lock_wait, config.wal_autocheckpoint));
-    let state = AppState {
-        storage,
-        draining: draining.clone(),
-        api_token: config.api_token.clone(),
-        read_token: config.read_token.clone(),
-        storage_wait: config.lock_wait,
-        metrics,
-        started,
-        db_path: config.db_path.clone(),
-        body_timeout: config.body_timeout,
-        request_timeout: config.request_timeout,
-        ready_port: ready_socket.as_ref().map(|_| ready_listening.clone()),
-    };
-    let app =
-        router(state).layer(axum::middleware::map_response_with_state(draining.clone(), close_when_draining));
-    let mut server = Server::new(app, config.max_connections, config.write_timeout, config.keepalive_grace);
-    tracing::info!(
-        addr = %local,
-        ready_addr = ready_addr.map(|a| a.to_string()),
-        db = %config.db_path.display(),
-        version = crate::build_info::VERSION,
-        revision = crate::build_info::REVISION,
-        auth = config.api_token.is_some(),
-        read_auth = config.read_token.is_some(),
-        max_connections = config.max_connections,
-        startup_ms = started.elapsed().as_millis() as u64,
-        "listening"
-    );
-    tokio::pin!(shutdown);
-    let mut writer = None;
-    let mut ready = None;
-    let mut ready_port_failed = None;
-    let reason = loop {
-        tokio::select! {
-            reason = &mut shutdown => break reason,
-            result = &mut opening, if writer.is_none() => {
-                let (storage, handle) = result.map_err(|e| ServeError::Runtime(e.to_string()))??;
-                opened.send_replace(Some(storage));
-                writer = Some(handle);
-                if let Some(socket) = ready_socket.take() {
-                    match socket.listen(READY_BACKLOG) {
-                        Ok(listener) => {
-                            ready = Some(listener);
-                            ready_listening.store(true, Ordering::SeqCst);
-                        }
-                        // Another process took the port since it was bound (SO_REUSEADDR
-                        // allows that until one listens): shut down as for a signal.
-                        Err(e) => {
-                            ready_port_failed = Some(ServeError::Config(format!(
-                                "cannot listen on {} (LOGBOOK_READY_PORT={}): {e}",
-                                ready_addr.map_or_else(String::new, |a| a.to_string()),
-                                config.ready_port.unwrap_or_default()
-                            )));
-                            break "the ready port failed";
-                        }
+    running.shut_down(reason).await?;
+    failed.map_or(Ok(()), Err)
+}
+
+/// Why the listener loop ended on its own.
+enum Stopped {
+    /// The database could not be opened: the error to exit with, at once.
+    Unusable(ServeError),
+    /// Another process took the ready port: shut down as for a signal, then exit with it.
+    ReadyPortTaken(ServeError),
+}
+
+/// The service once started: listening, with its database opening or open.
+struct Running {
+    config: Config,
+    started: Instant,
+    server: Server,
+    listener: TcpListener,
+    /// The ready port, bound and not listening until the database is open.
+    ready_socket: Option<TcpSocket>,
+    ready_addr: Option<SocketAddr>,
+    ready: Option<TcpListener>,
+    ready_listening: Arc<AtomicBool>,
+    draining: Arc<AtomicBool>,
+    /// Hands the database to the requests waiting for it.
+    opened: watch::Sender<Option<Storage>>,
+    opening: tokio::task::JoinHandle<Result<(Storage, WriterHandle), ServeError>>,
+    writer: Option<WriterHandle>,
+}
+
+impl Running {
+    /// Metrics, the router, and the database's opening under way; logs "listening".
+    fn start(config: Config, listeners: Listeners, started: Instant) -> Result<Self, ServeError> {
+        let metrics = crate::telemetry::init_metrics().map_err(ServeError::Runtime)?;
+        metrics::gauge!("logbook_wal_autocheckpoint_pages").set(f64::from(config.wal_autocheckpoint));
+        let Listeners { main: listener, ready: ready_socket } = listeners;
+        let local = listener.local_addr().map_err(|e| ServeError::Runtime(e.to_string()))?;
+        let ready_addr = match &ready_socket {
+            Some(socket) => Some(socket.local_addr().map_err(|e| ServeError::Runtime(e.to_string()))?),
+            None => None,
+        };
+        let draining = Arc::new(AtomicBool::new(false));
+        let ready_listening = Arc::new(AtomicBool::new(false));
+        let (opened, storage) = watch::channel(None);
+        let opening =
+            tokio::spawn(open_storage(config.db_path.clone(), config.lock_wait, config.wal_autocheckpoint));
+        let state = AppState {
+            storage,
+            draining: draining.clone(),
+            api_token: config.api_token.clone(),
+            read_token: config.read_token.clone(),
+            storage_wait: config.lock_wait,
+            metrics,
+            started,
+            db_path: config.db_path.clone(),
+            body_timeout: config.body_timeout,
+            request_timeout: config.request_timeout,
+            ready_port: ready_socket.as_ref().map(|_| ready_listening.clone()),
+        };
+        let app = router(state)
+            .layer(axum::middleware::map_response_with_state(draining.clone(), close_when_draining));
+        let server = Server::new(app, config.max_connections, config.write_timeout, config.keepalive_grace);
+        tracing::info!(
+            addr = %local,
+            ready_addr = ready_addr.map(|a| a.to_string()),
+            db = %config.db_path.display(),
+            version = crate::build_info::VERSION,
+            revision = crate::build_info::REVISION,
+            auth = config.api_token.is_some(),
+            read_auth = config.read_token.is_some(),
+            max_connections = config.max_connections,
+            startup_ms = started.elapsed().as_millis() as u64,
+            "listening"
+        );
+        Ok(Running {
+            config,
+            started,
+            server,
+            listener,
+            ready_socket,
+            ready_addr,
+            ready: None,
+            ready_listening,
+            draining,
+            opened,
+            opening,
+            writer: None,
+        })
+    }
+
+    /// The listener loop: accepts on both ports, and turns ready once the database is
+    /// open. Ends only when something stops the service from within; a shutdown cancels
+    /// it (each step is safe to cancel: a connection is either accepted and running, or
+    /// still in the kernel's backlog).
+    async fn run(&mut self) -> Stopped {
+        loop {
+            tokio::select! {
+                result = &mut self.opening, if self.writer.is_none() => {
+                    let opened = result.map_err(|e| ServeError::Runtime(e.to_string())).and_then(|r| r);
+                    let (storage, handle) = match opened {
+                        Ok(opened) => opened,
+                        Err(e) => return Stopped::Unusable(e),
+                    };
+                    self.opened.send_replace(Some(storage));
+                    self.writer = Some(handle);
+                    if let Err(e) = self.listen_on_ready_port() {
+                        return Stopped::ReadyPortTaken(e);
                     }
+                    tracing::info!(startup_ms = self.started.elapsed().as_millis() as u64, "ready");
                 }
-                tracing::info!(startup_ms = started.elapsed().as_millis() as u64, "ready");
+                accepted = self.listener.accept(), if self.server.has_room() => self.server.accept(accepted).await,
+                accepted = accept_on(self.ready.as_ref()), if self.server.has_room() => {
+                    self.server.accept(accepted).await;
+                }
+                Some(_) = self.server.connections.join_next() => {}
             }
-            accepted = listener.accept(), if server.has_room() => server.accept(accepted).await,
-            accepted = accept_on(ready.as_ref()), if server.has_room() => server.accept(accepted).await,
-            Some(_) = server.connections.join_next() => {}
         }
-    };
-    // New connections to the ready port are refused from now on, so a proxy sends them
-    // to the next release at once; the main port follows after the drain delay. Those
-    // already queued are served first.
-    if let Some(listener) = ready.take() {
-        ready_listening.store(false, Ordering::SeqCst);
-        accept_queued(&mut server, listener).await;
     }
-    drop(ready_socket);
-    opening.abort();
-    // Requests still waiting for a database that never opened get their 503 now.
-    drop(opened);
-    let shutdown_started = drain(server, listener, &config, &draining, reason).await;
-    // Commit what is queued, checkpoint, close. Appends arriving later are refused (503).
-    if let Some(writer) = writer {
-        tokio::task::spawn_blocking(move || writer.close())
-            .await
-            .map_err(|e| ServeError::Runtime(format!("closing storage failed: {e}")))?;
+
+    /// The ready port starts listening, now that the database is open.
+    fn listen_on_ready_port(&mut self) -> Result<(), ServeError> {
+        let Some(socket) = self.ready_socket.take() else { return Ok(()) };
+        match socket.listen(READY_BACKLOG) {
+            Ok(listener) => {
+                self.ready = Some(listener);
+                self.ready_listening.store(true, Ordering::SeqCst);
+                Ok(())
+            }
+            // Another process took the port since it was bound (SO_REUSEADDR allows that
+            // until one listens).
+            Err(e) => Err(ServeError::Config(format!(
+                "cannot listen on {} (LOGBOOK_READY_PORT={}): {e}",
+                self.ready_addr.map_or_else(String::new, |a| a.to_string()),
+                self.config.ready_port.unwrap_or_default()
+            ))),
+        }
     }
-    tracing::info!(elapsed_ms = shutdown_started.elapsed().as_millis() as u64, "shutdown complete");
-    ready_port_failed.map_or(Ok(()), Err)
+
+    /// The shutdown: the ready port first, then the drain, then the database.
+    async fn shut_down(self, reason: &'static str) -> Result<(), ServeError> {
+        let Running {
+            config,
+            mut server,
+            listener,
+            ready_socket,
+            ready,
+            ready_listening,
+            draining,
+            opened,
+            opening,
+            writer,
+            ..
+        } = self;
+        // New connections to the ready port are refused from now on, so a proxy sends them
+        // to the next release at once; the main port follows after the drain delay. Those
+        // already queued are served first.
+        if let Some(listener) = ready {
+            ready_listening.store(false, Ordering::SeqCst);
+            accept_queued(&mut server, listener).await;
+        }
+        drop(ready_socket);
+        opening.abort();
+        // Requests still waiting for a database that never opened get their 503 now.
+        drop(opened);
+        let shutdown_started = drain(server, listener, &config, &draining, reason).await;
+        // Commit what is queued, checkpoint, close. Appends arriving later are refused (503).
+        if let Some(writer) = writer {
+            tokio::task::spawn_blocking(move || writer.close())
+                .await
+                .map_err(|e| ServeError::Runtime(format!("closing storage failed: {e}")))?;
+        }
+        tracing::info!(elapsed_ms = shutdown_started.elapsed().as_millis() as u64, "shutdown complete");
+        Ok(())
+    }
 }
 
 /// The shutdown sequence up to closing storage: readiness 503, keep accepting for the

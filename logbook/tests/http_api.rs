@@ -1,4 +1,6 @@
-//! Every endpoint and every kind of bad input, over real HTTP against the real binary.
+//! The service end to end: the real binary over real HTTP, for what needs a process of its
+//! own (the process-wide metrics, its logs). Every kind of bad input is in_process.rs,
+//! through the router alone.
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
@@ -65,113 +67,6 @@ fn entries_round_trip() {
     let no_tags = server.post_json("/api/entries", r#"{"text":"ünïcödé ✓"}"#).json();
     assert_eq!(no_tags["tags"], serde_json::json!([]));
     assert_eq!(server.get("/api/entries/2").json()["text"], "ünïcödé ✓");
-}
-
-#[test]
-fn pagination_walks_every_entry_once() {
-    let server = Server::start(&[]);
-    let empty = server.get("/api/entries").json();
-    assert_eq!(empty["entries"], serde_json::json!([]));
-    assert!(empty["next_after"].is_null());
-
-    for i in 1..=7 {
-        assert_eq!(server.post_json("/api/entries", &format!(r#"{{"text":"e{i}"}}"#)).status, 201);
-    }
-    // Pages of 3: 3, 3, 1 entries; the last page has no continuation.
-    let mut after = 0;
-    let mut seen = Vec::new();
-    let mut pages = 0;
-    loop {
-        let page = server.get(&format!("/api/entries?after={after}&limit=3")).json();
-        pages += 1;
-        for e in page["entries"].as_array().unwrap() {
-            seen.push(e["id"].as_i64().unwrap());
-        }
-        match page["next_after"].as_i64() {
-            Some(next) => after = next,
-            None => break,
-        }
-    }
-    assert_eq!(seen, (1..=7).collect::<Vec<_>>());
-    assert_eq!(pages, 3);
-
-    // A page that ends exactly at the last entry points on; the next page is empty.
-    let exact = server.get("/api/entries?after=4&limit=3").json();
-    assert_eq!(exact["next_after"], 7);
-    let beyond = server.get("/api/entries?after=7").json();
-    assert_eq!(beyond["entries"], serde_json::json!([]));
-    assert!(beyond["next_after"].is_null());
-    assert_eq!(server.get("/api/entries?after=1000").json()["entries"], serde_json::json!([]));
-    assert_eq!(server.get("/api/entries?limit=500").json()["entries"].as_array().unwrap().len(), 7);
-    assert_eq!(server.get("/api/entries").json()["entries"].as_array().unwrap().len(), 7);
-}
-
-#[test]
-fn bad_bodies_get_json_4xx() {
-    let server = Server::start(&[]);
-    let cases: &[(&str, u16, &str)] = &[
-        ("{not json", 400, "invalid_body"),
-        ("", 400, "invalid_body"),
-        (r#"{"text": 5}"#, 422, "invalid_body"),
-        (r#"{"text": "x", "tags": "a"}"#, 422, "invalid_body"),
-        (r#"{"text": "x", "colour": "red"}"#, 422, "invalid_body"),
-        (r#"{"tags": ["a"]}"#, 422, "invalid_body"),
-        (r#"[1, 2]"#, 422, "invalid_body"),
-        (r#"{"text": ""}"#, 400, "invalid_text"),
-        (r#"{"text": "   \n\t"}"#, 400, "invalid_text"),
-        (r#"{"text": "x", "tags": [""]}"#, 400, "invalid_tags"),
-        (r#"{"text": "x", "tags": ["has space"]}"#, 400, "invalid_tags"),
-    ];
-    for (body, status, code) in cases {
-        let response = server.post_json("/api/entries", body);
-        assert_json_error(&response, *status, code);
-    }
-
-    let too_long = format!(r#"{{"text":"{}"}}"#, "a".repeat(10_001));
-    assert_json_error(&server.post_json("/api/entries", &too_long), 400, "invalid_text");
-    let at_limit = format!(r#"{{"text":"{}"}}"#, "é".repeat(10_000));
-    assert_eq!(server.post_json("/api/entries", &at_limit).status, 201);
-    let many_tags = format!(r#"{{"text":"x","tags":[{}]}}"#, vec![r#""t""#; 17].join(","));
-    assert_json_error(&server.post_json("/api/entries", &many_tags), 400, "invalid_tags");
-
-    let huge = format!(r#"{{"text":"{}"}}"#, "a".repeat(1024 * 1024 + 1));
-    assert_json_error(&server.post_json("/api/entries", &huge), 413, "body_too_large");
-
-    let no_type = request(server.addr, "POST", "/api/entries", &[], Some(br#"{"text":"x"}"#)).unwrap();
-    assert_json_error(&no_type, 415, "unsupported_media_type");
-
-    // Nothing bad was stored: only the one valid entry exists.
-    assert_eq!(server.get("/api/entries").json()["entries"].as_array().unwrap().len(), 1);
-}
-
-#[test]
-fn bad_queries_ids_routes_and_methods_get_json_4xx() {
-    let server = Server::start(&[]);
-    for query in [
-        "after=abc",
-        "after=-1",
-        "limit=0",
-        "limit=501",
-        "limit=-5",
-        "limit=1.5",
-        "limt=3",
-        "after=99999999999999999999",
-    ] {
-        assert_json_error(&server.get(&format!("/api/entries?{query}")), 400, "invalid_query");
-    }
-    assert_json_error(&server.get("/api/entries/42"), 404, "not_found");
-    for id in ["abc", "0", "-3", "1.5", "99999999999999999999"] {
-        assert_json_error(&server.get(&format!("/api/entries/{id}")), 400, "invalid_id");
-    }
-    assert_json_error(&server.get("/api/nothing"), 404, "not_found");
-    assert_json_error(&server.get("/"), 404, "not_found");
-    for (method, path) in [("DELETE", "/api/entries/1"), ("PUT", "/api/entries"), ("POST", "/healthz")] {
-        let response = request(server.addr, method, path, &[], None).unwrap();
-        assert_json_error(&response, 405, "method_not_allowed");
-        assert!(response.header("allow").is_some());
-    }
-    let metrics = server.get("/metrics").body;
-    assert!(!metrics.contains("status=\"5"), "a bad input produced a 5xx:\n{metrics}");
 }
 
 #[test]

@@ -38,12 +38,18 @@ impl App {
     }
 
     async fn call(&self, request: Request<Body>) -> (StatusCode, Value) {
+        let (status, _, body) = self.call_with_headers(request).await;
+        (status, body)
+    }
+
+    /// [`App::call`], with the response's headers.
+    async fn call_with_headers(&self, request: Request<Body>) -> (StatusCode, axum::http::HeaderMap, Value) {
         let response = router(self.state.clone()).oneshot(request).await.unwrap();
-        let status = response.status();
+        let (status, headers) = (response.status(), response.headers().clone());
         let bytes = axum::body::to_bytes(response.into_body(), 4 * MAX_BODY_BYTES).await.unwrap();
         let body = serde_json::from_slice(&bytes)
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
-        (status, body)
+        (status, headers, body)
     }
 
     async fn get(&self, uri: &str) -> (StatusCode, Value) {
@@ -94,9 +100,16 @@ async fn bad_bodies_get_a_4xx_naming_the_problem() {
     let app = App::new(None);
     for (body, status, code) in [
         ("{not json", StatusCode::BAD_REQUEST, "invalid_body"),
+        ("", StatusCode::BAD_REQUEST, "invalid_body"),
         (r#"{"text": 7}"#, StatusCode::UNPROCESSABLE_ENTITY, "invalid_body"),
+        (r#"{"text": "x", "tags": "a"}"#, StatusCode::UNPROCESSABLE_ENTITY, "invalid_body"),
         (r#"{"text": "x", "extra": 1}"#, StatusCode::UNPROCESSABLE_ENTITY, "invalid_body"),
+        (r#"{"tags": ["a"]}"#, StatusCode::UNPROCESSABLE_ENTITY, "invalid_body"),
+        (r#"[1, 2]"#, StatusCode::UNPROCESSABLE_ENTITY, "invalid_body"),
         (r#"{"text": ""}"#, StatusCode::BAD_REQUEST, "invalid_text"),
+        (r#"{"text": "   \n\t"}"#, StatusCode::BAD_REQUEST, "invalid_text"),
+        (r#"{"text": "x", "tags": [""]}"#, StatusCode::BAD_REQUEST, "invalid_tags"),
+        (r#"{"text": "x", "tags": ["has space"]}"#, StatusCode::BAD_REQUEST, "invalid_tags"),
     ] {
         let answer = app.post(body, None).await;
         assert_eq!(error_of(&answer), (status, code), "{body}: {answer:?}");
@@ -112,6 +125,81 @@ async fn bad_bodies_get_a_4xx_naming_the_problem() {
         Request::post("/api/entries").header(header::CONTENT_TYPE, "text/plain").body(Body::from("x"));
     let answer = app.call(plain.unwrap()).await;
     assert_eq!(error_of(&answer), (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"));
+    let untyped = Request::post("/api/entries").body(Body::from(r#"{"text":"x"}"#));
+    let answer = app.call(untyped.unwrap()).await;
+    assert_eq!(error_of(&answer), (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"));
+    // At the limit, counted in characters: stored. Nothing bad was.
+    let at_limit = json!({ "text": "é".repeat(10_000) }).to_string();
+    assert_eq!(app.post(at_limit, None).await.0, StatusCode::CREATED);
+    assert_eq!(app.get("/api/entries").await.1["entries"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn pagination_walks_every_entry_once() {
+    let app = App::new(None);
+    let (_, empty) = app.get("/api/entries").await;
+    assert_eq!((empty["entries"].clone(), empty["next_after"].clone()), (json!([]), Value::Null));
+    for i in 1..=7 {
+        assert_eq!(
+            app.post(json!({ "text": format!("e{i}") }).to_string(), None).await.0,
+            StatusCode::CREATED
+        );
+    }
+    // Pages of 3: 3, 3, 1 entries; the last page has no continuation.
+    let (mut after, mut seen, mut pages) = (0, Vec::new(), 0);
+    loop {
+        let (_, page) = app.get(&format!("/api/entries?after={after}&limit=3")).await;
+        pages += 1;
+        seen.extend(page["entries"].as_array().unwrap().iter().map(|e| e["id"].as_i64().unwrap()));
+        match page["next_after"].as_i64() {
+            Some(next) => after = next,
+            None => break,
+        }
+    }
+    assert_eq!((seen, pages), ((1..=7).collect::<Vec<_>>(), 3));
+    // A page that ends exactly at the last entry points on; the next page is empty.
+    assert_eq!(app.get("/api/entries?after=4&limit=3").await.1["next_after"], 7);
+    let (_, beyond) = app.get("/api/entries?after=7").await;
+    assert_eq!((beyond["entries"].clone(), beyond["next_after"].clone()), (json!([]), Value::Null));
+    assert_eq!(app.get("/api/entries?after=1000").await.1["entries"], json!([]));
+    for all in ["/api/entries?limit=500", "/api/entries"] {
+        assert_eq!(app.get(all).await.1["entries"].as_array().unwrap().len(), 7, "{all}");
+    }
+}
+
+#[tokio::test]
+async fn bad_queries_ids_routes_and_methods_get_json_4xx() {
+    let app = App::new(None);
+    for query in [
+        "after=abc",
+        "after=-1",
+        "limit=0",
+        "limit=501",
+        "limit=-5",
+        "limit=1.5",
+        "limt=3",
+        "after=99999999999999999999",
+    ] {
+        let uri = format!("/api/entries?{query}");
+        assert_eq!(error_of(&app.get(&uri).await), (StatusCode::BAD_REQUEST, "invalid_query"), "{uri}");
+    }
+    assert_eq!(error_of(&app.get("/api/entries/42").await), (StatusCode::NOT_FOUND, "not_found"));
+    for id in ["abc", "0", "-3", "1.5", "99999999999999999999"] {
+        let uri = format!("/api/entries/{id}");
+        assert_eq!(error_of(&app.get(&uri).await), (StatusCode::BAD_REQUEST, "invalid_id"), "{uri}");
+    }
+    for uri in ["/api/nothing", "/"] {
+        assert_eq!(error_of(&app.get(uri).await), (StatusCode::NOT_FOUND, "not_found"), "{uri}");
+    }
+    for (method, uri) in [("DELETE", "/api/entries/1"), ("PUT", "/api/entries"), ("POST", "/healthz")] {
+        let request = Request::builder().method(method).uri(uri).body(Body::empty()).unwrap();
+        let (status, headers, body) = app.call_with_headers(request).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (StatusCode::METHOD_NOT_ALLOWED, Some("method_not_allowed"))
+        );
+        assert!(headers.contains_key(header::ALLOW), "{method} {uri}");
+    }
 }
 
 #[tokio::test]
