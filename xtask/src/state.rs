@@ -434,6 +434,20 @@ pub fn unfreeze(history_file: &Path) -> Result<Option<Holder>> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_state_directory_is_writable_only_where_a_file_can_be_made() {
+        let sh = Shell::new().unwrap();
+        let dir = sh.create_temp_dir().unwrap();
+        // Made, with its parents, when it does not exist yet; the probe file is gone after.
+        let nested = dir.path().join("a/b");
+        assert!(writable(&nested));
+        assert!(nested.is_dir() && std::fs::read_dir(&nested).unwrap().next().is_none());
+        // A path under a file can never be a directory.
+        let file = dir.path().join("file");
+        std::fs::write(&file, "").unwrap();
+        assert!(!writable(&file.join("under")));
+    }
+
     fn history(dir: &Path) -> PathBuf {
         dir.join("releases-logbook.json")
     }

@@ -23,6 +23,15 @@ fn fakes(name: &str, state: &Path) -> FakePrograms {
         fakes.program(program, &format!("echo '{answer}'"));
     }
     fakes.program("kubernetes-validate", "echo 1.37.0").program("actionlint", "echo 1.17.0");
+    // The cross toolchain, present: zig (through Python), cargo-zigbuild, the Rust target.
+    fakes
+        .program("python3", r#"[ "$1 $2 $3" = "-m ziglang version" ] && { echo 0.17.1; exit 0; }; exit 1"#)
+        .program("cargo-zigbuild", "echo 'cargo-zigbuild 0.24.1'")
+        .program("qemu-aarch64-static", "echo 'qemu-aarch64 version 7.2.0'")
+        .program(
+            "rustup",
+            r#"[ "$*" = "target list --installed" ] && echo aarch64-unknown-linux-musl; exit 0"#,
+        );
     // Cargo finds its subcommands on PATH: these answer `cargo <tool> --version`.
     for tool in ["llvm-cov", "tarpaulin", "deny"] {
         fakes.program(&format!("cargo-{tool}"), &format!("echo 'cargo-{tool} 1.0.0'"));
@@ -78,6 +87,7 @@ fn read_only(call: &str) -> bool {
                     .any(|q| call.starts_with(&format!("docker {q}")))
         }
         ["kubectl", "version", "--client"] | ["kubectl", "kustomize", _] => true,
+        ["rustup", "target", "list", "--installed"] | ["python3", "-m", "ziglang", "version"] => true,
         ["git", ..]
         | ["promtool", ..]
         | ["kubernetes-validate", ..]
@@ -111,6 +121,8 @@ fn every_subcommand_dry_runs_without_changing_anything() {
     let images = format!("{TREE_IMAGE} logbook:aaaaaaaaaaaa logbook:bbbbbbbbbbbb");
     let present: &[(&str, &str)] = &[("FAKE_IMAGES", &images), ("FAKE_RUNNING", "1")];
     let restore = format!("restore {}", backup_file.display());
+    let both_platforms = format!("{images} {TREE_IMAGE}-arm64");
+    let cross_built: &[(&str, &str)] = &[("FAKE_IMAGES", &both_platforms), ("FAKE_RUNNING", "1")];
     let replicated: &[(&str, &str)] = &[
         ("FAKE_IMAGES", &images),
         ("FAKE_RUNNING", "1"),
@@ -120,10 +132,15 @@ fn every_subcommand_dry_runs_without_changing_anything() {
     let runs: Vec<(&str, &[(&str, &str)])> = vec![
         ("build", &[]),
         ("build --builder classic", &[]),
+        ("build --platform linux/amd64,linux/arm64", &[]),
+        ("platform-smoke --no-build", present),
+        ("publish --repository registry.example/logbook --platform linux/amd64,linux/arm64", cross_built),
         ("up", &[]),
         ("up --tag aaaaaaaaaaaa --no-rollback", present),
         ("down --volumes --yes", &[]),
         ("status", present),
+        ("status", &[]),
+        ("status --json", &[]),
         ("logs -f logbook", &[]),
         ("smoke --no-build", present),
         ("rollback", present),
@@ -447,5 +464,33 @@ fn a_switch_the_schema_forbids_is_refused_before_anything_changes() {
         assert!(output.contains(says) && output.contains("nothing was changed"), "{output}");
         assert!(!output.contains(" up --detach"), "a container was started:\n{output}");
     }
+    std::fs::remove_dir_all(state.parent().unwrap()).unwrap();
+}
+
+/// A switch interrupted after the new release took over, whose new container is gone: the
+/// next changing command repairs it first, back to the old release, and a dry run shows
+/// how (start the old container) without touching the journal.
+#[test]
+fn an_unfinished_switch_is_repaired_first_and_the_dry_run_shows_how() {
+    let state = tempdir("repair");
+    let journal = r#"{"format": 1, "by": "ops@host", "command": "cargo xtask up", "pid": 1,
+        "started_at": "2026-12-04T10:00:00Z", "old_container": "c0ffee", "old_image": "logbook:aaaaaaaaaaaa",
+        "new_image": "logbook:bbbbbbbbbbbb", "previous": null, "new_container": "beef",
+        "step": "taking-over", "may_migrate": false}"#;
+    let journal_file = state.join("releases-logbook.journal");
+    std::fs::write(&journal_file, journal).unwrap();
+    let fakes = fakes("repair", &state);
+    let images = format!("{TREE_IMAGE} logbook:aaaaaaaaaaaa logbook:bbbbbbbbbbbb");
+    // `status` says so, and changes nothing.
+    let (ok, output) = fakes.xtask_with(&["status"], &[("FAKE_RUNNING", "1")]);
+    assert!(ok && output.contains("unfinished switch: ") && output.contains("repairs it"), "{output}");
+    let (ok, output) =
+        fakes.xtask_with(&["up", "--dry-run"], &[("FAKE_IMAGES", &images), ("FAKE_RUNNING", "1")]);
+    assert!(ok, "{output}");
+    assert!(output.contains("found an unfinished switch"), "{output}");
+    assert!(output.contains("$ docker start c0ffee"), "{output}");
+    let changed: Vec<String> = fakes.calls().into_iter().filter(|c| !read_only(c)).collect();
+    assert!(changed.is_empty(), "--dry-run ran commands that change things: {changed:#?}");
+    assert_eq!(std::fs::read_to_string(&journal_file).unwrap(), journal);
     std::fs::remove_dir_all(state.parent().unwrap()).unwrap();
 }

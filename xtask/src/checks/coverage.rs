@@ -10,10 +10,18 @@ use crate::outside::process::{self, Cmd};
 use crate::outside::tools::{self, Tool, cargo};
 
 const OUT_DIR: &str = "target/coverage";
-/// The gate applies to the service. The runner's Docker paths are proven by the real-engine
-/// steps (smoke, drill, monitoring-smoke), which unit tests could only mock; its figure is
-/// reported, not gated.
+/// The service, gated at `--fail-under` (80% unless told otherwise).
 const GATED: &str = "logbook/src/";
+/// The runner, gated at [`RUNNER_FAIL_UNDER`], except its live drills: they run only
+/// against a real engine, and `ci` runs every one of them live (a pass means each line it
+/// needs ran), where the tests could only mock the engine they exist to prove.
+const RUNNER: &str = "xtask/src/";
+const RUNNER_LIVE: &str = "xtask/src/drills/";
+/// What the runner outside its drills must keep: its policy layer, parsers, plans, the
+/// release policy and every command's dry run are tested without an engine. At the floor
+/// asked of it, just under the 70.6% it stood at when the gate came in, so a change that
+/// adds untested logic fails the gate.
+pub const RUNNER_FAIL_UNDER: f64 = 70.0;
 
 /// Which coverage tool runs, and how.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,10 +115,15 @@ fn llvm_tools(sh: &Shell) -> Option<Option<PathBuf>> {
 /// Line coverage, in percent, from an lcov file (the sum of LH over the sum of LF), for the
 /// source files whose path contains `within` ("" for all).
 pub fn lcov_total(lcov: &str, within: &str) -> Option<f64> {
+    lcov_total_except(lcov, within, None)
+}
+
+/// [`lcov_total`], leaving out the files whose path contains `except`.
+pub fn lcov_total_except(lcov: &str, within: &str, except: Option<&str>) -> Option<f64> {
     let (mut found, mut hit, mut counting) = (0u64, 0u64, false);
     for line in lcov.lines() {
         if let Some(path) = line.strip_prefix("SF:") {
-            counting = path.contains(within);
+            counting = path.contains(within) && except.is_none_or(|except| !path.contains(except));
         } else if let Some(n) = line.strip_prefix("LF:") {
             found += if counting { n.trim().parse::<u64>().ok()? } else { 0 };
         } else if let Some(n) = line.strip_prefix("LH:") {
@@ -147,15 +160,23 @@ pub fn run(sh: &Shell, fail_under: f64, install_if_missing: bool) -> Result<()> 
     let lcov =
         sh.read_file(format!("{OUT_DIR}/lcov.info")).context("the coverage tool wrote no lcov.info")?;
     let service = lcov_total(&lcov, GATED).context("lcov.info holds no line counts for the service")?;
-    let runner = lcov_total(&lcov, "xtask/src/").unwrap_or(0.0);
+    let runner = lcov_total(&lcov, RUNNER).unwrap_or(0.0);
+    let runner_gated = lcov_total_except(&lcov, RUNNER, Some(RUNNER_LIVE)).unwrap_or(0.0);
     let workspace = lcov_total(&lcov, "").unwrap_or(0.0);
     process::result(&format!(
-        "coverage ({}): service {service:.1}% of lines (gated at {fail_under:.1}%), runner {runner:.1}%, \
-         workspace {workspace:.1}%; lcov and HTML in {OUT_DIR}/",
+        "coverage ({}): service {service:.1}% of lines (gated at {fail_under:.1}%), runner {runner_gated:.1}% \
+         outside its live drills (gated at {RUNNER_FAIL_UNDER:.1}%; {runner:.1}% with them), workspace \
+         {workspace:.1}%; lcov and HTML in {OUT_DIR}/",
         tool.name()
     ));
     if service < fail_under {
         bail!("the service's line coverage {service:.1}% is below the threshold {fail_under:.1}%");
+    }
+    if runner_gated < RUNNER_FAIL_UNDER {
+        bail!(
+            "the runner's line coverage outside {RUNNER_LIVE} is {runner_gated:.1}%, below the threshold \
+             {RUNNER_FAIL_UNDER:.1}%: test what the change added"
+        );
     }
     Ok(())
 }
@@ -172,6 +193,9 @@ mod tests {
         assert_eq!(lcov_total(lcov, "xtask/src/"), Some(50.0));
         assert_eq!(lcov_total("SF:a.rs\nend_of_record\n", ""), None);
         assert_eq!(lcov_total("SF:a.rs\nLF:x\n", ""), None);
+        let with_drills = format!("{lcov}SF:/w/xtask/src/drills/d.rs\nLF:70\nLH:0\nend_of_record\n");
+        assert_eq!(lcov_total(&with_drills, RUNNER), Some(15.0));
+        assert_eq!(lcov_total_except(&with_drills, RUNNER, Some(RUNNER_LIVE)), Some(50.0));
     }
 
     #[test]

@@ -22,22 +22,24 @@ impl Build {
         }
         docker::connect(sh)?;
         let plan = ImagePlan::from_repo(sh)?;
-        if !cross.is_empty() && image::usable_builder(sh, self.builder) != Builder::Buildkit {
+        if cross.is_empty() {
+            return image::build(sh, &plan, self.builder);
+        }
+        let builder = image::usable_builder(sh, self.builder);
+        if builder != Builder::Buildkit {
             bail!(
                 "an image for another platform ({}) needs BuildKit, which this docker CLI cannot drive; nothing was built",
                 cross.iter().map(|p| p.name()).collect::<Vec<_>>().join(", ")
             );
         }
+        // Every image first, then their sizes: a dry run shows every build it can.
         let mut built = Vec::new();
         for p in platforms {
             let started = Instant::now();
             let tag = if platform::is_cross(p) {
                 platform::build_image(sh, &plan, p)?
             } else {
-                image::build(sh, &plan, self.builder)?;
-                if cross.is_empty() {
-                    continue;
-                }
+                process::run(sh, &image::build_image(&plan, builder))?;
                 // Beside the others, this machine's image has a platform tag too.
                 let tag = platform::platform_tag(&plan, p);
                 process::run(sh, &Cmd::new("docker").args(["tag", &plan.tag, &tag]))?;

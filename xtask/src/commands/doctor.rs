@@ -167,6 +167,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn without_an_engine_buildkit_is_missing_with_the_way_round() {
+        let finding = buildkit(false);
+        assert_eq!(
+            (finding.what, finding.status, finding.needed_by_up),
+            ("BuildKit", Status::Missing, false)
+        );
+        assert!(finding.detail.contains("--builder classic"), "{}", finding.detail);
+    }
+
+    #[test]
     fn one_line_each_with_status_and_detail() {
         let findings = vec![
             Finding {

@@ -60,16 +60,46 @@ fn with_headers<B>(
     request
 }
 
-/// A loopback port that was free a moment ago, for a throwaway server or stack.
+/// A loopback port that was free a moment ago, for a throwaway server or stack; never one
+/// this process was given before. A port handed out is not bound until its server starts,
+/// so without that memory two servers of one drill (a stack and a registry, say) could be
+/// given the same port, and the later one would fail to bind it.
 pub fn free_port() -> Result<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0").context("cannot find a free loopback port")?;
-    Ok(listener.local_addr()?.port())
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    first_not_given(&mut given, || {
+        let listener = TcpListener::bind("127.0.0.1:0").context("cannot find a free loopback port")?;
+        Ok(listener.local_addr()?.port())
+    })
+}
+
+/// The first port `next` offers that is not in `given`, which it joins.
+fn first_not_given(given: &mut Vec<u16>, mut next: impl FnMut() -> Result<u16>) -> Result<u16> {
+    for _ in 0..100 {
+        let port = next()?;
+        if !given.contains(&port) {
+            given.push(port);
+            return Ok(port);
+        }
+    }
+    anyhow::bail!("no loopback port free that this process was not given already")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::{BufRead, BufReader, Read, Write};
+
+    #[test]
+    fn a_free_port_is_never_given_twice() {
+        // The kernel may offer a port again once its probe socket is closed.
+        let mut offers = [5000, 5000, 5000, 5001].into_iter();
+        let mut given = Vec::new();
+        assert_eq!(first_not_given(&mut given, || Ok(offers.next().unwrap())).unwrap(), 5000);
+        assert_eq!(first_not_given(&mut given, || Ok(offers.next().unwrap())).unwrap(), 5001);
+        assert!(first_not_given(&mut given, || Ok(5000)).is_err());
+        assert_ne!(free_port().unwrap(), free_port().unwrap());
+    }
 
     /// Serves one connection with `answer`, returning the request head it read.
     fn serve_once(answer: &'static str) -> (String, std::thread::JoinHandle<String>) {

@@ -565,6 +565,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn output_to_a_file_goes_only_to_a_new_one_and_a_failure_leaves_none() {
+        let sh = Shell::new().unwrap();
+        let dir = sh.create_temp_dir().unwrap();
+        let runner = Runner::new(false);
+        let file = dir.path().join("out.txt");
+        runner.run_to_file(&Cmd::new("sh").args(["-c", "echo written"]), &file).unwrap();
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "written\n");
+        // Never over an existing file.
+        let again = runner.run_to_file(&Cmd::new("sh").args(["-c", "echo other"]), &file).unwrap_err();
+        assert!(format!("{again:#}").contains("must not exist yet"), "{again:#}");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "written\n");
+        // A failed command leaves no file behind, and its error says why.
+        let failed_file = dir.path().join("failed.txt");
+        let failed = Cmd::new("sh").args(["-c", "echo partial; echo broken >&2; exit 3"]);
+        let err = runner.run_to_file(&failed, &failed_file).unwrap_err();
+        assert!(format!("{err:#}").contains("broken"), "{err:#}");
+        assert!(!failed_file.exists());
+        // A dry run prints it and writes nothing.
+        let dry = Runner::new(true);
+        dry.run_to_file(&Cmd::new("sh").args(["-c", "echo x"]), &dir.path().join("dry.txt")).unwrap();
+        assert!(!dir.path().join("dry.txt").exists());
+    }
+
+    #[test]
     fn a_step_log_takes_the_thread_s_lines_and_its_commands_output() {
         let sh = Shell::new().unwrap();
         let dir = sh.create_temp_dir().unwrap();
