@@ -36,7 +36,7 @@ pub fn run(sh: &Shell, no_build: bool, install: bool) -> Result<()> {
     // Only an arm64 binary needs the emulator here; on an arm64 machine the amd64 one would
     // need its own, which this smoke does not cover.
     if other == Platform::LinuxArm64 {
-        tools::QEMU_AARCH64.require(sh, false)?;
+        tools::QEMU_AARCH64.require(sh, install)?;
     }
     docker::connect(sh)?;
     let plan = ImagePlan::from_repo(sh)?;

@@ -20,6 +20,8 @@ pub enum Install {
     /// `cargo install --locked <crate>@<version>`, built for a quick install (see
     /// `QUICK_INSTALL_PROFILE`).
     Cargo(&'static str),
+    /// A Debian package, through apt-get (as root, as on a CI machine).
+    Apt(&'static str),
     /// Only by hand; the hint says how.
     ByHand,
 }
@@ -153,8 +155,8 @@ pub const CARGO_ZIGBUILD: Tool = Tool {
 pub const QEMU_AARCH64: Tool = Tool {
     name: "qemu-aarch64-static",
     probe: &["qemu-aarch64-static", "--version"],
-    install: Install::ByHand,
-    hint: "runs the arm64 binary on this machine in `platform-smoke` (Debian/Ubuntu: apt-get install qemu-user-static)",
+    install: Install::Apt("qemu-user-static"),
+    hint: "runs the arm64 binary on this machine in `platform-smoke`; elsewhere, your system's qemu-user-static",
 };
 
 pub const CURL: Tool = Tool {
@@ -237,6 +239,9 @@ impl Tool {
                     .iter()
                     .fold(cargo().args(["install", "--locked", krate]), |cmd, (k, v)| cmd.env(*k, *v)),
             ),
+            Install::Apt(package) => {
+                Some(Cmd::new("apt-get").args(["install", "--yes", "--no-install-recommends", package]))
+            }
             Install::ByHand => None,
         }
     }
@@ -261,6 +266,14 @@ impl Tool {
         match (self.install_cmd(), self.install) {
             (Some(cmd), Install::PipHashed(requirement)) if install => {
                 process::run_with_input(sh, &cmd, &format!("{requirement}\n"))
+            }
+            (Some(cmd), Install::Apt(_)) if install => {
+                if process::run(sh, &cmd).is_err() {
+                    // A machine whose package lists were never fetched knows no package yet.
+                    process::run(sh, &Cmd::new("apt-get").arg("update"))?;
+                    process::run(sh, &cmd)?;
+                }
+                Ok(())
             }
             (Some(cmd), _) if install => process::run(sh, &cmd),
             _ => bail!("{} is not installed: {}", self.name, self.fix()),
@@ -327,7 +340,7 @@ mod tests {
                     assert!(packages.iter().all(|p| p.contains("==")), "{} is not pinned", tool.name)
                 }
                 Install::Cargo(krate) => assert!(krate.contains('@'), "{} is not pinned", tool.name),
-                Install::PipHashed(_) | Install::ByHand => {}
+                Install::PipHashed(_) | Install::Apt(_) | Install::ByHand => {}
             }
         }
     }
