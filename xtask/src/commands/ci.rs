@@ -316,6 +316,7 @@ fn run_beside(
     // The runner's own logs, not a change to the project: made even by a dry run.
     let logs = sh.current_dir().join("target").join("ci-logs");
     std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
+    let log_of = |step: CiStep| logs.join(format!("{}.log", step.name()));
     process::say(&format!(
         "ci: {} side by side, at most {jobs} at once: {}",
         batch.len(),
@@ -332,18 +333,17 @@ fn run_beside(
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     let Some(pending) = batch.get(i) else { break };
                     let step_started = Instant::now();
-                    let outcome =
-                        match std::fs::File::create(logs.join(format!("{}.log", pending.step.name())))
-                            .map_err(anyhow::Error::from)
-                            .and_then(|log| {
-                                // A shell of its own: a shell's directory and variables are not shared.
-                                let sh = Shell::new()?;
-                                sh.change_dir(&dir);
-                                Ok(process::logging_to(log, || execute(&sh, pending.step)))
-                            }) {
-                            Ok(outcome) => outcome,
-                            Err(e) => Outcome::Fail(format!("cannot run it beside others: {e:#}")),
-                        };
+                    let outcome = match std::fs::File::create(log_of(pending.step))
+                        .map_err(anyhow::Error::from)
+                        .and_then(|log| {
+                            // A shell of its own: a shell's directory and variables are not shared.
+                            let sh = Shell::new()?;
+                            sh.change_dir(&dir);
+                            Ok(process::logging_to(log, || execute(&sh, pending.step)))
+                        }) {
+                        Ok(outcome) => outcome,
+                        Err(e) => Outcome::Fail(format!("cannot run it beside others: {e:#}")),
+                    };
                     ended.lock().unwrap_or_else(|p| p.into_inner())[i] =
                         Some((outcome, step_started.elapsed()));
                 }
@@ -353,8 +353,7 @@ fn run_beside(
     let ended = ended.into_inner().unwrap_or_else(|p| p.into_inner());
     let mut results = Vec::new();
     for (pending, ended) in batch.into_iter().zip(ended) {
-        let log = logs.join(format!("{}.log", pending.step.name()));
-        process::say(std::fs::read_to_string(&log).unwrap_or_default().trim_end());
+        process::say(std::fs::read_to_string(log_of(pending.step)).unwrap_or_default().trim_end());
         let (outcome, took) = ended.unwrap_or((Outcome::Fail("it did not end".into()), Duration::ZERO));
         results.push((pending, outcome, took));
     }

@@ -25,7 +25,6 @@ impl Publish {
             push(sh, &local, &repository, self.git_ref.as_deref())?
         } else {
             let plan = ImagePlan::from_repo(sh)?;
-            let revision = plan.tag.rsplit_once(':').map_or(String::new(), |(_, tag)| tag.to_owned());
             let mut images = Vec::new();
             for &p in &platform::chosen(&self.platform)? {
                 let image =
@@ -39,7 +38,7 @@ impl Publish {
                 }
                 images.push((p.arch(), image));
             }
-            push_platforms(sh, &images, &repository, &revision, self.git_ref.as_deref())?
+            push_platforms(sh, &images, &repository, plan.tag_name(), self.git_ref.as_deref())?
         };
         if self.github_output {
             let path = std::env::var("GITHUB_OUTPUT")

@@ -55,7 +55,7 @@ pub fn run(sh: &Shell, no_build: bool, install: bool) -> Result<()> {
 
     let registry = LocalRegistry::start(sh)?;
     let repository = format!("{}/{}", registry.addr, crate::project::NAME);
-    let revision = plan.tag.rsplit_once(':').map_or("tree", |(_, tag)| tag);
+    let revision = plan.tag_name();
     let index = format!("{repository}:{revision}");
     // The registry's names for the images, and the pull below, are removed however it ends.
     let mut local_names = UntagOnDrop { sh, references: Vec::new() };

@@ -77,6 +77,19 @@ impl ImagePlan {
         }
     }
 
+    /// The tag without the repository: `0123456789ab`, or `0123456789ab-dirty`.
+    pub fn tag_name(&self) -> &str {
+        self.tag.rsplit_once(':').map_or(self.tag.as_str(), |(_, name)| name)
+    }
+
+    /// The build facts the Dockerfile takes as build arguments, for the labels and
+    /// `/version`: every image of this tree carries the same, whatever its platform.
+    pub fn facts(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        [("VERSION", self.version.as_str()), ("REVISION", &self.revision), ("CREATED", &self.created)]
+            .into_iter()
+            .chain((!self.source.is_empty()).then_some(("SOURCE", self.source.as_str())))
+    }
+
     pub fn latest(&self) -> String {
         format!("{}:latest", project::NAME)
     }
@@ -95,25 +108,25 @@ fn toml_string(manifest: &str, key: &str) -> Option<String> {
 }
 
 pub fn build_image(plan: &ImagePlan, builder: Builder) -> Cmd {
-    let build_args = plan
-        .rust_image
-        .as_deref()
-        .map(|image| ("RUST_IMAGE", image))
-        .into_iter()
-        .chain([("VERSION", plan.version.as_str()), ("REVISION", &plan.revision), ("CREATED", &plan.created)])
-        .chain((!plan.source.is_empty()).then_some(("SOURCE", plan.source.as_str())));
+    let base = plan.rust_image.as_deref().map(|image| ("RUST_IMAGE", image));
     let mut cmd = Cmd::new("docker").args(["build", "--file", "Dockerfile", "--tag", &plan.tag]);
     if plan.tag_latest {
         cmd = cmd.args(["--tag", &plan.latest()]);
     }
-    for (key, value) in build_args {
-        cmd = cmd.args(["--build-arg".to_owned(), format!("{key}={value}")]);
-    }
+    cmd = with_build_args(cmd, base.into_iter().chain(plan.facts()));
     let buildkit = match builder {
         Builder::Buildkit => "1",
         Builder::Classic => "0",
     };
     cmd.arg(".").env("DOCKER_BUILDKIT", buildkit)
+}
+
+/// `cmd` with a `--build-arg KEY=VALUE` for each of `args`.
+pub fn with_build_args<'k, 'v>(mut cmd: Cmd, args: impl IntoIterator<Item = (&'k str, &'v str)>) -> Cmd {
+    for (key, value) in args {
+        cmd = cmd.args(["--build-arg".to_owned(), format!("{key}={value}")]);
+    }
+    cmd
 }
 
 /// The git revision `image` was built from, by its label; "unknown" when it has none.

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use xshell::Shell;
 
-use super::image::ImagePlan;
+use super::image::{ImagePlan, with_build_args};
 use super::process::{self, Cmd};
 use super::tools::{CARGO_ZIGBUILD, ZIG, cargo};
 use crate::flags::Platform;
@@ -107,7 +107,7 @@ pub fn add_target(target: &str) -> Cmd {
 
 /// What is missing to cross-compile for `platform`, each with how to get it; empty when
 /// nothing is. With `install`, installs what it can first (zig, cargo-zigbuild, the target).
-pub fn missing_toolchain(sh: &Shell, platform: Platform, install: bool) -> Vec<String> {
+fn missing_toolchain(sh: &Shell, platform: Platform, install: bool) -> Vec<String> {
     let mut missing = Vec::new();
     for tool in [ZIG, CARGO_ZIGBUILD] {
         if let Err(e) = tool.require(sh, install) {
@@ -153,6 +153,10 @@ pub fn files_dir(platform: Platform) -> String {
     format!("target/cross/linux-{}", platform.arch())
 }
 
+/// The non-root user's entries, as the Dockerfile's build stage writes them.
+const PASSWD: &str = "logbook:x:10001:10001:logbook:/data:/sbin/nologin";
+const GROUP: &str = "logbook:x:10001:";
+
 /// Lays out `dir` as the Dockerfile's build stage lays out its files: `rootfs/` (the
 /// binary, the non-root user, a world-writable sticky `/tmp`) and `datafs/data/`.
 pub fn stage_files(dir: &Path, binary: &Path) -> Result<()> {
@@ -166,8 +170,8 @@ pub fn stage_files(dir: &Path, binary: &Path) -> Result<()> {
     }
     std::fs::copy(binary, rootfs.join("logbook"))
         .with_context(|| format!("cannot copy {} (was it built?)", binary.display()))?;
-    std::fs::write(rootfs.join("etc/passwd"), "logbook:x:10001:10001:logbook:/data:/sbin/nologin\n")?;
-    std::fs::write(rootfs.join("etc/group"), "logbook:x:10001:\n")?;
+    std::fs::write(rootfs.join("etc/passwd"), format!("{PASSWD}\n"))?;
+    std::fs::write(rootfs.join("etc/group"), format!("{GROUP}\n"))?;
     std::fs::set_permissions(rootfs.join("tmp"), std::fs::Permissions::from_mode(0o1777))?;
     std::fs::set_permissions(rootfs.join("logbook"), std::fs::Permissions::from_mode(0o755))?;
     Ok(())
@@ -177,18 +181,11 @@ pub fn stage_files(dir: &Path, binary: &Path) -> Result<()> {
 /// its `cross-files` stage instead of its build stage (BuildKit builds no stage it does
 /// not need, so nothing is compiled or emulated).
 pub fn cross_image(plan: &ImagePlan, platform: Platform, tag: &str) -> Cmd {
-    let mut cmd = Cmd::new("docker")
+    let cmd = Cmd::new("docker")
         .args(["build", "--file", "Dockerfile", "--platform", platform.name(), "--tag", tag])
         .args(["--build-arg", "FILES=cross-files"])
         .args(["--build-arg".to_owned(), format!("CROSS_DIR={}", files_dir(platform))]);
-    for (key, value) in [("VERSION", &plan.version), ("REVISION", &plan.revision), ("CREATED", &plan.created)]
-    {
-        cmd = cmd.args(["--build-arg".to_owned(), format!("{key}={value}")]);
-    }
-    if !plan.source.is_empty() {
-        cmd = cmd.args(["--build-arg".to_owned(), format!("SOURCE={}", plan.source)]);
-    }
-    cmd.arg(".").env("DOCKER_BUILDKIT", "1")
+    with_build_args(cmd, plan.facts()).arg(".").env("DOCKER_BUILDKIT", "1")
 }
 
 /// Cross-compiles the service for `platform` and builds its image from the binary;
@@ -305,5 +302,11 @@ mod tests {
         assert_eq!(tmp & 0o7777, 0o1777);
         assert!(staged.join("datafs/data").is_dir());
         assert!(stage_files(&staged, &dir.path().join("absent")).is_err());
+        // The same user as the build stage's, so both platforms' images run alike.
+        let dockerfile =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../Dockerfile")).unwrap();
+        for entry in [PASSWD, GROUP] {
+            assert!(dockerfile.contains(&format!("echo '{entry}'")), "the Dockerfile writes no {entry:?}");
+        }
     }
 }

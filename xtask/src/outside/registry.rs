@@ -123,22 +123,20 @@ fn on_loopback(reference: &str) -> bool {
     host.starts_with("127.0.0.1") || host.starts_with("localhost")
 }
 
+/// `docker manifest <verb…>` for the list `index`: plain HTTP to a registry on loopback.
+fn manifest(verb: &[&str], index: &str) -> Cmd {
+    let cmd = Cmd::new("docker").arg("manifest").args(verb.iter().copied());
+    if on_loopback(index) { cmd.arg("--insecure") } else { cmd }
+}
+
 /// `docker manifest create`: the list `index` over images already pushed, one per platform.
 pub fn manifest_create(index: &str, images: &[String]) -> Cmd {
-    let mut cmd = Cmd::new("docker").args(["manifest", "create"]);
-    if on_loopback(index) {
-        cmd = cmd.arg("--insecure");
-    }
-    cmd.args(["--amend", index]).args(images.iter().cloned())
+    manifest(&["create"], index).args(["--amend", index]).args(images.iter().cloned())
 }
 
 /// `docker manifest push`: the list to its registry (and out of the local store).
 pub fn manifest_push(index: &str) -> Cmd {
-    let mut cmd = Cmd::new("docker").args(["manifest", "push", "--purge"]);
-    if on_loopback(index) {
-        cmd = cmd.arg("--insecure");
-    }
-    cmd.arg(index)
+    manifest(&["push", "--purge"], index).arg(index)
 }
 
 /// Makes `index` the manifest list of `images` (pushed already) and pushes it; returns
@@ -157,11 +155,7 @@ pub fn push_index(sh: &Shell, index: &str, images: &[String]) -> Result<String> 
 
 /// The platforms (`os/arch`) a manifest list in a registry names.
 pub fn index_platforms(sh: &Shell, index: &str) -> Result<Vec<String>> {
-    let mut inspect = Cmd::new("docker").args(["manifest", "inspect"]);
-    if on_loopback(index) {
-        inspect = inspect.arg("--insecure");
-    }
-    let json = process::query(sh, &inspect.arg(index))?;
+    let json = process::query(sh, &manifest(&["inspect"], index).arg(index))?;
     platforms_of(&json).with_context(|| format!("{index} is not a manifest list: {json}"))
 }
 
