@@ -207,11 +207,12 @@ pub struct Smoke {
 }
 
 /// Measure the service: GET and durable POST rates with wrk, p50/p99 latency, the same
-/// disk's raw SQLite rate (and the ratio), start-up time and idle stop time, and the
-/// latency the proxy adds (GET through the stack's proxy, run from its image).
+/// disk's raw SQLite rate (and the ratio), start-up time and idle stop time, and both rates
+/// through the stack's proxy and, for comparison, through the HTTPS front's proxy.
 ///
 /// Builds a release binary and runs it on a free loopback port with a fresh database.
-/// Needs wrk on PATH; the proxy figures need Docker and the proxy image (CADDY_IMAGE).
+/// Needs wrk on PATH and Docker; builds the proxy's image (from DEBIAN_IMAGE); the HTTPS
+/// front's figures need its image (CADDY_IMAGE).
 #[derive(Debug, Args)]
 pub struct Bench {
     /// Seconds for each load run (GET, POST, raw SQLite).

@@ -10,9 +10,20 @@ pub const DEFAULT_HOST_PORT: u16 = 8080;
 /// listens on inside its container.
 pub const PROXY_SERVICE: &str = "proxy";
 pub const PROXY_PORT: u16 = 8080;
-/// The proxy's configuration, and its public image where CADDY_IMAGE names no other.
-pub const PROXY_CONFIG: &str = "deploy/proxy/Caddyfile";
-pub const DEFAULT_PROXY_IMAGE: &str = "caddy:2.11.7";
+/// The proxy's build context and configuration, and the tag its image is built under
+/// where LOGBOOK_PROXY_IMAGE names no other.
+pub const PROXY_DIR: &str = "deploy/proxy";
+pub const PROXY_CONFIG: &str = "deploy/proxy/haproxy.cfg";
+/// The proxy's script that holds requests while no container is ready.
+pub const PROXY_HOLD: &str = "deploy/proxy/hold.lua";
+pub const DEFAULT_PROXY_IMAGE: &str = "logbook-proxy:2.6";
+/// The proxy image's base, where DEBIAN_IMAGE names no other.
+pub const DEFAULT_DEBIAN_IMAGE: &str = "debian:bookworm-slim";
+/// The HTTPS front for a domain (docker-compose.tls.yml): its configuration, and its
+/// public image where CADDY_IMAGE names no other.
+pub const TLS_SERVICE: &str = "tls";
+pub const TLS_CONFIG: &str = "deploy/proxy/Caddyfile";
+pub const DEFAULT_TLS_IMAGE: &str = "caddy:2.11.7";
 /// The app stack's compose file, and its project name.
 pub const COMPOSE_FILE: &str = "docker-compose.yml";
 pub const COMPOSE_PROJECT: &str = NAME;

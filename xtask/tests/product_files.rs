@@ -326,23 +326,51 @@ fn the_proxy_alone_publishes_the_service() {
     let stack = yaml("deploy/swarm/stack.yml");
     assert!(stack["services"]["logbook"]["ports"].is_badvalue(), "the swarm service publishes a port");
     assert_eq!(stack["services"]["proxy"]["environment"]["LOGBOOK_UPSTREAM"].as_str(), Some("tasks.logbook"));
-    let caddyfile = std::fs::read_to_string(root().join("deploy/proxy/Caddyfile")).unwrap();
-    for setting in
-        ["dynamic a {$LOGBOOK_UPSTREAM:logbook}", "lb_try_duration", "lb_try_interval", "dial_timeout"]
-    {
-        assert!(caddyfile.contains(setting), "the Caddyfile has no `{setting}`");
+    let config = std::fs::read_to_string(root().join("deploy/proxy/haproxy.cfg")).unwrap();
+    let lines: Vec<&str> = config.lines().map(str::trim).filter(|l| !l.starts_with('#')).collect();
+    for setting in [
+        "parse-resolv-conf",
+        "lua-load /etc/logbook/hold.lua",
+        "option redispatch 1",
+        "retry-on conn-failure empty-response",
+        "http-reuse never",
+        // Requests wait while no container is ready, rather than get a 503.
+        "http-request lua.hold_while_none_ready if { nbsrv(service) eq 0 }",
+        // Each container is checked on its ready port, often enough that a stopping one
+        // is out of the rotation well within its drain delay.
+        "default-server check port \"${LOGBOOK_READY_PORT}\" inter 50ms fall 1 rise 1",
+    ] {
+        assert!(lines.contains(&setting), "haproxy.cfg has no `{setting}`");
     }
-    // Caddy does not health-check DNS-found upstreams: such a setting would promise a
-    // check that never runs.
-    assert!(!caddyfile.contains("health_uri"), "health_uri has no effect on dynamic upstreams");
-    assert!(caddyfile.contains("{$LOGBOOK_UPSTREAM_PORT:"), "the Caddyfile's upstream port is not a setting");
-    // Readiness is the service's ready port instead: the proxy must use it in both stacks.
+    let servers: Vec<&&str> = lines.iter().filter(|l| l.starts_with("server")).collect();
+    assert_eq!(servers.len(), 1, "{servers:?}");
+    assert!(servers[0].contains("\"${LOGBOOK_UPSTREAM}:${LOGBOOK_UPSTREAM_PORT}\" resolvers docker"));
+    let hold = std::fs::read_to_string(root().join("deploy/proxy/hold.lua")).unwrap();
+    assert!(hold.contains("core.register_action(\"hold_while_none_ready\""), "{hold}");
+    assert!(hold.contains("txn.f:nbsrv(\"service\")"), "the script watches another backend");
+    // An append without a key is never sent twice.
+    assert!(
+        lines.contains(
+            &"http-request disable-l7-retry unless METH_GET || { req.hdr(Idempotency-Key) -m found }"
+        )
+    );
+    // Readiness is the service's ready port: the proxy must check it in both stacks, and a
+    // stopping container must keep answering for longer than one check interval (50 ms).
     for (file, services) in [("docker-compose.yml", services), ("deploy/swarm/stack.yml", &stack["services"])]
     {
-        let ready_port = services["logbook"]["environment"]["LOGBOOK_READY_PORT"].as_str();
+        let env = &services["logbook"]["environment"];
+        let ready_port = env["LOGBOOK_READY_PORT"].as_str();
         assert!(ready_port.is_some(), "{file}: the service has no LOGBOOK_READY_PORT");
-        let upstream_port = services["proxy"]["environment"]["LOGBOOK_UPSTREAM_PORT"].as_str();
-        assert_eq!(upstream_port, ready_port, "{file}: the proxy does not use the service's ready port");
+        let checked = services["proxy"]["environment"]["LOGBOOK_READY_PORT"].as_str();
+        assert_eq!(checked, ready_port, "{file}: the proxy does not check the service's ready port");
+        let drain = env["LOGBOOK_DRAIN_DELAY"].as_str().unwrap_or_default();
+        let drain_ms: u64 = drain
+            .trim_start_matches("${LOGBOOK_DRAIN_DELAY:-")
+            .trim_end_matches('}')
+            .trim_end_matches("ms")
+            .parse()
+            .unwrap_or_else(|_| panic!("{file}: LOGBOOK_DRAIN_DELAY {drain:?} is not in milliseconds"));
+        assert!(drain_ms >= 150, "{file}: LOGBOOK_DRAIN_DELAY {drain} is within a few check intervals");
     }
 }
 
@@ -359,9 +387,18 @@ fn nothing_is_exposed_without_authentication_by_default() {
             assert!(port.starts_with("127.0.0.1:"), "{service} is published beyond loopback: {port}");
         }
     }
+    // The HTTPS front serves the domain alone (plain HTTP there only redirects), with HSTS;
+    // the stack's proxy never sets it.
     let caddyfile = std::fs::read_to_string(root().join("deploy/proxy/Caddyfile")).unwrap();
-    assert!(caddyfile.contains("@https protocol https"), "HSTS is not limited to HTTPS");
-    assert!(caddyfile.contains("header @https Strict-Transport-Security"), "no HSTS over HTTPS");
+    assert!(caddyfile.contains("\n{$LOGBOOK_DOMAIN} {\n"), "the HTTPS front serves more than the domain");
+    assert!(caddyfile.contains("header Strict-Transport-Security"), "no HSTS over HTTPS");
+    let config = std::fs::read_to_string(root().join("deploy/proxy/haproxy.cfg")).unwrap();
+    assert!(!config.contains("Strict-Transport-Security"), "HSTS over plain HTTP");
+    let tls = yaml("docker-compose.tls.yml");
+    let front = &tls["services"]["tls"];
+    assert_eq!(front["read_only"].as_bool(), Some(true));
+    assert_eq!(front["cap_drop"][0].as_str(), Some("ALL"));
+    assert!(tls["services"]["proxy"].is_badvalue(), "the TLS layer changes the proxy");
 }
 
 /// Nothing is published or deployed unless every gate passed: the job that publishes needs,

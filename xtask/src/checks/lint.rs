@@ -9,10 +9,10 @@ use xshell::Shell;
 use super::report::Checks;
 use crate::flags::Lint;
 use crate::outside::docker::{self, Compose};
-use crate::outside::http;
 use crate::outside::local_service::{LocalService, Profile};
 use crate::outside::process::{self, Cmd};
 use crate::outside::tools::{self, Tool};
+use crate::outside::{http, proxy};
 use crate::project;
 use crate::targets::compose;
 use crate::targets::compose::monitoring;
@@ -69,10 +69,13 @@ pub fn lint(sh: &Shell, install_missing: bool) -> Result<()> {
         "docker-compose.yml + docker-compose.replica.yml, and deploy/litestream/litestream.yml",
         || check_replica_layer(sh, &app),
     )?;
-    checks.run(project::PROXY_CONFIG, || {
-        let image = compose_image(sh, &app, project::PROXY_SERVICE)?;
+    checks.run(project::PROXY_CONFIG, || switch::check_proxy_config(sh, &app))?;
+    checks.run(project::TLS_CONFIG, || {
+        let tls =
+            app.clone().with_file(project::TLS_COMPOSE_FILE).var("LOGBOOK_DOMAIN", "logbook.example.com");
+        let image = compose_image(sh, &tls, project::TLS_SERVICE)?;
         ensure_local(sh, &image, "CADDY_IMAGE")?;
-        switch::validate_proxy_config(sh, &image)
+        proxy::validate_tls_config(sh, &image)
     })?;
     checks.run("Alertmanager's configuration, as Compose renders it (amtool check-config)", || {
         check_alertmanager_config(sh, &everything)
@@ -101,7 +104,7 @@ pub fn lint(sh: &Shell, install_missing: bool) -> Result<()> {
         checks.run("zizmor .github/workflows (medium and above)", || process::check(sh, &zizmor()))?;
     }
     if with_tools(sh, &mut checks, &[tools::HADOLINT], install_missing)? {
-        checks.run("hadolint Dockerfile", || process::check(sh, &hadolint()))?;
+        checks.run("hadolint Dockerfile deploy/proxy/Dockerfile", || process::check(sh, &hadolint()))?;
     }
     if with_tools(sh, &mut checks, &[tools::SHELLCHECK], install_missing)? {
         checks.run("shellcheck .ci/run", || process::check(sh, &shellcheck()))?;
@@ -171,7 +174,7 @@ pub fn zizmor() -> Cmd {
 
 /// Every rule, warnings included, fails.
 pub fn hadolint() -> Cmd {
-    Cmd::new("hadolint").args(["--failure-threshold", "warning", "Dockerfile"])
+    Cmd::new("hadolint").args(["--failure-threshold", "warning", "Dockerfile", "deploy/proxy/Dockerfile"])
 }
 
 pub fn shellcheck() -> Cmd {
@@ -373,7 +376,10 @@ mod tests {
             zizmor().to_string(),
             "zizmor --offline --min-severity medium --no-progress .github/workflows/ci.yml .github/workflows/rollback.yml"
         );
-        assert_eq!(hadolint().to_string(), "hadolint --failure-threshold warning Dockerfile");
+        assert_eq!(
+            hadolint().to_string(),
+            "hadolint --failure-threshold warning Dockerfile deploy/proxy/Dockerfile"
+        );
         assert_eq!(shellcheck().to_string(), "shellcheck .ci/run");
     }
 

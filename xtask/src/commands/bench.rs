@@ -12,7 +12,7 @@ use crate::flags::Bench;
 use crate::outside::local_service::{self, LocalService, Profile};
 use crate::outside::process::{self, Cmd};
 use crate::outside::tools::{self, cargo};
-use crate::outside::{docker, http};
+use crate::outside::{docker, http, proxy};
 use crate::project;
 
 const POST_SCRIPT: &str = r#"wrk.method = "POST"
@@ -48,7 +48,8 @@ impl Bench {
             sh,
             &wrk(&format!("{url}/api/entries"), c, seconds, Some(&post_script)),
         )?)?;
-        // The proxy as shipped, then HAProxy in the same place, for comparison.
+        // The stack's proxy, then the HTTPS front's proxy (over plain HTTP) in the same
+        // place, for comparison.
         let through = |addr: &str| -> Result<(WrkResult, WrkResult)> {
             let base = format!("http://{addr}/api/entries");
             let get = parse_wrk(&process::capture(sh, &wrk(&format!("{base}/1"), c, seconds, None))?)?;
@@ -56,15 +57,11 @@ impl Bench {
             Ok((get, post))
         };
         let mut proxied = Vec::new();
-        if let Some(proxy) =
-            LocalProxy::start(sh, &server.addr, &sh.current_dir().join(project::PROXY_CONFIG))?
-        {
-            let (get, post) = through(&proxy.addr)?;
-            proxied.push(("the stack's proxy", get, post));
-        }
-        if let Some(haproxy) = LocalHaproxy::start(sh, &server.addr, dir)? {
-            let (get, post) = through(&haproxy.addr)?;
-            proxied.push(("HAProxy, one thread, keep-alive (for comparison)", get, post));
+        for kind in [ProxyKind::Stack, ProxyKind::TlsFront] {
+            if let Some(proxy) = LocalProxy::start(sh, kind, &server.addr)? {
+                let (get, post) = through(&proxy.addr)?;
+                proxied.push((kind.label(), get, post));
+            }
         }
 
         let term_sent = Instant::now();
@@ -118,61 +115,6 @@ fn report(
         format!("SIGTERM to exit, idle:  {:.1} ms", stop.as_secs_f64() * 1e3),
     ]
     .join("\n")
-}
-
-/// HAProxy in front of `upstream`, listening on loopback at `port`: one thread, and
-/// connections to the service kept alive and shared between clients.
-fn haproxy_config(port: u16, upstream: &str) -> String {
-    format!(
-        "global
-    nbthread 1
-defaults
-    mode http
-    timeout connect 100ms
-    timeout client 30s
-    timeout server 30s
-    http-reuse safe
-frontend bench
-    bind 127.0.0.1:{port}
-    default_backend service
-backend service
-    server service {upstream}
-"
-    )
-}
-
-/// HAProxy from this machine's PATH in front of a local service; stopped when dropped.
-struct LocalHaproxy {
-    handle: duct::Handle,
-    addr: String,
-}
-
-impl LocalHaproxy {
-    /// None, said in one line, where HAProxy is not installed.
-    fn start(sh: &Shell, upstream: &str, dir: &Path) -> Result<Option<Self>> {
-        if !tools::HAPROXY.installed(sh) {
-            process::say(&format!("bench: no HAProxy to compare with ({})", tools::HAPROXY.fix()));
-            return Ok(None);
-        }
-        let port = http::free_port()?;
-        let config = dir.join("haproxy.cfg");
-        std::fs::write(&config, haproxy_config(port, upstream))?;
-        let handle = duct::cmd!("haproxy", "-db", "-f", &config)
-            .stdout_path(dir.join("haproxy.log"))
-            .stderr_to_stdout()
-            .unchecked()
-            .start()
-            .context("cannot start haproxy")?;
-        let haproxy = LocalHaproxy { handle, addr: format!("127.0.0.1:{port}") };
-        local_service::wait_ready_at(&haproxy.addr, "HAProxy to reach the service")?;
-        Ok(Some(haproxy))
-    }
-}
-
-impl Drop for LocalHaproxy {
-    fn drop(&mut self) {
-        let _ = self.handle.kill();
-    }
 }
 
 /// Direct and proxied figures side by side, as a Markdown table, with each path's ratio
@@ -272,36 +214,90 @@ fn replica_report(
     )
 }
 
-/// The stack's proxy (its image and `deploy/proxy/Caddyfile`) in front of a local service,
-/// on the host's network and a free port; removed when dropped.
+/// Which proxy [`LocalProxy`] runs.
+#[derive(Debug, Clone, Copy)]
+enum ProxyKind {
+    /// The stack's proxy: its image, built here, and `deploy/proxy/haproxy.cfg`.
+    Stack,
+    /// The HTTPS front (`deploy/proxy/Caddyfile`, CADDY_IMAGE), serving plain HTTP here.
+    TlsFront,
+}
+
+impl ProxyKind {
+    fn label(self) -> &'static str {
+        match self {
+            ProxyKind::Stack => "the stack's proxy",
+            ProxyKind::TlsFront => "the HTTPS front's proxy, plain HTTP (for comparison)",
+        }
+    }
+
+    /// `docker run` of this proxy on the host's network, listening on loopback at `port`
+    /// and passing requests to `upstream` (`host:port`).
+    fn run(self, image: &str, name: &str, project_root: &Path, port: u16, upstream: &str) -> Result<Cmd> {
+        let (host, upstream_port) = upstream.rsplit_once(':').context("the service has no port")?;
+        let (mounts, settings) = match self {
+            ProxyKind::Stack => (
+                proxy::mounts(project_root).to_vec(),
+                vec![
+                    format!("LOGBOOK_LISTEN=127.0.0.1:{port}"),
+                    format!("LOGBOOK_UPSTREAM={host}"),
+                    format!("LOGBOOK_UPSTREAM_PORT={upstream_port}"),
+                    // The service here has no ready port: the proxy checks its main one.
+                    format!("LOGBOOK_READY_PORT={upstream_port}"),
+                ],
+            ),
+            ProxyKind::TlsFront => (
+                vec![
+                    "--volume".to_owned(),
+                    format!("{}/{}:/etc/caddy/Caddyfile:ro", project_root.display(), project::TLS_CONFIG),
+                ],
+                vec![format!("LOGBOOK_DOMAIN=:{port}"), format!("LOGBOOK_PROXY={upstream}")],
+            ),
+        };
+        let mut cmd = Cmd::new("docker")
+            .args(["run", "--detach", "--rm", "--name", name, "--network", "host"])
+            .args(mounts);
+        for setting in settings {
+            cmd = cmd.args(["--env".to_owned(), setting]);
+        }
+        Ok(cmd.arg(image))
+    }
+}
+
+/// A proxy in front of a local service, on the host's network and a free port; removed
+/// when dropped.
 struct LocalProxy<'a> {
     _container: docker::ContainerGuard<'a>,
     addr: String,
 }
 
 impl<'a> LocalProxy<'a> {
-    /// None, said in one line, where Docker or the proxy image is not available.
-    fn start(sh: &'a Shell, upstream: &str, config: &Path) -> Result<Option<Self>> {
-        let image = std::env::var("CADDY_IMAGE").unwrap_or_else(|_| project::DEFAULT_PROXY_IMAGE.to_owned());
-        if !docker::image_exists(sh, &image) {
-            process::say(&format!(
-                "bench: the proxy image {image} is not here (set CADDY_IMAGE); no proxied figures"
-            ));
-            return Ok(None);
-        }
-        let (_, upstream_port) = upstream.rsplit_once(':').context("the service has no port")?;
+    /// None, said in one line, where the HTTPS front's image is not here. The stack's proxy
+    /// is built when missing.
+    fn start(sh: &'a Shell, kind: ProxyKind, upstream: &str) -> Result<Option<Self>> {
+        let setting = |key: &str, default: &str| std::env::var(key).unwrap_or_else(|_| default.to_owned());
+        let image = match kind {
+            ProxyKind::Stack => {
+                let image = setting("LOGBOOK_PROXY_IMAGE", project::DEFAULT_PROXY_IMAGE);
+                let debian = setting("DEBIAN_IMAGE", project::DEFAULT_DEBIAN_IMAGE);
+                proxy::prepare(sh, &image, &debian)?;
+                image
+            }
+            ProxyKind::TlsFront => {
+                let image = setting("CADDY_IMAGE", project::DEFAULT_TLS_IMAGE);
+                if !docker::image_exists(sh, &image) {
+                    process::say(&format!(
+                        "bench: the HTTPS front's image {image} is not here (set CADDY_IMAGE); no figures for it"
+                    ));
+                    return Ok(None);
+                }
+                image
+            }
+        };
         let port = http::free_port()?;
         let container =
             docker::ContainerGuard::new(sh, format!("{}-bench-proxy-{}", project::NAME, std::process::id()));
-        let name = &container.name;
-        let config = format!("{}:/etc/caddy/Caddyfile:ro", config.display());
-        let run = Cmd::new("docker")
-            .args(["run", "--detach", "--rm", "--name", name, "--network", "host", "--volume", &config])
-            .args(["--env".to_owned(), format!("LOGBOOK_SITE=:{port}")])
-            .args(["--env", "LOGBOOK_UPSTREAM=127.0.0.1"])
-            .args(["--env".to_owned(), format!("LOGBOOK_UPSTREAM_PORT={upstream_port}")])
-            .arg(image);
-        process::capture(sh, &run)?;
+        process::capture(sh, &kind.run(&image, &container.name, &sh.current_dir(), port, upstream)?)?;
         let proxy = LocalProxy { _container: container, addr: format!("127.0.0.1:{port}") };
         local_service::wait_ready_at(&proxy.addr, "the proxy to reach the service")?;
         Ok(Some(proxy))
@@ -427,21 +423,42 @@ Transfer/sec:      3.13MB
     }
 
     #[test]
-    fn haproxy_listens_on_loopback_and_reuses_connections_to_the_service() {
-        let config = haproxy_config(18000, "127.0.0.1:9000");
-        assert!(config.contains("    bind 127.0.0.1:18000\n"), "{config}");
-        assert!(config.contains("    server service 127.0.0.1:9000\n"), "{config}");
-        assert!(config.contains("http-reuse safe") && config.contains("nbthread 1"), "{config}");
+    fn each_proxy_runs_on_loopback_in_front_of_the_service() {
+        let root = Path::new("/src");
+        assert_eq!(
+            ProxyKind::Stack
+                .run("logbook-proxy:2.6", "p", root, 18000, "127.0.0.1:9000")
+                .unwrap()
+                .to_string(),
+            "docker run --detach --rm --name p --network host \
+             --volume /src/deploy/proxy/haproxy.cfg:/etc/logbook/haproxy.cfg:ro \
+             --volume /src/deploy/proxy/hold.lua:/etc/logbook/hold.lua:ro \
+             --env LOGBOOK_LISTEN=127.0.0.1:18000 --env LOGBOOK_UPSTREAM=127.0.0.1 --env LOGBOOK_UPSTREAM_PORT=9000 \
+             --env LOGBOOK_READY_PORT=9000 logbook-proxy:2.6"
+        );
+        assert_eq!(
+            ProxyKind::TlsFront.run("caddy:2.11.7", "p", root, 18000, "127.0.0.1:9000").unwrap().to_string(),
+            "docker run --detach --rm --name p --network host \
+             --volume /src/deploy/proxy/Caddyfile:/etc/caddy/Caddyfile:ro \
+             --env LOGBOOK_DOMAIN=:18000 --env LOGBOOK_PROXY=127.0.0.1:9000 caddy:2.11.7"
+        );
     }
 
-    /// The whole-second value after `key` on the line that starts with it (trimmed), in `file`.
-    fn seconds_after(file: &str, key: &str) -> u64 {
+    /// The duration after `key` on the line that starts with it (trimmed), in `file`, in
+    /// milliseconds: `2s`, `"2s"` or `500ms`.
+    fn millis_after(file: &str, key: &str) -> u64 {
         let text =
             std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(file)).unwrap();
         let values: Vec<u64> = text
             .lines()
             .filter_map(|line| line.trim().strip_prefix(key))
-            .map(|value| value.trim().trim_matches('"').trim_end_matches('s').parse().unwrap())
+            .map(|value| {
+                let value = value.trim().trim_matches('"');
+                match value.strip_suffix("ms") {
+                    Some(ms) => ms.parse::<u64>().unwrap(),
+                    None => value.strip_suffix('s').unwrap().parse::<u64>().unwrap() * 1000,
+                }
+            })
             .collect();
         assert_eq!(values.len(), 1, "{file}: {key} {values:?}");
         values[0]
@@ -450,15 +467,21 @@ Transfer/sec:      3.13MB
     #[test]
     fn every_stack_s_service_outlasts_the_proxy_s_idle_connections() {
         // The proxy keeps connections to the service alive; a stopping service must leave
-        // them open until the proxy has closed them, or a POST sent on one is lost.
-        let idle = seconds_after(project::PROXY_CONFIG, "keepalive ");
-        assert!(idle >= 1);
+        // them open until the proxy has closed them, or a POST sent on one is lost. The
+        // same holds between the HTTPS front and the proxy.
+        let idle = millis_after(project::PROXY_CONFIG, "timeout http-keep-alive ");
+        assert!(idle >= 1000);
         for stack in ["docker-compose.yml", "deploy/swarm/stack.yml"] {
-            let grace = seconds_after(stack, "LOGBOOK_KEEPALIVE_GRACE:");
+            let grace = millis_after(stack, "LOGBOOK_KEEPALIVE_GRACE:");
             assert!(
                 grace > idle,
-                "{stack}: LOGBOOK_KEEPALIVE_GRACE {grace}s, the proxy's idle timeout {idle}s"
+                "{stack}: LOGBOOK_KEEPALIVE_GRACE {grace} ms, the proxy's idle timeout {idle} ms"
             );
         }
+        let front_idle = millis_after(project::TLS_CONFIG, "keepalive ");
+        assert!(
+            front_idle < idle,
+            "the HTTPS front keeps idle connections {front_idle} ms, the proxy {idle} ms"
+        );
     }
 }

@@ -31,6 +31,7 @@ const IMAGE_SETTINGS: &[&str] = &[
     "CADDY_IMAGE",
     "LITESTREAM_IMAGE",
     "RCLONE_IMAGE",
+    "LOGBOOK_PROXY_IMAGE",
 ];
 
 /// Which files a step reads.
@@ -115,7 +116,14 @@ pub fn reads(step: CiStep) -> Option<Reads> {
                 &["promtool", "--version"],
                 &["kubernetes-validate", "--version"],
             ],
-            settings: &["PROMETHEUS_IMAGE", "CADDY_IMAGE", "LITESTREAM_IMAGE", "ALERTMANAGER_IMAGE"],
+            settings: &[
+                "PROMETHEUS_IMAGE",
+                "CADDY_IMAGE",
+                "LITESTREAM_IMAGE",
+                "ALERTMANAGER_IMAGE",
+                "DEBIAN_IMAGE",
+                "LOGBOOK_PROXY_IMAGE",
+            ],
             lines: &[],
         },
         CiStep::BuildClassic | CiStep::Build => Reads {
@@ -319,6 +327,8 @@ mod tests {
             "xtask/src/main.rs",
             "xtask/Cargo.toml",
             "docker-compose.yml",
+            "deploy/proxy/haproxy.cfg",
+            "deploy/proxy/Dockerfile",
             "deploy/proxy/Caddyfile",
             "monitoring/prometheus/alerts.yml",
             ".github/workflows/ci.yml",
@@ -374,9 +384,11 @@ mod tests {
         }
         // The runbook: the tests check that every alert has an entry.
         assert!(reads_file(CiStep::Test, "docs/OPERATIONS.md"));
-        // The proxy's configuration: not the image, but every live step.
-        assert!(!reads_file(CiStep::Build, "deploy/proxy/Caddyfile"));
-        assert!(reads_file(CiStep::Smoke, "deploy/proxy/Caddyfile"));
+        // The proxy's image and configuration: not the service's image, but every live step.
+        for file in ["deploy/proxy/haproxy.cfg", "deploy/proxy/Dockerfile", "deploy/proxy/Caddyfile"] {
+            assert!(!reads_file(CiStep::Build, file));
+            assert!(reads_file(CiStep::Smoke, file));
+        }
         assert!(reads_file(CiStep::Smoke, "xtask/src/checks/smoke.rs"));
         assert!(reads_file(CiStep::Fmt, "xtask/src/checks/smoke.rs"));
         assert!(!reads_file(CiStep::Fmt, "docker-compose.yml"));

@@ -31,6 +31,7 @@ impl Smoke {
         let started = Instant::now();
         let guard = StackGuard::new(sh, &compose, OnDrop::RemoveWithVolumes);
         let mut checks = Checks::stop_at_first();
+        switch::check_proxy_config(sh, &compose)?;
         process::run(sh, &compose.up())?;
         let container = container(sh, &compose)?;
         service_checks(sh, &compose, &image, &mut checks)?;
@@ -305,7 +306,7 @@ fn https_is_served(sh: &Shell, program: docker::ComposeProgram, image: &str) -> 
     let dir = sh.create_temp_dir()?;
     let ca = dir.path().join("root.crt");
     let copy_ca =
-        compose.cmd(&["cp", "proxy:/data/caddy/pki/authorities/local/root.crt", &ca.display().to_string()]);
+        compose.cmd(&["cp", "tls:/data/caddy/pki/authorities/local/root.crt", &ca.display().to_string()]);
     let resolve = |port: &str| format!("logbook.localhost:{port}:127.0.0.1");
     let https = Cmd::new("curl")
         .args(["--silent", "--show-error", "--output", "/dev/null", "--write-out", "%{http_code}"])

@@ -78,7 +78,7 @@ impl Drop for SwarmSetup<'_> {
         };
         quiet(&["stack", "rm", &self.stack.name]);
         // The volumes are released once the stack's containers are gone.
-        let volumes = ["data", "proxy-data", "proxy-config"].map(|v| format!("{}_{v}", self.stack.name));
+        let volumes = ["data"].map(|v| format!("{}_{v}", self.stack.name));
         let gone = |volume: &String| {
             !process::succeeds(self.sh, &Cmd::new("docker").args(["volume", "inspect", volume]))
                 || process::succeeds(self.sh, &Cmd::new("docker").args(["volume", "rm", volume]))

@@ -8,6 +8,7 @@ pub mod image;
 pub mod local_service;
 pub mod platform;
 pub mod process;
+pub mod proxy;
 pub mod registry;
 pub mod tools;
 pub mod trivy;

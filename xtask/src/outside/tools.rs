@@ -133,13 +133,6 @@ pub const WRK: Tool = Tool {
     hint: "the load generator of `bench` (Debian/Ubuntu: apt-get install wrk, macOS: brew install wrk)",
 };
 
-pub const HAPROXY: Tool = Tool {
-    name: "haproxy",
-    probe: &["haproxy", "-v"],
-    install: Install::ByHand,
-    hint: "a second proxy that `bench` measures beside the stack's, for comparison (Debian/Ubuntu: apt-get install haproxy)",
-};
-
 pub const ZIG: Tool = Tool {
     name: "zig",
     probe: &["python3", "-m", "ziglang", "version"],
@@ -188,7 +181,6 @@ pub const OPTIONAL: &[Tool] = &[
     KUBERNETES_VALIDATE,
     CARGO_DENY,
     WRK,
-    HAPROXY,
     ZIG,
     CARGO_ZIGBUILD,
     QEMU_AARCH64,

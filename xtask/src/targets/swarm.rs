@@ -13,7 +13,7 @@ use serde_json::Value;
 use xshell::Shell;
 
 use crate::outside::process::{self, Cmd};
-use crate::outside::{docker, http};
+use crate::outside::{docker, http, proxy};
 use crate::project;
 use crate::release::{self, History};
 
@@ -164,10 +164,18 @@ pub fn deploy(
 ) -> Result<String> {
     let _lock = crate::state::lock(history_file, &crate::state::LockRequest::default())?;
     check_ready(sh, stack)?;
-    let config = sh
-        .read_file(project::PROXY_CONFIG)
-        .with_context(|| format!("cannot read {}", project::PROXY_CONFIG))?;
-    let stack = &stack.clone().var("LOGBOOK_PROXY_CONFIG_HASH", &content_hash(&config));
+    let setting = |key: &str, default: &str| std::env::var(key).unwrap_or_else(|_| default.to_owned());
+    let proxy_image = setting("LOGBOOK_PROXY_IMAGE", project::DEFAULT_PROXY_IMAGE);
+    let debian = setting("DEBIAN_IMAGE", project::DEFAULT_DEBIAN_IMAGE);
+    proxy::prepare(sh, &proxy_image, &debian).context("nothing was changed")?;
+    let mut config = String::new();
+    for file in [project::PROXY_CONFIG, project::PROXY_HOLD] {
+        config += &sh.read_file(file).with_context(|| format!("cannot read {file}"))?;
+    }
+    let stack = &stack
+        .clone()
+        .var("LOGBOOK_PROXY_CONFIG_HASH", &content_hash(&config))
+        .var("LOGBOOK_PROXY_IMAGE", &proxy_image);
     if !docker::image_exists(sh, image) {
         bail!("image {image} does not exist on this engine: build or pull it first; nothing was changed");
     }

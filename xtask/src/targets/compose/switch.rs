@@ -15,8 +15,8 @@ use xshell::Shell;
 use super::journal::{self, Journal, Step};
 use super::{OnDrop, StackGuard};
 use crate::outside::docker::{self, Compose};
-use crate::outside::image;
 use crate::outside::process::{self, Cmd};
+use crate::outside::{image, proxy};
 use crate::project;
 use crate::release::{self, History, OnFailure};
 
@@ -66,7 +66,6 @@ pub fn switch(sh: &Shell, compose: &Compose, history_file: &Path, image: &str, g
     let _lock = crate::state::lock(history_file, &crate::state::LockRequest::default())?;
     journal::repair(sh, compose, history_file, gate.timeout)?;
     let mut history = History::load(history_file)?;
-    check_proxy_config(sh, compose)?;
     let running = super::running(sh, compose)?;
     let may_migrate = match &running {
         Some((old, old_image)) if old_image != image => {
@@ -75,6 +74,7 @@ pub fn switch(sh: &Shell, compose: &Compose, history_file: &Path, image: &str, g
         _ => true,
     };
     let replica = check_replication(sh, compose, running.is_some())?;
+    check_proxy_config(sh, compose)?;
     let plan = release::plan_switch(
         running.as_ref().map(|(_, i)| i.as_str()),
         &history,
@@ -430,33 +430,12 @@ fn wait_live(sh: &Shell, container: &str, timeout: Duration) -> Result<()> {
     })
 }
 
-/// Refuses a proxy configuration that does not validate, before anything changes.
+/// Builds the proxy's image and refuses a configuration that does not validate, before
+/// anything changes.
 pub fn check_proxy_config(sh: &Shell, compose: &Compose) -> Result<()> {
-    let proxy_image = super::setting(sh, compose, "CADDY_IMAGE", project::DEFAULT_PROXY_IMAGE);
-    if !docker::image_exists(sh, &proxy_image) {
-        // Compose pulls it with `up`; validating first would need the pull done twice.
-        return Ok(());
-    }
-    validate_proxy_config(sh, &proxy_image).context("nothing was changed")
-}
-
-/// Runs `caddy validate` on the project's Caddyfile; a failure names the file and line as
-/// they are in the project.
-pub fn validate_proxy_config(sh: &Shell, proxy_image: &str) -> Result<()> {
-    process::check(sh, &validate_proxy(proxy_image, &sh.current_dir())).map_err(|e| {
-        let why = format!("{e:#}");
-        let line = why.lines().rev().find(|l| l.contains("\"error\"")).unwrap_or(&why).to_owned();
-        let line = line.replace("/etc/caddy/Caddyfile", project::PROXY_CONFIG);
-        anyhow::anyhow!("{} does not validate: {line}", project::PROXY_CONFIG)
-    })
-}
-
-/// `caddy validate` of the project's Caddyfile, in the proxy image, with no network.
-pub fn validate_proxy(image: &str, project_root: &Path) -> Cmd {
-    Cmd::new("docker")
-        .args(["run", "--rm", "--network", "none", "--volume"])
-        .arg(format!("{}/{}:/etc/caddy/Caddyfile:ro", project_root.display(), project::PROXY_CONFIG))
-        .args([image, "caddy", "validate", "--config", "/etc/caddy/Caddyfile", "--adapter", "caddyfile"])
+    let image = super::setting(sh, compose, "LOGBOOK_PROXY_IMAGE", project::DEFAULT_PROXY_IMAGE);
+    let debian = super::setting(sh, compose, "DEBIAN_IMAGE", project::DEFAULT_DEBIAN_IMAGE);
+    proxy::prepare(sh, &image, &debian).context("nothing was changed")
 }
 
 /// Switches `compose` back to `to` (or the newest release other than the running one),
@@ -478,18 +457,4 @@ pub fn rollback(
     let target = history.rollback_target(&scope, running.as_deref(), to, present)?;
     switch(sh, compose, history_file, &target, Gate { timeout, restore_previous: true })?;
     Ok(target)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_proxy_config_is_validated_in_its_own_image() {
-        assert_eq!(
-            validate_proxy("caddy:2.11.7", Path::new("/src")).to_string(),
-            "docker run --rm --network none --volume /src/deploy/proxy/Caddyfile:/etc/caddy/Caddyfile:ro \
-             caddy:2.11.7 caddy validate --config /etc/caddy/Caddyfile --adapter caddyfile"
-        );
-    }
 }
