@@ -156,9 +156,10 @@ pub fn run(sh: &Shell, fail_under: f64, install_if_missing: bool) -> Result<()> 
     for cmd in tool.commands() {
         process::run(sh, &cmd)?;
     }
-    process::needs_effects("read the coverage report")?;
-    let lcov =
-        sh.read_file(format!("{OUT_DIR}/lcov.info")).context("the coverage tool wrote no lcov.info")?;
+    let lcov = process::read_written(
+        &sh.current_dir().join(OUT_DIR).join("lcov.info"),
+        "the coverage tool wrote no lcov.info",
+    )?;
     let service = lcov_total(&lcov, GATED).context("lcov.info holds no line counts for the service")?;
     let runner = lcov_total(&lcov, RUNNER).unwrap_or(0.0);
     let runner_gated = lcov_total_except(&lcov, RUNNER, Some(RUNNER_LIVE)).unwrap_or(0.0);

@@ -329,8 +329,7 @@ impl Scan {
             ScanFormat::Json => emit(self.output.as_deref(), &scanned.image_report)?,
             ScanFormat::Sarif => {
                 process::run(sh, &trivy.to_sarif(out_dir))?;
-                let sarif =
-                    std::fs::read_to_string(out_dir.join("image.sarif")).context("trivy wrote no SARIF")?;
+                let sarif = process::read_written(&out_dir.join("image.sarif"), "trivy wrote no SARIF")?;
                 check_sarif(&sarif)?;
                 emit(self.output.as_deref(), &sarif)?;
             }
@@ -471,10 +470,7 @@ fn scan_once(
         &trivy.image_scan(out_dir, image, options.ignorefile, options.ignore_unfixed, vulnerabilities),
     )?;
     process::run(sh, &trivy.repo_scan(out_dir, options.ignorefile))?;
-    process::needs_effects("read Trivy's reports")?;
-    let read = |name: &str| -> Result<String> {
-        std::fs::read_to_string(out_dir.join(name)).with_context(|| format!("trivy wrote no {name}"))
-    };
+    let read = |name: &str| process::read_written(&out_dir.join(name), &format!("trivy wrote no {name}"));
     let image_report = read("image.json")?;
     let image_findings = parse_report(&image_report).context("reading the image scan")?;
     let repo_findings = parse_report(&read("repo.json")?).context("reading the repository scan")?;

@@ -20,9 +20,7 @@ impl Sbom {
         });
         let out = sh.create_temp_dir()?;
         process::run(sh, &trivy.sbom(out.path(), &image))?;
-        process::needs_effects("read the SBOM")?;
-        let sbom =
-            std::fs::read_to_string(out.path().join("sbom.cdx.json")).context("trivy wrote no SBOM")?;
+        let sbom = process::read_written(&out.path().join("sbom.cdx.json"), "trivy wrote no SBOM")?;
         let components = sbom_components(&sbom)?;
         if let Some(dir) = output.parent() {
             process::create_dir_all(dir)?;

@@ -7,6 +7,13 @@ use anyhow::{Context, Result};
 
 use super::{quote, runner};
 
+/// Reads a file that an earlier command of this run wrote (a report, say); `what` names
+/// it in the error when it is not there. A dry run ends here: the command did not run.
+pub fn read_written(path: &Path, what: &str) -> Result<String> {
+    runner().observable(|| format!("read {}", quote(&path.display().to_string())))?;
+    std::fs::read_to_string(path).with_context(|| format!("{what} ({} is missing)", path.display()))
+}
+
 /// Creates `dir` and its parents (echoed as `mkdir -p`; not under --dry-run).
 pub fn create_dir_all(dir: &Path) -> Result<()> {
     if runner().change(&format!("mkdir -p {}", quote(&dir.display().to_string()))) {
@@ -77,4 +84,25 @@ pub fn remove_file(path: &Path) -> Result<()> {
         std::fs::remove_file(path).with_context(|| format!("cannot remove {}", path.display()))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_written_file_is_read_and_a_missing_one_named() {
+        let dir = std::env::temp_dir().join(format!("read-written-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let report = dir.join("report.json");
+        std::fs::write(&report, "{}").unwrap();
+        assert_eq!(read_written(&report, "no report").unwrap(), "{}");
+        let missing = read_written(&dir.join("other.json"), "the tool wrote no report").unwrap_err();
+        let message = missing.to_string();
+        assert!(
+            message.starts_with("the tool wrote no report (") && message.contains("other.json"),
+            "{message}"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }

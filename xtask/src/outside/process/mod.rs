@@ -15,7 +15,9 @@ mod wait;
 
 use cmd::quote;
 pub use cmd::{Cmd, Limit, QUERY_LIMIT, RUN_LIMIT};
-pub use files::{create_dir_all, place_new, remove_file, unique_beside, write_file, write_file_with_mode};
+pub use files::{
+    create_dir_all, place_new, read_written, remove_file, unique_beside, write_file, write_file_with_mode,
+};
 pub use signals::{clear_interrupt, install_interrupt_handler, interrupted};
 pub use wait::wait_for;
 

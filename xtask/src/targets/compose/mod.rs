@@ -147,6 +147,11 @@ pub fn containers(sh: &Shell, compose: &Compose) -> Result<Vec<PsEntry>> {
     docker::parse_ps(&process::query(sh, &compose.ps_json())?)
 }
 
+/// [`containers`], read to see what the commands above started: a dry run ends here.
+pub fn containers_started(sh: &Shell, compose: &Compose) -> Result<Vec<PsEntry>> {
+    docker::parse_ps(&process::observe(sh, &compose.ps_json())?)
+}
+
 /// The service's container id, if it exists: the running one, if any.
 pub fn container_id(sh: &Shell, compose: &Compose) -> Result<Option<String>> {
     let mut service: Vec<PsEntry> =

@@ -355,8 +355,7 @@ fn start_first(
     };
     guard.enter(Step::StartingNew)?;
     process::run(sh, &compose_new.start_beside(project::NAME))?;
-    process::needs_effects("wait for the new container")?;
-    let new = super::containers(sh, compose_new)?
+    let new = super::containers_started(sh, compose_new)?
         .into_iter()
         .filter(|c| c.service == project::NAME && c.id != old)
         .map(|c| c.id)
