@@ -1,11 +1,24 @@
 -- Holds a request while no container of the service is ready to take it (a release
--- switching over, or none started yet): looks again every 10 ms, for up to 20 s. Then the
--- request goes on, to the container that became ready or, if none did, to a 503.
--- deploy/proxy/haproxy.cfg calls it only while no container is ready, so a request at
--- any other time costs nothing here.
+-- switching over, a container that just failed, or none started yet): looks again every
+-- 10 ms, for up to 10 s, then lets it go on. deploy/proxy/haproxy.cfg sends a request here
+-- only when no container is up, so a request at any other time costs nothing here.
+
+-- Whether a container is up and its last check passed. A container the proxy has just
+-- found again through DNS counts as up before it is checked; it is not ready yet.
+local function any_ready(backend)
+    for name, server in pairs(backend.servers) do
+        local stats = server:get_stats()
+        if name ~= "hold" and stats.status == "UP" and stats.check_status == "L4OK" then
+            return true
+        end
+    end
+    return false
+end
+
 core.register_action("hold_while_none_ready", { "http-req" }, function(txn)
-    for _ = 1, 2000 do
-        if txn.f:nbsrv("service") > 0 then
+    local backend = core.backends["service"]
+    for _ = 1, 1000 do
+        if any_ready(backend) then
             return
         end
         core.msleep(10)

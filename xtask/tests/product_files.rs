@@ -334,43 +334,34 @@ fn the_proxy_alone_publishes_the_service() {
         "option redispatch 1",
         "retry-on conn-failure empty-response",
         "http-reuse never",
-        // Requests wait while no container is ready, rather than get a 503.
-        "http-request lua.hold_while_none_ready if { nbsrv(service) eq 0 }",
-        // Each container is checked on its ready port, often enough that a stopping one
-        // is out of the rotation well within its drain delay.
-        "default-server check port \"${LOGBOOK_READY_PORT}\" inter 50ms fall 1 rise 1",
+        // Each container is checked, and out of the rotation at the first connection it
+        // refuses under a request.
+        "default-server check inter 50ms fall 1 rise 1 observe layer4 error-limit 1 on-error mark-down",
+        // With no container up, a request waits (in `listen hold`), rather than get a 503.
+        "server hold abns@logbook-hold backup no-check",
+        "http-request lua.hold_while_none_ready",
     ] {
         assert!(lines.contains(&setting), "haproxy.cfg has no `{setting}`");
     }
-    let servers: Vec<&&str> = lines.iter().filter(|l| l.starts_with("server")).collect();
+    let servers: Vec<&&str> = lines.iter().filter(|l| l.starts_with("server-template")).collect();
     assert_eq!(servers.len(), 1, "{servers:?}");
     assert!(servers[0].contains("\"${LOGBOOK_UPSTREAM}:${LOGBOOK_UPSTREAM_PORT}\" resolvers docker"));
     let hold = std::fs::read_to_string(root().join("deploy/proxy/hold.lua")).unwrap();
     assert!(hold.contains("core.register_action(\"hold_while_none_ready\""), "{hold}");
-    assert!(hold.contains("txn.f:nbsrv(\"service\")"), "the script watches another backend");
+    assert!(hold.contains("core.backends[\"service\"]"), "the script watches another backend");
     // An append without a key is never sent twice.
     assert!(
         lines.contains(
             &"http-request disable-l7-retry unless METH_GET || { req.hdr(Idempotency-Key) -m found }"
         )
     );
-    // Readiness is the service's ready port: the proxy must check it in both stacks, and a
-    // stopping container must keep answering for longer than one check interval (50 ms).
+    // Readiness is the service's ready port: the proxy must use it in both stacks.
     for (file, services) in [("docker-compose.yml", services), ("deploy/swarm/stack.yml", &stack["services"])]
     {
-        let env = &services["logbook"]["environment"];
-        let ready_port = env["LOGBOOK_READY_PORT"].as_str();
+        let ready_port = services["logbook"]["environment"]["LOGBOOK_READY_PORT"].as_str();
         assert!(ready_port.is_some(), "{file}: the service has no LOGBOOK_READY_PORT");
-        let checked = services["proxy"]["environment"]["LOGBOOK_READY_PORT"].as_str();
-        assert_eq!(checked, ready_port, "{file}: the proxy does not check the service's ready port");
-        let drain = env["LOGBOOK_DRAIN_DELAY"].as_str().unwrap_or_default();
-        let drain_ms: u64 = drain
-            .trim_start_matches("${LOGBOOK_DRAIN_DELAY:-")
-            .trim_end_matches('}')
-            .trim_end_matches("ms")
-            .parse()
-            .unwrap_or_else(|_| panic!("{file}: LOGBOOK_DRAIN_DELAY {drain:?} is not in milliseconds"));
-        assert!(drain_ms >= 150, "{file}: LOGBOOK_DRAIN_DELAY {drain} is within a few check intervals");
+        let upstream_port = services["proxy"]["environment"]["LOGBOOK_UPSTREAM_PORT"].as_str();
+        assert_eq!(upstream_port, ready_port, "{file}: the proxy does not use the service's ready port");
     }
 }
 

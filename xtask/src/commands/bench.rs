@@ -242,8 +242,6 @@ impl ProxyKind {
                     format!("LOGBOOK_LISTEN=127.0.0.1:{port}"),
                     format!("LOGBOOK_UPSTREAM={host}"),
                     format!("LOGBOOK_UPSTREAM_PORT={upstream_port}"),
-                    // The service here has no ready port: the proxy checks its main one.
-                    format!("LOGBOOK_READY_PORT={upstream_port}"),
                 ],
             ),
             ProxyKind::TlsFront => (
@@ -434,7 +432,7 @@ Transfer/sec:      3.13MB
              --volume /src/deploy/proxy/haproxy.cfg:/etc/logbook/haproxy.cfg:ro \
              --volume /src/deploy/proxy/hold.lua:/etc/logbook/hold.lua:ro \
              --env LOGBOOK_LISTEN=127.0.0.1:18000 --env LOGBOOK_UPSTREAM=127.0.0.1 --env LOGBOOK_UPSTREAM_PORT=9000 \
-             --env LOGBOOK_READY_PORT=9000 logbook-proxy:2.6"
+             logbook-proxy:2.6"
         );
         assert_eq!(
             ProxyKind::TlsFront.run("caddy:2.11.7", "p", root, 18000, "127.0.0.1:9000").unwrap().to_string(),

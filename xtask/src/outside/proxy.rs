@@ -37,8 +37,7 @@ pub fn mounts(project_root: &Path) -> [String; 4] {
 pub fn validate(image: &str, project_root: &Path) -> Cmd {
     Cmd::new("docker")
         .args(["run", "--rm", "--network", "none"])
-        .args(["--env", "LOGBOOK_UPSTREAM=logbook", "--env", "LOGBOOK_UPSTREAM_PORT=8080"])
-        .args(["--env", "LOGBOOK_READY_PORT=8081"])
+        .args(["--env", "LOGBOOK_UPSTREAM=logbook", "--env", "LOGBOOK_UPSTREAM_PORT=8081"])
         .args(mounts(project_root))
         .args(["--entrypoint", "haproxy", image, "-c", "-q", "-f", MOUNTED_CONFIG])
 }
@@ -105,8 +104,8 @@ mod tests {
     fn the_config_is_validated_in_its_own_image() {
         assert_eq!(
             validate("logbook-proxy:2.6", Path::new("/src")).to_string(),
-            "docker run --rm --network none --env LOGBOOK_UPSTREAM=logbook --env LOGBOOK_UPSTREAM_PORT=8080 \
-             --env LOGBOOK_READY_PORT=8081 --volume /src/deploy/proxy/haproxy.cfg:/etc/logbook/haproxy.cfg:ro \
+            "docker run --rm --network none --env LOGBOOK_UPSTREAM=logbook --env LOGBOOK_UPSTREAM_PORT=8081 \
+             --volume /src/deploy/proxy/haproxy.cfg:/etc/logbook/haproxy.cfg:ro \
              --volume /src/deploy/proxy/hold.lua:/etc/logbook/hold.lua:ro --entrypoint haproxy \
              logbook-proxy:2.6 -c -q -f /etc/logbook/haproxy.cfg"
         );
