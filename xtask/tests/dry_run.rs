@@ -65,7 +65,7 @@ fn read_only(call: &str) -> bool {
         ["docker", "buildx", "version"] => true,
         ["docker", "run", "--rm", "--network", "none", .., "check-config", _] => true,
         ["docker", "run", "--rm", "--network", "none", .., "databases"] => true,
-        ["docker", "run", "--rm", "--network", "none", .., "-c", "-q", "-f", _] => true,
+        ["docker", "run", "--rm", "--network", "none", .., "-c", "-f", _] => true,
         [
             "docker",
             "run",

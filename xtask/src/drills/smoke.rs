@@ -10,7 +10,7 @@ use crate::checks::report::Checks;
 use crate::flags::Smoke;
 use crate::outside::docker::{self, Compose};
 use crate::outside::process::{self, Cmd};
-use crate::outside::{http, image, tools};
+use crate::outside::{http, image, proxy, tools};
 use crate::project;
 use crate::targets::compose::{self, OnDrop, StackGuard, switch};
 
@@ -40,6 +40,9 @@ impl Smoke {
         checks.run("a broken image fails to come up within the deadline, with its logs shown", || {
             broken_image_is_refused(sh, program.clone(), &image)
         })?;
+        checks.run("a proxy configuration with a mistake is refused, naming its file and line", || {
+            broken_proxy_config_is_refused(sh)
+        })?;
         checks.run("the README's one-line `docker run` serves the image alone, writes included", || {
             readme_docker_run(sh, &image)
         })?;
@@ -49,7 +52,7 @@ impl Smoke {
         )?;
         if tools::CURL.installed(sh) {
             checks.run(
-                "with LOGBOOK_DOMAIN, HTTPS is served (the proxy's own CA here) with HSTS, and HTTP redirects",
+                "with LOGBOOK_DOMAIN, HTTPS is served (the HTTPS front's own CA here) with HSTS, and HTTP redirects",
                 || https_is_served(sh, program, &image),
             )?;
         } else {
@@ -287,7 +290,34 @@ fn lifecycle_checks(sh: &Shell, container: &str, checks: &mut Checks) -> Result<
     })
 }
 
-/// The TLS file layered on, with a certificate from the proxy's own CA (`tls internal`)
+/// The proxy's configuration with one keyword misspelt, in a copy of the project's proxy
+/// folder: the check before a switch refuses it, naming the line.
+fn broken_proxy_config_is_refused(sh: &Shell) -> Result<()> {
+    let image =
+        std::env::var("LOGBOOK_PROXY_IMAGE").unwrap_or_else(|_| project::DEFAULT_PROXY_IMAGE.to_owned());
+    let copy = sh.create_temp_dir()?;
+    let root = copy.path();
+    std::fs::create_dir_all(root.join(project::PROXY_DIR))?;
+    let config = sh.read_file(project::PROXY_CONFIG)?;
+    let line = config.lines().position(|l| l.trim() == "retries 3").context("no `retries 3` line")? + 1;
+    std::fs::write(root.join(project::PROXY_CONFIG), config.replacen("    retries 3", "    retires 3", 1))?;
+    std::fs::copy(project::PROXY_HOLD, root.join(project::PROXY_HOLD))?;
+    let error = match proxy::check_config(sh, &image, root) {
+        Ok(()) => bail!("a configuration with `retires 3` passed the check"),
+        Err(e) => e.to_string(),
+    };
+    let place = format!("{}:{line}", project::PROXY_CONFIG);
+    ensure!(
+        error.starts_with(&format!("{} does not validate:", project::PROXY_CONFIG))
+            && error.contains(&place)
+            && error.contains("retires"),
+        "the refusal does not name {place} and the keyword: {error}"
+    );
+    process::say(&format!("  refused: {error}"));
+    Ok(())
+}
+
+/// The TLS file layered on, with a certificate from the front's own CA (`tls internal`)
 /// for `logbook.localhost`: HTTPS answers, checked against that CA, and plain HTTP on the
 /// public port redirects to HTTPS.
 fn https_is_served(sh: &Shell, program: docker::ComposeProgram, image: &str) -> Result<()> {

@@ -39,7 +39,7 @@ pub fn validate(image: &str, project_root: &Path) -> Cmd {
         .args(["run", "--rm", "--network", "none"])
         .args(["--env", "LOGBOOK_UPSTREAM=logbook", "--env", "LOGBOOK_UPSTREAM_PORT=8081"])
         .args(mounts(project_root))
-        .args(["--entrypoint", "haproxy", image, "-c", "-q", "-f", MOUNTED_CONFIG])
+        .args(["--entrypoint", "haproxy", image, "-c", "-f", MOUNTED_CONFIG])
 }
 
 /// Builds the proxy image and checks the configuration in it; a failure names the file
@@ -52,7 +52,13 @@ pub fn prepare(sh: &Shell, image: &str, debian_image: &str) -> Result<()> {
         // Not built in a dry run, so there is no image to check the configuration in.
         return Ok(());
     }
-    process::check(sh, &validate(image, &root)).map_err(|e| {
+    check_config(sh, image, &root)
+}
+
+/// Checks the proxy's configuration under `project_root` in `image`; a failure names the
+/// file and line as they are in the project.
+pub fn check_config(sh: &Shell, image: &str, project_root: &Path) -> Result<()> {
+    process::check(sh, &validate(image, project_root)).map_err(|e| {
         let why = format!("{e:#}");
         anyhow::anyhow!("{} does not validate: {}", project::PROXY_CONFIG, first_alert(&why))
     })
@@ -77,14 +83,12 @@ pub fn validate_tls(image: &str, project_root: &Path) -> Cmd {
         .args([image, "caddy", "validate", "--config", "/etc/caddy/Caddyfile", "--adapter", "caddyfile"])
 }
 
-/// The first line HAProxy marks as an alert, with the container's path put back as the
-/// project's; the whole text where there is none.
+/// What the first line HAProxy marks as an alert says, with the container's path put back
+/// as the project's; the whole text where there is none.
 fn first_alert(output: &str) -> String {
-    output
-        .lines()
-        .find(|l| l.contains("[ALERT]"))
-        .unwrap_or(output)
-        .replace(MOUNTED_CONFIG, project::PROXY_CONFIG)
+    let alert = output.lines().find(|l| l.contains("[ALERT]")).unwrap_or(output);
+    let said = alert.split_once(" : config : ").map_or(alert, |(_, said)| said);
+    said.replace(MOUNTED_CONFIG, project::PROXY_CONFIG)
 }
 
 #[cfg(test)]
@@ -107,7 +111,7 @@ mod tests {
             "docker run --rm --network none --env LOGBOOK_UPSTREAM=logbook --env LOGBOOK_UPSTREAM_PORT=8081 \
              --volume /src/deploy/proxy/haproxy.cfg:/etc/logbook/haproxy.cfg:ro \
              --volume /src/deploy/proxy/hold.lua:/etc/logbook/hold.lua:ro --entrypoint haproxy \
-             logbook-proxy:2.6 -c -q -f /etc/logbook/haproxy.cfg"
+             logbook-proxy:2.6 -c -f /etc/logbook/haproxy.cfg"
         );
     }
 
@@ -126,9 +130,7 @@ mod tests {
         let output = "`docker run …` failed (exit 1): [NOTICE] (1) : haproxy version is 2.6.12\n\
              [ALERT]    (1) : config : parsing [/etc/logbook/haproxy.cfg:52] : unknown keyword 'retires'\n\
              [ALERT]    (1) : config : Fatal errors found in configuration.";
-        assert_eq!(
-            first_alert(output),
-            "[ALERT]    (1) : config : parsing [deploy/proxy/haproxy.cfg:52] : unknown keyword 'retires'"
-        );
+        assert_eq!(first_alert(output), "parsing [deploy/proxy/haproxy.cfg:52] : unknown keyword 'retires'");
+        assert_eq!(first_alert("exit 1, nothing said"), "exit 1, nothing said");
     }
 }
