@@ -30,7 +30,7 @@ case "$*" in
   'image inspect --format {{.Size}} '*) exit 1 ;;
   'image inspect '*) for i in $FAKE_IMAGES; do [ "$3" = "$i" ] && { echo '[{"Size":5000000,"Config":{}}]'; exit 0; }; done; exit 1 ;;
   compose*' ps --all --format json') [ -n "$FAKE_RUNNING" ] && echo '{"ID":"c0ffee","Service":"logbook","State":"running"}' ;;
-  compose*' config --format json') echo '{"services":{"proxy":{"image":"caddy:2.11.7"},"prometheus":{"image":"prom/prometheus:v3.5.0"},"alertmanager":{"image":"prom/alertmanager:v0.25.0"},"grafana":{"image":"grafana/grafana:12.2.0"}}}' ;;
+  compose*' config --format json') echo '{"services":{"proxy":{"image":"logbook-proxy:2.6"},"tls":{"image":"caddy:2.11.7"},"prometheus":{"image":"prom/prometheus:v3.5.0"},"alertmanager":{"image":"prom/alertmanager:v0.25.0"},"grafana":{"image":"grafana/grafana:12.2.0"}}}' ;;
   'inspect --format {{.Config.Image}} c0ffee') echo logbook:aaaaaaaaaaaa ;;
   'inspect c0ffee') echo '[{"Name":"/logbook-logbook-1","Config":{"Image":"logbook:aaaaaaaaaaaa","Labels":{"com.docker.compose.service":"logbook"}},"State":{"Status":"running","StartedAt":"2026-11-23T10:00:00Z"}}]' ;;
   'info --format {{.Swarm.LocalNodeState}} {{.Swarm.ControlAvailable}}') echo 'active true' ;;
