@@ -15,10 +15,22 @@ local function any_ready(backend)
     return false
 end
 
+-- Held requests share one answer per 10 ms, so many of them cost no more than one.
+local answer, answered_at = false, 0
+
+local function ready_now(backend)
+    local now = core.now()
+    local ms = now.sec * 1000 + now.usec // 1000
+    if ms - answered_at >= 10 then
+        answer, answered_at = any_ready(backend), ms
+    end
+    return answer
+end
+
 core.register_action("hold_while_none_ready", { "http-req" }, function(txn)
     local backend = core.backends["service"]
     for _ = 1, 1000 do
-        if any_ready(backend) then
+        if ready_now(backend) then
             return
         end
         core.msleep(10)
