@@ -292,8 +292,7 @@ impl<'a> LocalCopies<'a> {
         discarded: &[&str],
         pulled_as: &str,
     ) -> Result<Self> {
-        process::needs_effects("read the tested image's tags")?;
-        let tags = process::query(sh, &docker::inspect_format(kept, "{{json .RepoTags}}"))?;
+        let tags = process::observe(sh, &docker::inspect_format(kept, "{{json .RepoTags}}"))?;
         let tags: Vec<String> = serde_json::from_str(&tags).context("docker inspect printed bad RepoTags")?;
         let pushed = format!("{repository}:");
         let local: Vec<&str> = tags.iter().map(String::as_str).filter(|t| !t.starts_with(&pushed)).collect();

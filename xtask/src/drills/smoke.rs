@@ -116,8 +116,7 @@ fn deployment_checks(addr: &str) -> Result<()> {
         process::say(&format!("the deployment runs revision {revision}"));
         Ok(())
     })?;
-    // The reads above are queries; the write is a change, which a dry run does not make.
-    process::needs_effects("append a smoke entry to the deployment")?;
+    // The reads above are queries; the write is a change, so a dry run ends at it.
     checks.run("a write then a read round-trips", || {
         let text = format!("smoke check of the deployment at {}", crate::time::now_rfc3339());
         let id = harness::append(addr, &text, token.as_deref())?;
@@ -148,8 +147,8 @@ fn allowed_in_service_env(name: &str) -> bool {
 }
 
 fn container(sh: &Shell, compose: &Compose) -> Result<String> {
-    process::needs_effects("look for the service container")?;
-    compose::container_id(sh, compose)?.context("the service container was not created")
+    compose::service_container(compose::containers_started(sh, compose)?)
+        .context("the service container was not created")
 }
 
 /// Health, version, a round trip, metrics and persistence across a restart.

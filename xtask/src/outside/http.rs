@@ -27,6 +27,10 @@ pub fn request_with_headers(
     timeout: Duration,
 ) -> Result<Response> {
     let url = format!("http://{host_port}{path}");
+    if method != "GET" {
+        // A request that changes something: a dry run ends here, naming it.
+        super::process::effect(&format!("send {method} {url}"))?;
+    }
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(timeout))
         .http_status_as_error(false)

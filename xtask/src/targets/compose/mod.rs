@@ -154,10 +154,14 @@ pub fn containers_started(sh: &Shell, compose: &Compose) -> Result<Vec<PsEntry>>
 
 /// The service's container id, if it exists: the running one, if any.
 pub fn container_id(sh: &Shell, compose: &Compose) -> Result<Option<String>> {
-    let mut service: Vec<PsEntry> =
-        containers(sh, compose)?.into_iter().filter(|c| c.service == project::NAME).collect();
+    Ok(service_container(containers(sh, compose)?))
+}
+
+/// Of a project's containers, the service's: the running one, if any.
+pub fn service_container(containers: Vec<PsEntry>) -> Option<String> {
+    let mut service: Vec<PsEntry> = containers.into_iter().filter(|c| c.service == project::NAME).collect();
     service.sort_by_key(|c| c.state != "running");
-    Ok(service.into_iter().next().map(|c| c.id))
+    service.into_iter().next().map(|c| c.id)
 }
 
 /// The running service container and its image, if there is one.
