@@ -1,6 +1,6 @@
 -- Holds a request while no container of the service is ready to take it (a release
 -- switching over, a container that just failed, or none started yet): looks again every
--- 10 ms, for up to 10 s, then lets it go on. deploy/proxy/haproxy.cfg sends a request here
+-- 10 ms, for up to 6 s, then lets it go on. deploy/proxy/haproxy.cfg sends a request here
 -- only when no container is up, so a request at any other time costs nothing here.
 
 -- Whether a container is up and its last check passed. A container the proxy has just
@@ -8,7 +8,9 @@
 local function any_ready(backend)
     for name, server in pairs(backend.servers) do
         local stats = server:get_stats()
-        if name ~= "hold" and stats.status == "UP" and stats.check_status == "L4OK" then
+        -- "* L4OK" while the next check runs.
+        local passed = stats.check_status ~= nil and stats.check_status:match("L4OK$") ~= nil
+        if name ~= "hold" and stats.status == "UP" and passed then
             return true
         end
     end
@@ -29,7 +31,7 @@ end
 
 core.register_action("hold_while_none_ready", { "http-req" }, function(txn)
     local backend = core.backends["service"]
-    for _ = 1, 1000 do
+    for _ = 1, 600 do
         if ready_now(backend) then
             return
         end

@@ -346,7 +346,22 @@ fn the_proxy_alone_publishes_the_service() {
     let servers: Vec<&&str> = lines.iter().filter(|l| l.starts_with("server-template")).collect();
     assert_eq!(servers.len(), 1, "{servers:?}");
     assert!(servers[0].contains("\"${LOGBOOK_UPSTREAM}:${LOGBOOK_UPSTREAM_PORT}\" resolvers docker"));
+    // `listen hold` sends nothing twice, and uses each connection for one request.
+    let hold_section: Vec<&str> =
+        config.split("\nlisten hold\n").nth(1).expect("no `listen hold`").lines().map(str::trim).collect();
+    for setting in ["retry-on conn-failure", "option httpclose"] {
+        assert!(hold_section.contains(&setting), "`listen hold` has no `{setting}`");
+    }
+    // The names the two files and the hops share.
+    for pair in ["abns@logbook-hold", "abns@logbook-site"] {
+        assert_eq!(config.matches(pair).count(), 2, "{pair}: one bind and one server");
+    }
+    assert!(
+        lines.contains(&"backend service")
+            && lines.contains(&"server hold abns@logbook-hold backup no-check")
+    );
     let hold = std::fs::read_to_string(root().join("deploy/proxy/hold.lua")).unwrap();
+    assert!(hold.contains("name ~= \"hold\""), "the script counts the hold server as a container");
     assert!(hold.contains("core.register_action(\"hold_while_none_ready\""), "{hold}");
     assert!(hold.contains("core.backends[\"service\"]"), "the script watches another backend");
     // An append without a key is never sent twice.
@@ -381,7 +396,9 @@ fn nothing_is_exposed_without_authentication_by_default() {
     // The HTTPS front serves the domain alone (plain HTTP there only redirects), with HSTS;
     // the stack's proxy never sets it.
     let caddyfile = std::fs::read_to_string(root().join("deploy/proxy/Caddyfile")).unwrap();
-    assert!(caddyfile.contains("\n{$LOGBOOK_DOMAIN} {\n"), "the HTTPS front serves more than the domain");
+    let sites: Vec<&str> =
+        caddyfile.lines().filter(|l| l.ends_with(" {") && !l.starts_with(['\t', ' ', '(', '#'])).collect();
+    assert_eq!(sites, ["{$LOGBOOK_DOMAIN} {"], "the HTTPS front serves more than the domain");
     assert!(caddyfile.contains("header Strict-Transport-Security"), "no HSTS over HTTPS");
     let config = std::fs::read_to_string(root().join("deploy/proxy/haproxy.cfg")).unwrap();
     assert!(!config.contains("Strict-Transport-Security"), "HSTS over plain HTTP");

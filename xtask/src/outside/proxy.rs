@@ -88,7 +88,7 @@ pub fn validate_tls(image: &str, project_root: &Path) -> Cmd {
 fn first_alert(output: &str) -> String {
     let alert = output.lines().find(|l| l.contains("[ALERT]")).unwrap_or(output);
     let said = alert.split_once(" : config : ").map_or(alert, |(_, said)| said);
-    said.replace(MOUNTED_CONFIG, project::PROXY_CONFIG)
+    said.replace(MOUNTED_CONFIG, project::PROXY_CONFIG).replace(MOUNTED_HOLD, project::PROXY_HOLD)
 }
 
 #[cfg(test)]
