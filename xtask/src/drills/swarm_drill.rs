@@ -51,8 +51,8 @@ impl<'a> SwarmSetup<'a> {
             process::run(sh, &Cmd::new("docker").args(["swarm", "init", "--advertise-addr", "127.0.0.1"]))?;
             setup.swarm_created = true;
         }
-        process::needs_effects("label the swarm's node")?;
-        let node = info("{{.Swarm.NodeID}}")?;
+        // Observed: the swarm may be the one just created.
+        let node = process::observe(sh, &Cmd::new("docker").args(["info", "--format", "{{.Swarm.NodeID}}"]))?;
         let labels = process::query(sh, &docker::inspect_format(&node, "{{json .Spec.Labels}}"))?;
         if !labels.contains(&format!("\"{DATA_LABEL}\":\"true\"")) {
             let label = format!("{DATA_LABEL}=true");

@@ -47,8 +47,7 @@ pub fn deploy(sh: &Shell, flags: &DeployK8s) -> Result<()> {
 pub fn rollback(sh: &Shell, namespace: Option<&str>, timeout: Duration) -> Result<()> {
     tools::KUBECTL.require(sh, false)?;
     process::run(sh, &rollout_undo(namespace))?;
-    process::needs_effects("look at the pod the undo restarts")?;
-    let ready = process::query(sh, &pod_ready(namespace)).unwrap_or_default();
+    let ready = process::observe_or_empty(sh, &pod_ready(namespace))?;
     if ready.trim() != "True" {
         process::run(sh, &delete_pod(namespace))?;
     }

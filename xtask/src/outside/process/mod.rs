@@ -287,6 +287,13 @@ pub fn observe(sh: &Shell, cmd: &Cmd) -> Result<String> {
     query(sh, cmd)
 }
 
+/// [`observe`], reading a command that fails as an empty answer (a rollout that has no pod
+/// yet, say): only the end of a dry run is an error.
+pub fn observe_or_empty(sh: &Shell, cmd: &Cmd) -> Result<String> {
+    runner().observable(|| format!("read `{cmd}`"))?;
+    Ok(query(sh, cmd).unwrap_or_default())
+}
+
 /// Ends a dry run before a step that depends on what the commands above changed;
 /// does nothing in a real run. `next` says what that step is.
 pub fn needs_effects(next: &str) -> Result<()> {
@@ -565,6 +572,13 @@ fn output_to_step_log(command: &mut std::process::Command) -> std::io::Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_observed_failure_reads_as_empty_and_an_answer_as_itself() {
+        let sh = Shell::new().unwrap();
+        assert_eq!(observe_or_empty(&sh, &Cmd::new("false")).unwrap(), "");
+        assert_eq!(observe_or_empty(&sh, &Cmd::new("echo").arg("True")).unwrap(), "True");
+    }
 
     #[test]
     fn output_to_a_file_goes_only_to_a_new_one_and_a_failure_leaves_none() {
