@@ -272,16 +272,10 @@ impl<'a> LocalProxy<'a> {
     /// None, said in one line, where the HTTPS front's image is not here. The stack's proxy
     /// is built when missing.
     fn start(sh: &'a Shell, kind: ProxyKind, upstream: &str) -> Result<Option<Self>> {
-        let setting = |key: &str, default: &str| std::env::var(key).unwrap_or_else(|_| default.to_owned());
         let image = match kind {
-            ProxyKind::Stack => {
-                let image = setting("LOGBOOK_PROXY_IMAGE", project::DEFAULT_PROXY_IMAGE);
-                let debian = setting("DEBIAN_IMAGE", project::DEFAULT_DEBIAN_IMAGE);
-                proxy::prepare(sh, &image, &debian)?;
-                image
-            }
+            ProxyKind::Stack => proxy::prepare(sh, proxy::from_env)?,
             ProxyKind::TlsFront => {
-                let image = setting("CADDY_IMAGE", project::DEFAULT_TLS_IMAGE);
+                let image = proxy::from_env("CADDY_IMAGE", project::DEFAULT_TLS_IMAGE);
                 if !docker::image_exists(sh, &image) {
                     process::say(&format!(
                         "bench: the HTTPS front's image {image} is not here (set CADDY_IMAGE); no figures for it"

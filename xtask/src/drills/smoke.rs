@@ -292,8 +292,7 @@ fn lifecycle_checks(sh: &Shell, container: &str, checks: &mut Checks) -> Result<
 /// The proxy's configuration with one keyword misspelt, in a copy of the project's proxy
 /// folder: the check before a switch refuses it, naming the line.
 fn broken_proxy_config_is_refused(sh: &Shell) -> Result<()> {
-    let image =
-        std::env::var("LOGBOOK_PROXY_IMAGE").unwrap_or_else(|_| project::DEFAULT_PROXY_IMAGE.to_owned());
+    let image = proxy::image(proxy::from_env);
     let copy = sh.create_temp_dir()?;
     let root = copy.path();
     std::fs::create_dir_all(root.join(project::PROXY_DIR))?;

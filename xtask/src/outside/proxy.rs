@@ -42,17 +42,29 @@ pub fn validate(image: &str, project_root: &Path) -> Cmd {
         .args(["--entrypoint", "haproxy", image, "-c", "-f", MOUNTED_CONFIG])
 }
 
-/// Builds the proxy image and checks the configuration in it; a failure names the file
-/// and line as they are in the project. A dry run prints the build and checks only in an
-/// image already here.
-pub fn prepare(sh: &Shell, image: &str, debian_image: &str) -> Result<()> {
+/// The setting `key` from the environment, else `default`.
+pub fn from_env(key: &str, default: &str) -> String {
+    std::env::var(key).unwrap_or_else(|_| default.to_owned())
+}
+
+/// The proxy image's tag, as `setting` gives it (LOGBOOK_PROXY_IMAGE, else the default).
+pub fn image(setting: impl Fn(&str, &str) -> String) -> String {
+    setting("LOGBOOK_PROXY_IMAGE", project::DEFAULT_PROXY_IMAGE)
+}
+
+/// Builds the proxy image (on DEBIAN_IMAGE, as `setting` gives it) and checks the
+/// configuration in it; a failure names the file and line as they are in the project.
+/// Returns the image. A dry run prints the build and checks only in an image already here.
+pub fn prepare(sh: &Shell, setting: impl Fn(&str, &str) -> String) -> Result<String> {
+    let image = image(&setting);
     let root = sh.current_dir();
-    process::run(sh, &build(image, debian_image, &root))?;
-    if process::is_dry_run() && !super::docker::image_exists(sh, image) {
+    process::run(sh, &build(&image, &setting("DEBIAN_IMAGE", project::DEFAULT_DEBIAN_IMAGE), &root))?;
+    if process::is_dry_run() && !super::docker::image_exists(sh, &image) {
         // Not built in a dry run, so there is no image to check the configuration in.
-        return Ok(());
+        return Ok(image);
     }
-    check_config(sh, image, &root)
+    check_config(sh, &image, &root)?;
+    Ok(image)
 }
 
 /// Checks the proxy's configuration under `project_root` in `image`; a failure names the

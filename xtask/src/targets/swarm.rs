@@ -164,10 +164,7 @@ pub fn deploy(
 ) -> Result<String> {
     let _lock = crate::state::lock(history_file, &crate::state::LockRequest::default())?;
     check_ready(sh, stack)?;
-    let setting = |key: &str, default: &str| std::env::var(key).unwrap_or_else(|_| default.to_owned());
-    let proxy_image = setting("LOGBOOK_PROXY_IMAGE", project::DEFAULT_PROXY_IMAGE);
-    let debian = setting("DEBIAN_IMAGE", project::DEFAULT_DEBIAN_IMAGE);
-    proxy::prepare(sh, &proxy_image, &debian).context("nothing was changed")?;
+    let proxy_image = proxy::prepare(sh, proxy::from_env).context("nothing was changed")?;
     let mut config = String::new();
     for file in [project::PROXY_CONFIG, project::PROXY_HOLD] {
         config += &sh.read_file(file).with_context(|| format!("cannot read {file}"))?;

@@ -432,9 +432,9 @@ fn wait_live(sh: &Shell, container: &str, timeout: Duration) -> Result<()> {
 /// Builds the proxy's image and refuses a configuration that does not validate, before
 /// anything changes.
 pub fn check_proxy_config(sh: &Shell, compose: &Compose) -> Result<()> {
-    let image = super::setting(sh, compose, "LOGBOOK_PROXY_IMAGE", project::DEFAULT_PROXY_IMAGE);
-    let debian = super::setting(sh, compose, "DEBIAN_IMAGE", project::DEFAULT_DEBIAN_IMAGE);
-    proxy::prepare(sh, &image, &debian).context("nothing was changed")
+    proxy::prepare(sh, |key, default| super::setting(sh, compose, key, default))
+        .map(drop)
+        .context("nothing was changed")
 }
 
 /// Switches `compose` back to `to` (or the newest release other than the running one),
