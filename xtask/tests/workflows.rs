@@ -3,8 +3,10 @@
 //! workflow runs every ci step is a unit test beside the step list, in commands/ci.rs.)
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use yaml_rust2::{Yaml, YamlLoader};
 
@@ -30,6 +32,27 @@ fn run_steps(doc: &Yaml) -> Vec<(String, String, String)> {
 
 const WORKFLOWS: [&str; 2] = ["ci.yml", "rollback.yml"];
 
+/// Where a job's `cargo xtask ci --json` report goes, and how it reaches the job summary.
+const REPORT: &str = r#"--json > "$RUNNER_TEMP/ci.json""#;
+const SUMMARY: &str =
+    r#"jq --raw-output --from-file .github/ci-summary.jq "$RUNNER_TEMP/ci.json" >> "$GITHUB_STEP_SUMMARY""#;
+
+/// Runs the `jq` program `.github/ci-summary.jq` over `report`.
+fn render_summary(report: &str) -> String {
+    let program = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.github/ci-summary.jq");
+    let mut jq = Command::new("jq")
+        .args(["--raw-output", "--from-file"])
+        .arg(program)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run jq ({e}); this test needs it: apt-get install jq"));
+    std::io::Write::write_all(&mut jq.stdin.take().unwrap(), report.as_bytes()).unwrap();
+    let out = jq.wait_with_output().unwrap();
+    assert!(out.status.success(), "jq refused the report: {report}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
 fn xtask(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_xtask")).args(args).output().unwrap()
 }
@@ -40,6 +63,13 @@ fn every_run_step_is_an_existing_xtask_subcommand() {
     for file in WORKFLOWS {
         for (job, name, script) in run_steps(&workflow(file)) {
             if name.starts_with("setup:") {
+                continue;
+            }
+            if name.starts_with("summary:") {
+                assert_eq!(
+                    script, SUMMARY,
+                    "{file} job {job}: a summary step renders the ci report, and only that"
+                );
                 continue;
             }
             for line in script.lines().map(str::trim).filter(|l| !l.is_empty()) {
@@ -80,6 +110,75 @@ fn permissions_are_least_privilege_and_checkouts_keep_no_credentials() {
     let ci = workflow("ci.yml");
     assert!(ci["concurrency"]["group"].as_str().is_some());
     assert_eq!(ci["jobs"]["image"]["permissions"]["security-events"].as_str(), Some("write"));
+}
+
+/// Each job that runs `cargo xtask ci` keeps its JSON report and, even when a step failed,
+/// puts it in the job summary with the next step.
+#[test]
+fn every_ci_job_puts_its_json_report_in_the_job_summary() {
+    let ci = workflow("ci.yml");
+    let mut jobs = 0;
+    for (job, spec) in ci["jobs"].as_hash().unwrap() {
+        let steps = spec["steps"].as_vec().unwrap();
+        for (i, step) in steps.iter().enumerate() {
+            let Some(script) = step["run"].as_str().filter(|s| s.starts_with("cargo xtask ci ")) else {
+                continue;
+            };
+            assert!(script.ends_with(REPORT), "{job:?}: `{script}` does not end with `{REPORT}`");
+            let next = &steps[i + 1];
+            assert_eq!(next["run"].as_str(), Some(SUMMARY), "{job:?}: no summary after `{script}`");
+            assert_eq!(
+                next["if"].as_str(),
+                Some("always()"),
+                "{job:?}: the summary must be written on failure too"
+            );
+            jobs += 1;
+        }
+    }
+    assert_eq!(jobs, 4, "the lint, test, coverage and image jobs each run ci");
+}
+
+/// `ci --json` prints one JSON document on stdout, whatever the steps' commands print there
+/// (the table and their output go to stderr), and the workflow's program renders it.
+#[test]
+fn ci_json_is_one_document_on_stdout_and_renders_as_the_summary() {
+    let fakes = support::FakePrograms::new("ci-json");
+    fakes.program(
+        "cargo",
+        r#"case "$1" in
+  fmt) echo "formatting noise on stdout" ;;
+  clippy) echo "lint noise on stdout"; echo "warning: a | b" >&2; exit 101 ;;
+esac"#,
+    );
+    let cargo = fakes.dir.join("cargo");
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["ci", "--only", "fmt,clippy", "--jobs", "1", "--no-cache", "--json"])
+        .env("CARGO", &cargo)
+        .env_remove("GITHUB_ACTIONS")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let (stdout, stderr) =
+        (String::from_utf8(out.stdout).unwrap(), String::from_utf8_lossy(&out.stderr).into_owned());
+    assert!(!out.status.success(), "clippy failed, so ci fails: {stderr}");
+    assert_eq!(stdout.lines().count(), 1, "stdout is the report alone: {stdout:?}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let steps = report["steps"].as_array().unwrap();
+    assert!(steps.len() > 3, "every step, in order: {report}");
+    assert_eq!((steps[0]["step"].as_str(), steps[0]["result"].as_str()), (Some("fmt"), Some("pass")));
+    assert_eq!((steps[1]["step"].as_str(), steps[1]["result"].as_str()), (Some("clippy"), Some("FAIL")));
+    for noise in ["formatting noise on stdout", "lint noise on stdout", "step  ", "total"] {
+        assert!(stderr.contains(noise), "{noise:?} belongs on stderr: {stderr}");
+    }
+    let summary = render_summary(&stdout);
+    let rows: Vec<&str> = summary.lines().filter(|l| l.starts_with("| ")).collect();
+    assert_eq!(rows.len(), 1 + steps.len(), "{summary}");
+    assert!(rows[1].starts_with("| fmt | pass | ") && rows[1].ends_with(" |  |"), "{summary}");
+    assert!(
+        rows[2].starts_with("| clippy | FAIL | ") && rows[2].contains("failed (exit code 101)"),
+        "{summary}"
+    );
+    assert!(rows[3].starts_with("| lint | skipped | - | not in --only |"), "{summary}");
 }
 
 /// Every action is pinned to a full commit, with its version in a comment; no build cache

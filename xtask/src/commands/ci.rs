@@ -83,8 +83,15 @@ impl CiStep {
             CiStep::Fmt => done(process::run(sh, &fmt_check())),
             CiStep::Clippy => done(process::run(sh, &clippy())),
             CiStep::Lint => done(lint::lint(sh, true)),
-            CiStep::Test => done(process::run(sh, &tests(tools::NEXTEST.installed(sh)))),
-            CiStep::Coverage => done(coverage::run(sh, DEFAULT_FAIL_UNDER, true)),
+            // The tests render a report through the workflow's jq program.
+            CiStep::Test => done(
+                tools::JQ
+                    .require(sh, true)
+                    .and_then(|()| process::run(sh, &tests(tools::NEXTEST.installed(sh)))),
+            ),
+            CiStep::Coverage => {
+                done(tools::JQ.require(sh, true).and_then(|()| coverage::run(sh, DEFAULT_FAIL_UNDER, true)))
+            }
             // This machine's image: the other platforms' are platform-smoke's.
             CiStep::BuildClassic => done(Build { builder: Builder::Classic, platform: host_only() }.run(sh)),
             CiStep::Build => done(Build { builder: Builder::Buildkit, platform: host_only() }.run(sh)),
@@ -174,6 +181,9 @@ struct Pending {
 impl Ci {
     pub fn run(self, sh: &Shell) -> Result<()> {
         let started = Instant::now();
+        if self.json {
+            process::keep_stdout_for_a_document();
+        }
         let on_ci = std::env::var("CI").is_ok_and(|v| v == "true");
         let cache = (!self.no_cache && !on_ci && !process::is_dry_run())
             .then(|| Cache::new(&sh.current_dir().join("target").join("ci-cache")));
@@ -217,17 +227,10 @@ impl Ci {
         }
         reports.sort_by_key(|r| CiStep::all().iter().position(|s| *s == r.step));
 
+        // With --json the table still goes to the log, on stderr.
+        process::result(summary_table(&reports, started.elapsed()).trim_end());
         if self.json {
-            process::result(&summary_json(&reports, started.elapsed()));
-        } else {
-            process::result(summary_table(&reports, started.elapsed()).trim_end());
-        }
-        if let Ok(path) = std::env::var("GITHUB_STEP_SUMMARY") {
-            let markdown = summary_markdown(&reports);
-            let existing = std::fs::read_to_string(&path).unwrap_or_default();
-            if let Err(e) = std::fs::write(&path, existing + &markdown) {
-                process::say(&format!("ci: cannot write GITHUB_STEP_SUMMARY ({path}): {e}"));
-            }
+            process::document(&summary_json(&reports, started.elapsed()));
         }
         let failed: Vec<String> =
             reports.iter().filter(|r| matches!(r.outcome, Outcome::Fail(_))).map(|r| r.step.name()).collect();
@@ -481,27 +484,6 @@ fn summary_json(reports: &[StepReport], total: Duration) -> String {
     serde_json::json!({ "steps": steps, "total_seconds": total.as_secs_f64() }).to_string()
 }
 
-fn summary_markdown(reports: &[StepReport]) -> String {
-    let mut out = String::from("### cargo xtask ci\n\n| step | result | time | note |\n|---|---|---|---|\n");
-    for r in reports {
-        let (result, note) = outcome_words(&r.outcome);
-        let cached = match &r.outcome {
-            Outcome::Cached(record) => cached_note(record),
-            _ => String::new(),
-        };
-        let note = if cached.is_empty() { note } else { cached.as_str() };
-        let _ = writeln!(
-            out,
-            "| {} | {} | {} | {} |",
-            r.step.name(),
-            result,
-            seconds(r.took),
-            note.replace('|', "\\|")
-        );
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -594,8 +576,58 @@ mod tests {
         assert_eq!(json["steps"][1]["seconds"], 3.0);
         assert!(json["steps"][2]["seconds"].is_null() && json["steps"][2]["cached_from"].is_null());
         assert_eq!(json["total_seconds"], 5.0);
-        let md = summary_markdown(&reports);
-        assert!(md.contains("| clippy | FAIL | 3.0s | `cargo clippy` failed |"), "{md}");
+    }
+
+    /// The workflow's job summary is `ci --json` through .github/ci-summary.jq: every kind
+    /// of result renders as one table row, a cached one naming its run, and a note's column
+    /// breaks and new lines cannot break the table.
+    #[test]
+    fn the_workflow_renders_the_json_report_as_the_job_summary() {
+        let cached = ci_cache::Record {
+            key: "k".into(),
+            at: "2026-12-04T10:00:00Z".into(),
+            revision: "0123456789ab".into(),
+            seconds: 12.34,
+            image: None,
+        };
+        let reports = vec![
+            StepReport { step: CiStep::Fmt, outcome: Outcome::Cached(cached), took: None },
+            StepReport {
+                step: CiStep::Clippy,
+                outcome: Outcome::Fail("`cargo clippy` failed: a | b\nnext line".into()),
+                took: Some(Duration::from_millis(3040)),
+            },
+            StepReport {
+                step: CiStep::Lint,
+                outcome: Outcome::Pass(String::new()),
+                took: Some(Duration::from_secs(9)),
+            },
+            StepReport { step: CiStep::Test, outcome: Outcome::Skipped("not in --only".into()), took: None },
+            StepReport {
+                step: CiStep::Build,
+                outcome: Outcome::DryRun,
+                took: Some(Duration::from_millis(50)),
+            },
+        ];
+        let json = summary_json(&reports, Duration::from_millis(12_345));
+        let program = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.github/ci-summary.jq");
+        let sh = Shell::new().unwrap();
+        let jq = Cmd::new("jq").args(["--raw-output", "--from-file"]).arg(program.display().to_string());
+        let markdown = process::query_with_input(&sh, &jq, &json)
+            .unwrap_or_else(|e| panic!("{e:#} (this test needs jq: {})", tools::JQ.fix()));
+        assert_eq!(
+            markdown,
+            "### cargo xtask ci\n\n\
+             | step | result | time | note |\n\
+             |---|---|---|---|\n\
+             | fmt | cached | - | inputs unchanged since the pass at 2026-12-04T10:00:00Z (0123456789ab, 12.3s) |\n\
+             | clippy | FAIL | 3s | `cargo clippy` failed: a \\| b |\n\
+             | lint | pass | 9s |  |\n\
+             | test | skipped | - | not in --only |\n\
+             | build | dry run | 0.1s | commands printed, not run |\n\
+             \n\
+             Total: 12.3s"
+        );
     }
 
     /// Every `--only` list in the GitHub workflow names real steps, and together they run

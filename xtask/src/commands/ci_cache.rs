@@ -99,7 +99,13 @@ pub fn reads(step: CiStep) -> Option<Reads> {
         CiStep::Test | CiStep::Coverage => Reads {
             files: Files::AllBut(&["docs/OPERATIONS.md"]),
             image: false,
-            tools: &[CARGO, RUSTC, &["cargo", "nextest", "--version"], &["cargo", "llvm-cov", "--version"]],
+            tools: &[
+                CARGO,
+                RUSTC,
+                &["cargo", "nextest", "--version"],
+                &["cargo", "llvm-cov", "--version"],
+                &["jq", "--version"],
+            ],
             settings: &["RUSTFLAGS", "LLVM_COV"],
             lines: README_RUN,
         },

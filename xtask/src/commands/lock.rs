@@ -20,7 +20,7 @@ impl Lock {
             LockAction::Status { json } => {
                 let status = state::status(&history)?;
                 if json {
-                    process::result(&serde_json::to_string(&status)?);
+                    process::document(&serde_json::to_string(&status)?);
                     return Ok(());
                 }
                 let now = SystemTime::now();

@@ -45,7 +45,7 @@ fn rollback_compose(sh: &Shell, flags: RollbackCompose) -> Result<()> {
         let history = crate::release::History::load(&history_file)?;
         let running = compose::running_image(sh, &stack).unwrap_or(None);
         if flags.json {
-            process::result(&history.to_list_json(&stack.project, running.as_deref()));
+            process::document(&history.to_list_json(&stack.project, running.as_deref()));
             return Ok(());
         }
         process::result(&format!("releases of project {}, newest first (* = running):", stack.project));

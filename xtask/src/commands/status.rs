@@ -31,7 +31,7 @@ impl Status {
         let stack = monitoring::interpolable(sh, compose::stack(sh, docker::connect(sh)?));
         let ids: Vec<String> = compose::containers(sh, &stack)?.into_iter().map(|c| c.id).collect();
         if ids.is_empty() && self.json {
-            process::result(&report_json(&stack.project, &[], None, None));
+            process::document(&report_json(&stack.project, &[], None, None));
             return Ok(());
         }
         if ids.is_empty() {
@@ -53,7 +53,7 @@ impl Status {
         let unfinished = compose::journal::Journal::load(&compose::history_path(sh, &stack)?)?;
         if self.json {
             let serving = serving.map(|(id, image)| (id, image, addr));
-            process::result(&report_json(&stack.project, &rows, serving, unfinished.map(|j| j.describe())));
+            process::document(&report_json(&stack.project, &rows, serving, unfinished.map(|j| j.describe())));
             return Ok(());
         }
         process::result(&table(&rows));

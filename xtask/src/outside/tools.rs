@@ -152,6 +152,13 @@ pub const QEMU_AARCH64: Tool = Tool {
     hint: "runs the arm64 binary on this machine in `platform-smoke`; elsewhere, your system's qemu-user-static",
 };
 
+pub const JQ: Tool = Tool {
+    name: "jq",
+    probe: &["jq", "--version"],
+    install: Install::Apt("jq"),
+    hint: "renders `ci --json` as the GitHub job summary; the tests check that table",
+};
+
 pub const CURL: Tool = Tool {
     name: "curl",
     probe: &["curl", "--version"],
@@ -185,6 +192,7 @@ pub const OPTIONAL: &[Tool] = &[
     CARGO_ZIGBUILD,
     QEMU_AARCH64,
     CURL,
+    JQ,
 ];
 
 impl Tool {

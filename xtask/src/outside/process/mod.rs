@@ -23,7 +23,7 @@ pub use wait::wait_for;
 
 use std::fmt;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -104,6 +104,9 @@ pub struct Runner {
     made: AtomicUsize,
     /// With `--dry-run --format json`: the changes it would make, for the plan it prints.
     plan: Option<std::sync::Mutex<Vec<Planned>>>,
+    /// Stdout carries one JSON document (the plan, or a `--json` report): result lines and
+    /// the commands' own output go to stderr instead.
+    stdout_is_a_document: AtomicBool,
 }
 
 /// One change a dry run printed: a command, or an effect the runner has itself.
@@ -138,6 +141,7 @@ impl Runner {
             skipped: AtomicUsize::new(0),
             made: AtomicUsize::new(0),
             plan: (dry_run && json_plan).then(|| std::sync::Mutex::new(Vec::new())),
+            stdout_is_a_document: AtomicBool::new(dry_run && json_plan),
         }
     }
 
@@ -209,6 +213,12 @@ impl Runner {
         // Through std, so the child inherits stdin too (xshell would give it a null one).
         let mut command: std::process::Command = cmd.to_xshell(sh).into();
         output_to_step_log(&mut command).with_context(|| format!("cannot log the output of `{cmd}`"))?;
+        if self.stdout_is_a_document.load(Ordering::SeqCst) && !has_step_log() {
+            command.stdout(
+                stderr_for_child()
+                    .with_context(|| format!("cannot run `{cmd}` with its output on stderr"))?,
+            );
+        }
         let mut child = command.spawn().map_err(|e| spawn_error(cmd, &e))?;
         let status = wait_within(cmd, &mut child, cmd.limit_or(RUN_LIMIT))?;
         check_status(cmd, status)
@@ -515,7 +525,28 @@ pub fn result(line: &str) {
     if runner().skipped.load(Ordering::SeqCst) > 0 || to_step_log(line) {
         return;
     }
+    if runner().stdout_is_a_document.load(Ordering::SeqCst) {
+        say(line);
+        return;
+    }
     let _ = writeln!(std::io::stdout().lock(), "{line}");
+}
+
+/// From here on, stdout is for one JSON document alone, so that a program can read it
+/// whole: result lines, and the output of the commands run, go to stderr.
+pub fn keep_stdout_for_a_document() {
+    runner().stdout_is_a_document.store(true, Ordering::SeqCst);
+}
+
+/// The one JSON document a `--json` subcommand prints, on stdout. Like a result, it is not
+/// printed after a change that a dry run only printed; nor under `--dry-run=json`, whose
+/// plan is the document.
+pub fn document(json: &str) {
+    use std::io::Write;
+    if runner().skipped.load(Ordering::SeqCst) > 0 || runner().plan.is_some() || to_step_log(json) {
+        return;
+    }
+    let _ = writeln!(std::io::stdout().lock(), "{json}");
 }
 
 /// One plain line on stderr: progress and diagnostics, never results.
@@ -557,6 +588,16 @@ fn to_step_log(line: &str) -> bool {
         }
         None => false,
     })
+}
+
+fn has_step_log() -> bool {
+    STEP_LOG.with(|current| current.borrow().is_some())
+}
+
+/// This process's stderr, for a child's stdout.
+fn stderr_for_child() -> std::io::Result<std::process::Stdio> {
+    use std::os::fd::AsFd;
+    Ok(std::io::stderr().as_fd().try_clone_to_owned()?.into())
 }
 
 /// Gives `command` this thread's step log as its stdout and stderr, when there is one.
