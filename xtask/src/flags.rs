@@ -376,8 +376,12 @@ pub struct LockArgs {
 }
 
 impl LockArgs {
-    pub fn request(&self) -> crate::state::LockRequest {
-        crate::state::LockRequest { wait: self.lock_wait, message: self.message.clone(), reads_only: false }
+    pub fn request(&self) -> crate::outside::state::LockRequest {
+        crate::outside::state::LockRequest {
+            wait: self.lock_wait,
+            message: self.message.clone(),
+            reads_only: false,
+        }
     }
 }
 

@@ -12,7 +12,6 @@ mod flags;
 mod outside;
 mod project;
 mod release;
-mod state;
 mod targets;
 mod time;
 

@@ -3,7 +3,7 @@
 //! the deploy targets apply these decisions.
 //!
 //! The history is a small JSON file per compose project or swarm stack, in the stack's
-//! state directory on the host ([`crate::state`]), replaced whole on every write:
+//! state directory on the host ([`crate::outside::state`]), replaced whole on every write:
 //!
 //! ```json
 //! {"format": 1, "releases": [

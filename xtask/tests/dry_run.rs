@@ -495,3 +495,32 @@ fn an_unfinished_switch_is_repaired_first_and_the_dry_run_shows_how() {
     assert_eq!(std::fs::read_to_string(&journal_file).unwrap(), journal);
     std::fs::remove_dir_all(state.parent().unwrap()).unwrap();
 }
+
+/// `ci --dry-run` plans: a step whose commands were only printed reads `dry run`, never
+/// `pass`, and no record of a result is written or removed.
+#[test]
+fn a_dry_run_of_ci_plans_its_steps_and_records_nothing() {
+    let state = tempdir("ci-plan");
+    let fakes = fakes("ci-plan", &state);
+    let records = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/ci-cache");
+    let read = |step: &str| std::fs::read(records.join(format!("{step}.json"))).ok();
+    let before = (read("fmt"), read("clippy"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["ci", "--only", "fmt,clippy", "--dry-run", "--json"])
+        .env("PATH", format!("{}:{}", fakes.dir.display(), std::env::var("PATH").unwrap()))
+        .envs(fakes.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env_remove("CI")
+        .env_remove("GITHUB_ACTIONS")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for (i, step) in ["fmt", "clippy"].into_iter().enumerate() {
+        assert_eq!(report["steps"][i]["step"], step, "{report}");
+        assert_eq!(report["steps"][i]["result"], "dry run", "{report}");
+    }
+    assert!(stderr.contains("fmt --all -- --check"), "the plan shows the command: {stderr}");
+    assert_eq!((read("fmt"), read("clippy")), before, "a dry run changed the records of results");
+    std::fs::remove_dir_all(state.parent().unwrap()).unwrap();
+}

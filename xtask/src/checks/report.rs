@@ -32,14 +32,13 @@ impl Checks {
     /// Runs a check that yields a value for the next ones. With `keep_going`, a failed
     /// check yields `None` and the run goes on.
     pub fn run_value<T>(&mut self, name: &str, check: impl FnOnce() -> Result<T>) -> Result<Option<T>> {
-        match check() {
+        // The end of a dry run is not a failed check: it is passed on.
+        match process::outcome(check())? {
             Ok(value) => {
                 self.passed.push(name.to_owned());
                 process::result(&format!("PASS  {name}"));
                 Ok(Some(value))
             }
-            // A dry run ending is not a failed check.
-            Err(e) if process::is_dry_run_end(&e) => Err(e),
             Err(e) => {
                 process::result(&format!("FAIL  {name}: {e:#}"));
                 self.failed.push(name.to_owned());

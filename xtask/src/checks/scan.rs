@@ -393,7 +393,6 @@ impl Scanned {
 /// it holds must fail the scan, and pass it once they are in an ignore file (with a reason).
 fn gate_self_test(sh: &Shell, image: &str, cache: &Path, gate: &[Severity]) -> Result<()> {
     ensure!(tools::TRIVY.installed(sh), "--gate-self-test needs a local trivy: {}", tools::TRIVY.fix());
-    process::needs_effects("read the test database")?;
     let database = cache.join("db/trivy.db");
     ensure!(
         database.is_file(),

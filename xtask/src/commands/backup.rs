@@ -23,12 +23,12 @@ impl Backup {
         }
         let out = self.out.unwrap_or_else(|| default_backup_path(sh));
         // A copy taken in the middle of a switch or a restore could be of either side.
-        let wait = crate::state::LockRequest {
+        let wait = crate::outside::state::LockRequest {
             wait: std::time::Duration::from_secs(600),
             reads_only: true,
             ..Default::default()
         };
-        let _lock = crate::state::lock(&compose::history_path(sh, &compose)?, &wait)?;
+        let _lock = crate::outside::state::lock(&compose::history_path(sh, &compose)?, &wait)?;
         let report = data::backup(sh, &compose, &out)?;
         process::result(&format!(
             "backup: {} ({} bytes, {} entries)",

@@ -185,10 +185,11 @@ impl Ci {
             process::keep_stdout_for_a_document();
         }
         let on_ci = std::env::var("CI").is_ok_and(|v| v == "true");
-        let cache = (!self.no_cache && !on_ci && !process::is_dry_run())
-            .then(|| Cache::new(&sh.current_dir().join("target").join("ci-cache")));
+        // Under --dry-run too: the plan then shows which steps a run would take as cached.
+        let cache =
+            (!self.no_cache && !on_ci).then(|| Cache::new(&sh.current_dir().join("target").join("ci-cache")));
         if cache.is_none() {
-            process::say("ci: every step runs (--no-cache, CI=true or --dry-run)");
+            process::say("ci: every step runs (--no-cache or CI=true)");
         }
         let tree = match &cache {
             Some(_) => ci_cache::tree(sh)?,
@@ -198,7 +199,7 @@ impl Ci {
         // Steps that share nothing run first, side by side, each with its log printed
         // whole once it ends; the table keeps the order of the steps. A dry run's plan is
         // one list in order, so it takes them in turn.
-        let jobs = if process::is_dry_run() { 1 } else { usize::from(self.jobs) };
+        let jobs = process::parallel_steps(usize::from(self.jobs));
         let beside: Vec<CiStep> = if jobs > 1 {
             CiStep::all().iter().copied().filter(|s| s.runs_beside_others()).collect()
         } else {
@@ -228,7 +229,7 @@ impl Ci {
         reports.sort_by_key(|r| CiStep::all().iter().position(|s| *s == r.step));
 
         // With --json the table still goes to the log, on stderr.
-        process::result(summary_table(&reports, started.elapsed()).trim_end());
+        process::summary(summary_table(&reports, started.elapsed()).trim_end());
         if self.json {
             process::document(&summary_json(&reports, started.elapsed()));
         }
@@ -290,13 +291,16 @@ impl Ci {
     /// Runs `step` in a log group, and says how it ended.
     fn execute(&self, sh: &Shell, step: CiStep) -> Outcome {
         let required = self.require.contains(&step);
-        match process::group(&format!("ci: {}", step.name()), || step.run(sh, required)) {
-            Ok(outcome) => outcome,
-            Err(e) if process::is_dry_run_end(&e) => {
-                process::say(&format!("ci: {}: {e:#}", step.name()));
+        let mark = process::ChangeMark::now();
+        match process::group(&format!("ci: {}", step.name()), || process::outcome(step.run(sh, required))) {
+            // Its changes were printed, not made: it did not pass, it was planned.
+            Ok(Ok(Outcome::Pass(_))) if mark.printed_since() => Outcome::DryRun,
+            Ok(Ok(outcome)) => outcome,
+            Err(end) => {
+                process::say(&format!("ci: {}: {end:#}", step.name()));
                 Outcome::DryRun
             }
-            Err(e) => {
+            Ok(Err(e)) => {
                 process::say(&format!("ci: {} failed: {e:#}", step.name()));
                 Outcome::Fail(format!("{e:#}"))
             }
@@ -385,7 +389,10 @@ impl Ci {
                 seconds: took.as_secs_f64(),
                 image: if step.builds() { tree_image_id(sh) } else { None },
             });
-            cache.note(step, passed)?;
+            // A planned step says nothing about its last result.
+            if !matches!(outcome, Outcome::DryRun) {
+                cache.note(step, passed)?;
+            }
         }
         Ok(StepReport { step, outcome, took: Some(took) })
     }

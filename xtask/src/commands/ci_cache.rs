@@ -266,17 +266,10 @@ impl Cache {
         let path = self.path(step);
         match passed {
             Some(record) => {
-                std::fs::create_dir_all(&self.dir)
-                    .with_context(|| format!("cannot create {}", self.dir.display()))?;
-                let text = serde_json::to_string_pretty(&record).unwrap_or_default();
-                std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))
+                process::write_file(&path, &serde_json::to_string_pretty(&record).unwrap_or_default())
             }
-            None => match std::fs::remove_file(&path) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    Err(e).with_context(|| format!("cannot remove {}", path.display()))
-                }
-                _ => Ok(()),
-            },
+            None if path.exists() => process::remove_file(&path),
+            None => Ok(()),
         }
     }
 }

@@ -19,7 +19,7 @@ impl Down {
             confirm_volume_deletion(&compose.project)?;
         }
         let history = compose::history_path(sh, &compose)?;
-        let _lock = crate::state::lock(&history, &self.lock.request())?;
+        let _lock = crate::outside::state::lock(&history, &self.lock.request())?;
         // A planned stop: what the service acknowledged reaches the replica first.
         if compose::replica::is_on(&compose)
             && let Ok(image) = compose::data::image_for(sh, &compose, &history)

@@ -7,8 +7,8 @@ use anyhow::Result;
 use xshell::Shell;
 
 use crate::flags::{Lock, LockAction};
+use crate::outside::state::{self, LockRequest};
 use crate::outside::{docker, process};
-use crate::state::{self, LockRequest};
 use crate::targets::compose;
 
 impl Lock {

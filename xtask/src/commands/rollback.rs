@@ -52,7 +52,7 @@ fn rollback_compose(sh: &Shell, flags: RollbackCompose) -> Result<()> {
         process::result(&history.table(running.as_deref()));
         return Ok(());
     }
-    let _lock = crate::state::lock(&history_file, &flags.lock.request())?;
+    let _lock = crate::outside::state::lock(&history_file, &flags.lock.request())?;
     let started = Instant::now();
     let timeout = Duration::from_secs(flags.timeout);
     if flags.with_data {

@@ -112,7 +112,6 @@ impl FaultDrill {
         guard.remove_image(&broken);
         harness::build_variant(sh, &drill.v1, &drill.v2)?;
         harness::build_broken_image(sh, &drill.v1, &broken)?;
-        process::needs_effects("run the runner under test against the throwaway stack")?;
         let mut checks = Checks::stop_at_first();
         let addr = checks.step("v1 deploys through the runner", || drill.up(&drill.v1.clone()))?;
         let mut rows = Vec::new();
@@ -175,11 +174,14 @@ impl Drill<'_> {
         cmd
     }
 
+    /// Runs the runner under test with `args` to its end.
+    fn run_runner(&self, args: &[&str]) -> Result<std::process::ExitStatus> {
+        let mut child = process::start(&mut self.runner(args))?;
+        child.wait().with_context(|| format!("cannot wait for the runner under test ({})", args.join(" ")))
+    }
+
     fn up(&self, image: &str) -> Result<String> {
-        let status = self
-            .runner(&["up", "--tag", image, "--timeout", "60"])
-            .status()
-            .context("cannot start the runner")?;
+        let status = self.run_runner(&["up", "--tag", image, "--timeout", "60"])?;
         ensure!(status.success(), "`up --tag {image}` failed ({status})");
         compose::published_addr(self.sh, &self.compose)
     }
@@ -192,7 +194,8 @@ impl Drill<'_> {
         let started = Instant::now();
         let traffic = Traffic::start(addr, &format!("fault {} {}", step.name(), fault.name()), None);
         let outcome = (|| -> Result<(bool, &'static str)> {
-            let mut child = RunnerChild(self.runner(&["up", "--tag", target, "--timeout", "60"]).spawn()?);
+            let mut child =
+                RunnerChild(process::start(&mut self.runner(&["up", "--tag", target, "--timeout", "60"]))?);
             let hit = wait_for_step(&mut child.0, &self.history(), step)?;
             if hit {
                 signal(&child.0, fault)?;
@@ -210,7 +213,7 @@ impl Drill<'_> {
                     "{serving} service containers run after the interrupted runner cleaned up"
                 );
             }
-            let next = self.runner(&["up", "--tag", target, "--timeout", "60"]).status()?;
+            let next = self.run_runner(&["up", "--tag", target, "--timeout", "60"])?;
             ensure!(next.success(), "the next `up --tag {target}` failed ({next})");
             Ok((hit, if left { "next up" } else { "itself" }))
         })();
@@ -246,7 +249,7 @@ impl Drill<'_> {
     fn kept_failure_is_not_adopted(&self, broken: &str) -> Result<()> {
         let serving = compose::running_image(self.sh, &self.compose)?.context("nothing serves")?;
         let target = if serving == self.v1 { self.v2.clone() } else { self.v1.clone() };
-        let failed = self.runner(&["up", "--tag", broken, "--timeout", "20", "--no-rollback"]).status()?;
+        let failed = self.run_runner(&["up", "--tag", broken, "--timeout", "20", "--no-rollback"])?;
         ensure!(!failed.success(), "the broken release came up");
         let kept = compose::containers(self.sh, &self.compose)?
             .into_iter()

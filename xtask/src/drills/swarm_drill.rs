@@ -29,6 +29,8 @@ struct SwarmSetup<'a> {
     images: Vec<String>,
     label_added: Option<String>,
     swarm_created: bool,
+    /// Nothing to take down unless a change was made since it was armed.
+    armed: process::ChangeMark,
 }
 
 impl<'a> SwarmSetup<'a> {
@@ -42,6 +44,7 @@ impl<'a> SwarmSetup<'a> {
             images: Vec::new(),
             label_added: None,
             swarm_created: false,
+            armed: process::ChangeMark::now(),
         };
         let info = |format: &str| process::query(sh, &Cmd::new("docker").args(["info", "--format", format]));
         if info("{{.Swarm.LocalNodeState}}")? != "active" {
@@ -67,8 +70,7 @@ impl<'a> SwarmSetup<'a> {
 
 impl Drop for SwarmSetup<'_> {
     fn drop(&mut self) {
-        // A dry run set nothing up.
-        if !process::changed_anything() {
+        if !self.armed.changed_since() {
             return;
         }
         // After Ctrl-C, the waits below must still run; a further Ctrl-C cuts them short.

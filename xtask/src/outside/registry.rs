@@ -38,8 +38,7 @@ pub fn push(
             )
         })?;
     }
-    process::needs_effects("read the digest the registry gave the image")?;
-    let digests = process::query(sh, &docker::inspect_format(local, "{{json .RepoDigests}}"))?;
+    let digests = process::observe(sh, &docker::inspect_format(local, "{{json .RepoDigests}}"))?;
     Ok((pushed_digest(&digests, repository)?, tags))
 }
 

@@ -24,9 +24,9 @@ pub fn record_serving(
     previous: Option<String>,
 ) -> Result<()> {
     let audit = crate::release::Audit {
-        by: crate::state::actor(),
-        command: crate::state::this_command(),
-        message: crate::state::lock_message(),
+        by: crate::outside::state::actor(),
+        command: crate::outside::state::this_command(),
+        message: crate::outside::state::lock_message(),
     };
     record_serving_as(sh, history, file, image, previous, audit)
 }

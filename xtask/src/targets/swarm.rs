@@ -162,7 +162,7 @@ pub fn deploy(
     image: &str,
     timeout: Duration,
 ) -> Result<String> {
-    let _lock = crate::state::lock(history_file, &crate::state::LockRequest::default())?;
+    let _lock = crate::outside::state::lock(history_file, &crate::outside::state::LockRequest::default())?;
     check_ready(sh, stack)?;
     let proxy_image = proxy::prepare(sh, proxy::from_env).context("nothing was changed")?;
     let mut config = String::new();
@@ -190,10 +190,7 @@ pub fn deploy(
             let status = service_json(sh, stack).map(|s| s["UpdateStatus"].clone());
             rollout_progress(status.as_ref(), unchanged, deployed_at, || ready(&addr))
         });
-    if let Err(e) = result {
-        if process::is_dry_run_end(&e) {
-            return Err(e);
-        }
+    if let Err(e) = process::outcome(result)? {
         print_tasks_and_logs(sh, stack);
         return match &running {
             Some(previous) if e.to_string() == "rolled back" => {
@@ -271,7 +268,9 @@ pub fn content_hash(text: &str) -> String {
 
 /// The history file for a stack, beside the compose project's.
 pub fn history_path(sh: &Shell, stack: &Stack) -> Result<std::path::PathBuf> {
-    crate::state::history_path(sh, &format!("swarm-{}", stack.name))
+    crate::outside::state::history_path(sh, &format!("swarm-{}", stack.name), |text| {
+        History::parse(text).map(drop)
+    })
 }
 
 /// `rollback swarm`: the previous release in the swarm history (or `to`).

@@ -14,10 +14,29 @@ pub fn read_written(path: &Path, what: &str) -> Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("{what} ({} is missing)", path.display()))
 }
 
+/// The size of `path`, a file an earlier command of this run may have written (a restored
+/// copy, say). A dry run that only printed a change ends here.
+pub fn observe_size(path: &Path) -> Result<u64> {
+    runner().observable(|| format!("read {}", quote(&path.display().to_string())))?;
+    std::fs::metadata(path).map(|m| m.len()).with_context(|| format!("cannot read {}", path.display()))
+}
+
 /// Creates `dir` and its parents (echoed as `mkdir -p`; not under --dry-run).
 pub fn create_dir_all(dir: &Path) -> Result<()> {
     if runner().change(&format!("mkdir -p {}", quote(&dir.display().to_string()))) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Creates the directory `dir` (its parent must exist) and gives it `mode`, whatever the
+/// umask (echoed; not under --dry-run).
+pub fn create_dir_with_mode(dir: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if runner().change(&format!("mkdir -m {mode:o} {}", quote(&dir.display().to_string()))) {
+        std::fs::create_dir(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+            .with_context(|| format!("cannot set the mode of {}", dir.display()))?;
     }
     Ok(())
 }
@@ -89,6 +108,21 @@ pub fn remove_file(path: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_directory_gets_its_mode_whatever_the_umask_and_a_file_its_size() {
+        use std::os::unix::fs::PermissionsExt;
+        let sh = xshell::Shell::new().unwrap();
+        let base = sh.create_temp_dir().unwrap();
+        let dir = base.path().join("open");
+        create_dir_with_mode(&dir, 0o1777).unwrap();
+        assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o7777, 0o1777);
+        assert!(create_dir_with_mode(&dir, 0o1777).is_err(), "an existing directory is not taken over");
+        std::fs::write(dir.join("f"), "12345").unwrap();
+        assert_eq!(observe_size(&dir.join("f")).unwrap(), 5);
+        let missing = observe_size(&dir.join("missing")).unwrap_err().to_string();
+        assert!(missing.contains("missing"), "{missing}");
+    }
 
     #[test]
     fn a_written_file_is_read_and_a_missing_one_named() {

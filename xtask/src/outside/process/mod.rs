@@ -10,14 +10,18 @@
 
 mod cmd;
 mod files;
+mod output;
 mod signals;
 mod wait;
 
 use cmd::quote;
 pub use cmd::{Cmd, Limit, QUERY_LIMIT, RUN_LIMIT};
 pub use files::{
-    create_dir_all, place_new, read_written, remove_file, unique_beside, write_file, write_file_with_mode,
+    create_dir_all, create_dir_with_mode, observe_size, place_new, read_written, remove_file, unique_beside,
+    write_file, write_file_with_mode,
 };
+pub use output::{document, echo, keep_stdout_for_a_document, logging_to, result, say, summary};
+use output::{has_step_log, output_to_step_log, stderr_for_child};
 pub use signals::{clear_interrupt, install_interrupt_handler, interrupted};
 pub use wait::wait_for;
 
@@ -305,21 +309,79 @@ pub fn observe_or_empty(sh: &Shell, cmd: &Cmd) -> Result<String> {
 }
 
 /// Ends a dry run before a step that depends on what the commands above changed;
-/// does nothing in a real run. `next` says what that step is.
+/// does nothing in a real run. `next` says what that step is. For the I/O layer's own
+/// steps that no command runs (a process it starts through another library, say).
 pub fn needs_effects(next: &str) -> Result<()> {
     runner().observable(|| next.to_owned())
 }
 
-/// Whether `error` is, or wraps, the end of a dry run: not a failure to handle (no restore,
-/// no diagnosis), but the end of what can be shown.
-pub fn is_dry_run_end(error: &anyhow::Error) -> bool {
+/// [`observe`], echoed: a read the user should see happen (a verification, say).
+pub fn observe_echoed(sh: &Shell, cmd: &Cmd) -> Result<String> {
+    runner().observable(|| format!("read `{cmd}`"))?;
+    echo(cmd);
+    query(sh, cmd)
+}
+
+/// Starts `command` as a child the caller controls (waits for, signals): echoed. A dry run
+/// ends here, since what follows needs the process.
+pub fn start(command: &mut std::process::Command) -> Result<std::process::Child> {
+    let argv: Vec<String> = std::iter::once(command.get_program())
+        .chain(command.get_args())
+        .map(|a| quote(&a.to_string_lossy()))
+        .collect();
+    let shown = argv.join(" ");
+    if !runner().change(&shown) {
+        return Err(DryRunEnd { next: format!("use the process `{shown}`") }.into());
+    }
+    command.spawn().with_context(|| format!("cannot start `{shown}`"))
+}
+
+/// Splits a result for code that handles a failure (a restore, a diagnosis, a warning):
+/// the end of a dry run is no failure to handle, so it comes back as the error, to pass on
+/// with `?`; a real outcome, failed or not, comes back inside.
+pub fn outcome<T>(result: Result<T>) -> Result<Result<T>> {
+    match result {
+        Err(e) if is_dry_run_end(&e) => Err(e),
+        real => Ok(real),
+    }
+}
+
+/// Whether `error` is, or wraps, the end of a dry run.
+fn is_dry_run_end(error: &anyhow::Error) -> bool {
     error.chain().any(|cause| cause.is::<DryRunEnd>())
 }
 
-/// Whether this run has changed anything for real: a guard with nothing started has
-/// nothing to undo.
-pub fn changed_anything() -> bool {
-    runner().made.load(Ordering::SeqCst) > 0
+/// How many changes this run had made, and printed without making, at a point: a guard
+/// armed there has something to undo only if a change was made since (a dry run makes
+/// none), and a step that printed a change since did not really pass.
+#[derive(Debug, Clone, Copy)]
+pub struct ChangeMark {
+    made: usize,
+    printed: usize,
+}
+
+impl ChangeMark {
+    pub fn now() -> Self {
+        ChangeMark {
+            made: runner().made.load(Ordering::SeqCst),
+            printed: runner().skipped.load(Ordering::SeqCst),
+        }
+    }
+
+    pub fn changed_since(self) -> bool {
+        runner().made.load(Ordering::SeqCst) > self.made
+    }
+
+    /// Whether a change was printed and not made since (under `--dry-run`).
+    pub fn printed_since(self) -> bool {
+        runner().skipped.load(Ordering::SeqCst) > self.printed
+    }
+}
+
+/// How many steps may run at once when `requested`: one under `--dry-run`, whose plan is
+/// one list in order.
+pub fn parallel_steps(requested: usize) -> usize {
+    if is_dry_run() { 1 } else { requested }
 }
 
 /// What `main` makes of a subcommand's result: its exit code, and the error printed as a
@@ -511,108 +573,33 @@ fn spawn_error(cmd: &Cmd, e: &dyn fmt::Display) -> anyhow::Error {
     anyhow::anyhow!("cannot run `{}`: {e}. Is {} installed and on PATH?", cmd, cmd.program)
 }
 
-/// Prints the command about to run, shell-style, on stderr.
-pub fn echo(cmd: &Cmd) {
-    say(&format!("$ {cmd}"));
-}
-
-/// One plain line on stdout: a result the user asked for. A closed pipe (`| head`) is
-/// the reader's choice, so write errors are ignored rather than panicking as `println!` would.
-/// After a change that a dry run only printed, there is no real result to report, so
-/// nothing is printed.
-pub fn result(line: &str) {
-    use std::io::Write;
-    if runner().skipped.load(Ordering::SeqCst) > 0 || to_step_log(line) {
-        return;
-    }
-    if runner().stdout_is_a_document.load(Ordering::SeqCst) {
-        say(line);
-        return;
-    }
-    let _ = writeln!(std::io::stdout().lock(), "{line}");
-}
-
-/// From here on, stdout is for one JSON document alone, so that a program can read it
-/// whole: result lines, and the output of the commands run, go to stderr.
-pub fn keep_stdout_for_a_document() {
-    runner().stdout_is_a_document.store(true, Ordering::SeqCst);
-}
-
-/// The one JSON document a `--json` subcommand prints, on stdout. Like a result, it is not
-/// printed after a change that a dry run only printed; nor under `--dry-run=json`, whose
-/// plan is the document.
-pub fn document(json: &str) {
-    use std::io::Write;
-    if runner().skipped.load(Ordering::SeqCst) > 0 || runner().plan.is_some() || to_step_log(json) {
-        return;
-    }
-    let _ = writeln!(std::io::stdout().lock(), "{json}");
-}
-
-/// One plain line on stderr: progress and diagnostics, never results.
-#[allow(clippy::print_stderr)]
-pub fn say(line: &str) {
-    if !to_step_log(line) {
-        eprintln!("{line}");
-    }
-}
-
-thread_local! {
-    /// Where this thread's output goes instead of the terminal: the log of a `ci` step
-    /// that runs beside others, printed whole once it ends.
-    static STEP_LOG: std::cell::RefCell<Option<std::fs::File>> = const { std::cell::RefCell::new(None) };
-}
-
-/// Runs `body` with this thread's output written to `log` instead of the terminal: the
-/// lines said, the results, and the output of every command it runs.
-pub fn logging_to<T>(log: std::fs::File, body: impl FnOnce() -> T) -> T {
-    /// Puts the terminal back, also when `body` panics.
-    struct Restore;
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            STEP_LOG.with(|current| current.borrow_mut().take());
-        }
-    }
-    STEP_LOG.with(|current| *current.borrow_mut() = Some(log));
-    let _restore = Restore;
-    body()
-}
-
-/// Writes `line` to this thread's step log; false when it has none.
-fn to_step_log(line: &str) -> bool {
-    use std::io::Write;
-    STEP_LOG.with(|current| match current.borrow_mut().as_mut() {
-        Some(log) => {
-            let _ = writeln!(log, "{line}");
-            true
-        }
-        None => false,
-    })
-}
-
-fn has_step_log() -> bool {
-    STEP_LOG.with(|current| current.borrow().is_some())
-}
-
-/// This process's stderr, for a child's stdout.
-fn stderr_for_child() -> std::io::Result<std::process::Stdio> {
-    use std::os::fd::AsFd;
-    Ok(std::io::stderr().as_fd().try_clone_to_owned()?.into())
-}
-
-/// Gives `command` this thread's step log as its stdout and stderr, when there is one.
-fn output_to_step_log(command: &mut std::process::Command) -> std::io::Result<()> {
-    STEP_LOG.with(|current| {
-        if let Some(log) = current.borrow().as_ref() {
-            command.stdout(log.try_clone()?).stderr(log.try_clone()?);
-        }
-        Ok(())
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_end_of_a_dry_run_is_passed_on_and_a_real_failure_handed_over() {
+        let end: Result<()> = Err(anyhow::Error::new(DryRunEnd { next: "wait".into() }).context("in a step"));
+        assert!(outcome(end).is_err(), "the end of a dry run, even wrapped, is passed on");
+        let failed = outcome::<()>(Err(anyhow::anyhow!("refused"))).unwrap();
+        assert_eq!(failed.unwrap_err().to_string(), "refused");
+        assert_eq!(outcome(Ok(7)).unwrap().unwrap(), 7);
+    }
+
+    #[test]
+    fn a_guard_s_mark_sees_the_changes_made_after_it() {
+        let sh = Shell::new().unwrap();
+        let mark = ChangeMark::now();
+        run(&sh, &Cmd::new("true")).unwrap();
+        assert!(mark.changed_since());
+        // A process the caller controls counts as a change, and is really started.
+        let later = ChangeMark::now();
+        let status = start(std::process::Command::new("true").stdin(std::process::Stdio::null()))
+            .unwrap()
+            .wait()
+            .unwrap();
+        assert!(status.success() && later.changed_since());
+    }
 
     #[test]
     fn an_observed_failure_reads_as_empty_and_an_answer_as_itself() {
@@ -643,26 +630,6 @@ mod tests {
         let dry = Runner::new(true);
         dry.run_to_file(&Cmd::new("sh").args(["-c", "echo x"]), &dir.path().join("dry.txt")).unwrap();
         assert!(!dir.path().join("dry.txt").exists());
-    }
-
-    #[test]
-    fn a_step_log_takes_the_thread_s_lines_and_its_commands_output() {
-        let sh = Shell::new().unwrap();
-        let dir = sh.create_temp_dir().unwrap();
-        let path = dir.path().join("step.log");
-        let log = std::fs::File::create(&path).unwrap();
-        let echo = Cmd::new("sh").args(["-c", "echo to-stdout; echo to-stderr >&2"]);
-        logging_to(log, || {
-            say("a line said");
-            result("a result");
-            run(&sh, &echo).unwrap();
-        });
-        let logged = std::fs::read_to_string(&path).unwrap();
-        for expected in ["a line said\n", "a result\n", "$ sh -c", "to-stdout\n", "to-stderr\n"] {
-            assert!(logged.contains(expected), "{expected:?} missing from {logged:?}");
-        }
-        // The terminal is back once the body ends.
-        assert!(!to_step_log("not logged"));
     }
 
     #[test]

@@ -65,9 +65,7 @@ pub fn verify_in_container(image: &str, file: &Path) -> Result<Cmd> {
 /// Verifies `file` with `image`'s own `logbook verify`; the error says why it was refused.
 pub fn verify(sh: &Shell, image: &str, file: &Path) -> Result<FileReport> {
     let cmd = verify_in_container(image, file)?;
-    process::needs_effects(&format!("verify {}", file.display()))?;
-    process::echo(&cmd);
-    let output = process::query(sh, &cmd).map_err(|e| {
+    let output = process::outcome(process::observe_echoed(sh, &cmd))?.map_err(|e| {
         let reason = format!("{e:#}");
         let reason =
             reason.lines().rev().find(|l| l.contains("logbook:")).unwrap_or(&reason).trim().to_owned();
@@ -111,9 +109,8 @@ pub fn restore(
     source: &str,
     timeout: Duration,
 ) -> Result<String> {
-    let size = std::fs::metadata(file)
-        .map(|m| m.len())
-        .with_context(|| format!("cannot read {}", file.display()))?;
+    // The file may be one this run wrote (the replica's copy).
+    let size = process::observe_size(file)?;
     if size == 0 {
         bail!("{} is empty; nothing was changed", file.display());
     }
@@ -140,11 +137,7 @@ pub fn restore(
         process::run(sh, &compose.cmd(&stop))?;
         process::capture(sh, &restore_in_container(&image, &volume, file)?)
     };
-    if let Err(e) = &restored
-        && process::is_dry_run_end(e)
-    {
-        return restored;
-    }
+    let restored = process::outcome(restored)?;
     let ready = super::wait_ready(sh, &compose_up, timeout);
     let restored = match (restored, ready) {
         (Ok(restored), Ok(_)) => restored,
@@ -216,7 +209,6 @@ pub fn restore_stack(
         Some(at) => format!("the replica at {}", crate::time::format_millis(at)),
         None => "the replica's newest state".to_owned(),
     };
-    process::needs_effects("restore the replica's copy")?;
     restore(sh, compose, history, &file, &format!("{from} ({})", settings.url), timeout)
 }
 
@@ -275,7 +267,6 @@ pub fn drain_before_stop(sh: &Shell, compose: &Compose, image: &str) -> Result<(
         return Ok(());
     }
     process::run(sh, &compose.cmd(&["stop", project::NAME]))?;
-    process::needs_effects("wait for the replica")?;
     let volume = super::snapshot::volume(compose);
     let verify = docker::one_off(
         image,
@@ -285,7 +276,8 @@ pub fn drain_before_stop(sh: &Shell, compose: &Compose, image: &str) -> Result<(
     .limit(process::Limit::After(process::RUN_LIMIT));
     // A database that does not verify (the reason for a restore, say) must not block the
     // stop: then there is no last id to wait for.
-    let live = process::query(sh, &verify)
+    // It reads the database as the stop left it.
+    let live = process::outcome(process::observe(sh, &verify))?
         .context("logbook verify failed")
         .and_then(|out| serde_json::from_str::<FileReport>(&out).context("logbook verify printed bad JSON"));
     let live = match live {
@@ -301,13 +293,12 @@ pub fn drain_before_stop(sh: &Shell, compose: &Compose, image: &str) -> Result<(
             return Ok(());
         }
     };
-    match wait_for_replica(sh, compose, &settings, image, live.last_id, DRAIN_WAIT) {
+    match process::outcome(wait_for_replica(sh, compose, &settings, image, live.last_id, DRAIN_WAIT))? {
         Ok(took) => process::say(&format!(
             "replica: holds every acknowledged entry (up to id {}), checked in {:.1}s",
             live.last_id,
             took.as_secs_f64()
         )),
-        Err(e) if process::is_dry_run_end(&e) => return Err(e),
         Err(e) => process::say(&format!(
             "warning: {e:#} after {}s; stopping anyway: the rest is in volume {volume} on this host only",
             DRAIN_WAIT.as_secs()
@@ -357,7 +348,8 @@ fn append_marker(sh: &Shell, compose: &Compose) -> Result<(i64, String)> {
     let addr = super::published_addr(sh, compose).with_context(|| {
         format!("project {} is not running: start it with `cargo xtask up`", compose.project)
     })?;
-    let text = format!("replica check by {} at {}", crate::state::actor(), crate::time::now_rfc3339());
+    let text =
+        format!("replica check by {} at {}", crate::outside::state::actor(), crate::time::now_rfc3339());
     let body = serde_json::json!({ "text": text, "tags": ["replica-check"] }).to_string();
     let token = super::setting(sh, compose, "LOGBOOK_API_TOKEN", "");
     let auth = format!("Bearer {token}");

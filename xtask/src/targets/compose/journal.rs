@@ -86,15 +86,15 @@ impl Journal {
     pub fn begin(old_container: &str, old_image: &str, new_image: &str, previous: Option<String>) -> Self {
         Journal {
             format: FORMAT,
-            by: crate::state::actor(),
-            command: crate::state::this_command(),
+            by: crate::outside::state::actor(),
+            command: crate::outside::state::this_command(),
             pid: std::process::id(),
             started_at: crate::time::now_rfc3339(),
             old_container: old_container.to_owned(),
             old_image: old_image.to_owned(),
             new_image: new_image.to_owned(),
             previous,
-            message: crate::state::lock_message(),
+            message: crate::outside::state::lock_message(),
             new_container: None,
             step: Step::StartingNew,
             may_migrate: true,
@@ -231,7 +231,7 @@ fn repair_with(
             // It must not take the database back: stop it for good before waiting.
             docker(&["stop", &old.id])?;
         }
-        match super::wait_ready(sh, &compose_new, timeout) {
+        match process::outcome(super::wait_ready(sh, &compose_new, timeout))? {
             Ok(_) => {
                 // Every other service container goes: the old one, and any stray.
                 for other in service.iter().filter(|c| Some(&c.id) != new.map(|n| &n.id)) {
@@ -249,7 +249,6 @@ fn repair_with(
                 ));
                 return Ok(());
             }
-            Err(e) if process::is_dry_run_end(&e) => return Err(e),
             Err(e) => {
                 process::say(&format!("{} did not become ready ({e:#}); going back", journal.new_image))
             }

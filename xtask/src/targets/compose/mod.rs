@@ -193,22 +193,25 @@ pub fn lock_and_repair(
     sh: &Shell,
     compose: &Compose,
     history_file: &std::path::Path,
-    request: &crate::state::LockRequest,
+    request: &crate::outside::state::LockRequest,
     timeout: Duration,
-) -> Result<crate::state::StackLock> {
-    let lock = crate::state::lock(history_file, request)?;
+) -> Result<crate::outside::state::StackLock> {
+    let lock = crate::outside::state::lock(history_file, request)?;
     journal::repair(sh, compose, history_file, timeout)?;
     Ok(lock)
 }
 
 /// The release history of `compose`'s project, in the stack's state on this host.
 pub fn history_path(sh: &Shell, compose: &Compose) -> Result<std::path::PathBuf> {
-    crate::state::history_path(sh, &compose.project)
+    crate::outside::state::history_path(sh, &compose.project, |text| {
+        crate::release::History::parse(text).map(drop)
+    })
 }
 
 /// `host:port` where the proxy publishes the service, as Compose reports it.
 pub fn published_addr(sh: &Shell, compose: &Compose) -> Result<String> {
-    let mapping = process::query(sh, &compose.port(project::PROXY_SERVICE, project::PROXY_PORT))?;
+    // It reads what `up` started.
+    let mapping = process::observe(sh, &compose.port(project::PROXY_SERVICE, project::PROXY_PORT))?;
     let (host, port) =
         mapping.rsplit_once(':').with_context(|| format!("unexpected port mapping {mapping:?}"))?;
     let host = match host {
@@ -249,10 +252,7 @@ pub fn wait_ready(sh: &Shell, compose: &Compose, timeout: Duration) -> Result<St
         }
         Ok(None)
     });
-    waited.map_err(|e| {
-        if process::is_dry_run_end(&e) {
-            return e;
-        }
+    process::outcome(waited)?.map_err(|e| {
         let logs =
             process::query(sh, &compose.logs(Some(project::NAME), false, Some(15))).unwrap_or_default();
         anyhow::anyhow!("{} did not become ready: {e:#}\nlast log lines:\n{logs}", project::NAME)
@@ -290,11 +290,20 @@ pub struct StackGuard<'a> {
     on_drop: OnDrop,
     failed: bool,
     extra_images: Vec<String>,
+    /// Nothing to explain or remove unless a change was made since it was armed.
+    armed: process::ChangeMark,
 }
 
 impl<'a> StackGuard<'a> {
     pub fn new(sh: &'a Shell, compose: &Compose, on_drop: OnDrop) -> Self {
-        StackGuard { sh, compose: compose.clone(), on_drop, failed: true, extra_images: Vec::new() }
+        StackGuard {
+            sh,
+            compose: compose.clone(),
+            on_drop,
+            failed: true,
+            extra_images: Vec::new(),
+            armed: process::ChangeMark::now(),
+        }
     }
 
     /// An image to remove with the stack (throwaway test images).
@@ -309,8 +318,7 @@ impl<'a> StackGuard<'a> {
 
 impl Drop for StackGuard<'_> {
     fn drop(&mut self) {
-        // A dry run started nothing, so there is nothing to explain or remove.
-        if !process::changed_anything() {
+        if !self.armed.changed_since() {
             return;
         }
         if self.failed {

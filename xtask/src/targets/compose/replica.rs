@@ -284,15 +284,12 @@ pub fn remove_leftovers(sh: &Shell, compose: &Compose) -> Result<()> {
     if left.is_empty() {
         return Ok(());
     }
+    process::say(&format!(
+        "replication is off ({URL_VAR} unset): removing the replication sidecar left from when it was on"
+    ));
     let mut rm = Cmd::new("docker").args(["rm", "--force"]);
     rm = rm.args(left.iter().map(|s| s.id.clone()));
-    process::run(sh, &rm)?;
-    if !process::is_dry_run() {
-        process::say(&format!(
-            "replication is off ({URL_VAR} unset): removed the replication sidecar left from when it was on"
-        ));
-    }
-    Ok(())
+    process::run(sh, &rm)
 }
 
 /// What the replica holds; None under --dry-run (the listing starts a container).
@@ -433,16 +430,11 @@ pub struct Scratch {
 
 impl Scratch {
     pub fn new(sh: &Shell) -> Result<Scratch> {
-        use std::os::unix::fs::PermissionsExt;
         let base = sh.current_dir().join("target").join("replica-restore");
         let dir = process::unique_beside(&base.join("restore"), "scratch");
-        if process::is_dry_run() {
-            return Ok(Scratch { dir });
-        }
         process::create_dir_all(&base)?;
-        std::fs::create_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777))
-            .with_context(|| format!("cannot open {} to the restore", dir.display()))?;
+        // Open to all (sticky): the restore's container runs as another user.
+        process::create_dir_with_mode(&dir, 0o1777)?;
         Ok(Scratch { dir })
     }
 

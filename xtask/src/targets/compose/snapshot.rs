@@ -214,7 +214,6 @@ pub fn rollback_with_data(
     // it can run on it.
     let held: Verified =
         run_on_volume(sh, &current, &volume, &["verify", &snapshot.file]).map_err(refused)?;
-    process::needs_effects("roll back with the snapshot")?;
     let _: Verified = run_on_volume(sh, &target, &volume, &["verify", &snapshot.file])
         .with_context(|| format!("{target} cannot run on the snapshot {}", snapshot.file))
         .map_err(refused)?;
@@ -230,7 +229,14 @@ pub fn rollback_with_data(
 
     let compose_target = compose.clone().var("LOGBOOK_IMAGE", &target);
     let carry = carry_file();
-    let mut back = BringBack { sh, compose, image: &current, replaced: None, done: false };
+    let mut back = BringBack {
+        sh,
+        compose,
+        image: &current,
+        replaced: None,
+        done: false,
+        armed: process::ChangeMark::now(),
+    };
     let mut stop = vec!["stop", project::NAME];
     if super::replica::is_on(compose) {
         stop.push(super::replica::SERVICE);
@@ -277,11 +283,13 @@ struct BringBack<'a> {
     image: &'a str,
     replaced: Option<String>,
     done: bool,
+    /// Nothing to bring back unless a change was made since it was armed.
+    armed: process::ChangeMark,
 }
 
 impl Drop for BringBack<'_> {
     fn drop(&mut self) {
-        if self.done || !process::changed_anything() {
+        if self.done || !self.armed.changed_since() {
             return;
         }
         process::clear_interrupt();

@@ -36,7 +36,7 @@ pub fn up(
     no_build: bool,
     timeout: Duration,
     restore_previous: bool,
-    lock: &crate::state::LockRequest,
+    lock: &crate::outside::state::LockRequest,
 ) -> Result<()> {
     let program = docker::connect(sh)?;
     let image = match tag {
@@ -45,7 +45,7 @@ pub fn up(
     };
     let stack = super::stack(sh, program);
     let history = super::history_path(sh, &stack)?;
-    let _lock = crate::state::lock(&history, lock)?;
+    let _lock = crate::outside::state::lock(&history, lock)?;
     let addr = switch(sh, &stack, &history, &image, Gate { timeout, restore_previous })?;
     process::result(&format!("{} is ready at http://{addr} (image {image})", project::NAME));
     Ok(())
@@ -63,7 +63,7 @@ pub fn switch(sh: &Shell, compose: &Compose, history_file: &Path, image: &str, g
     if let super::Exposure::Refused(line) = super::exposure(sh, compose) {
         bail!("{line}");
     }
-    let _lock = crate::state::lock(history_file, &crate::state::LockRequest::default())?;
+    let _lock = crate::outside::state::lock(history_file, &crate::outside::state::LockRequest::default())?;
     journal::repair(sh, compose, history_file, gate.timeout)?;
     let mut history = History::load(history_file)?;
     let running = super::running(sh, compose)?;
@@ -176,9 +176,8 @@ fn start_fresh(
         }
         result
     };
-    let error = match started {
+    let error = match process::outcome(started)? {
         Ok(addr) => return Ok(addr),
-        Err(e) if process::is_dry_run_end(&e) => return Err(e),
         Err(e) => e,
     };
     match on_failure {
@@ -224,6 +223,8 @@ struct SwitchGuard<'a> {
     keep_failed: bool,
     timeout: Duration,
     done: bool,
+    /// Nothing to finish or undo unless a change was made since it was armed.
+    armed: process::ChangeMark,
 }
 
 impl SwitchGuard<'_> {
@@ -304,7 +305,7 @@ impl SwitchGuard<'_> {
 
 impl Drop for SwitchGuard<'_> {
     fn drop(&mut self) {
-        if self.done || !process::changed_anything() {
+        if self.done || !self.armed.changed_since() {
             return;
         }
         process::clear_interrupt();
@@ -352,6 +353,7 @@ fn start_first(
         keep_failed: plan.on_failure == OnFailure::KeepFailed,
         timeout,
         done: false,
+        armed: process::ChangeMark::now(),
     };
     guard.enter(Step::StartingNew)?;
     process::run(sh, &compose_new.start_beside(project::NAME))?;

@@ -93,12 +93,18 @@ fn writable(dir: &Path) -> bool {
 }
 
 /// The history file of `scope`. A history that an earlier runner kept in this checkout
-/// (`.logbook/`) is taken over once, with a line, and the old file renamed aside.
-pub fn history_path(sh: &Shell, scope: &str) -> Result<PathBuf> {
-    take_over(&dir(sh)?, &sh.current_dir(), scope)
+/// (`.logbook/`) is taken over once, with a line, and the old file renamed aside; `valid`
+/// says whether its text is a history (a damaged one is refused, not taken over).
+pub fn history_path(sh: &Shell, scope: &str, valid: impl Fn(&str) -> Result<()>) -> Result<PathBuf> {
+    take_over(&dir(sh)?, &sh.current_dir(), scope, valid)
 }
 
-fn take_over(state_dir: &Path, checkout: &Path, scope: &str) -> Result<PathBuf> {
+fn take_over(
+    state_dir: &Path,
+    checkout: &Path,
+    scope: &str,
+    valid: impl Fn(&str) -> Result<()>,
+) -> Result<PathBuf> {
     let path = state_dir.join(format!("releases-{scope}.json"));
     let old = checkout.join(".logbook").join(format!("releases-{scope}.json"));
     if !path.exists() && old.exists() && old != path && process::is_dry_run() {
@@ -112,7 +118,7 @@ fn take_over(state_dir: &Path, checkout: &Path, scope: &str) -> Result<PathBuf> 
     }
     if !path.exists() && old.exists() && old != path {
         let text = std::fs::read_to_string(&old).with_context(|| format!("cannot read {}", old.display()))?;
-        crate::release::History::parse(&text).with_context(|| {
+        valid(&text).with_context(|| {
             format!("{} is damaged; repair it or move it aside, then run the command again", old.display())
         })?;
         process::write_file(&path, &text)?;
@@ -517,6 +523,10 @@ mod tests {
         assert!(err.contains("releases-logbook.frozen is damaged: move it aside"), "{err}");
     }
 
+    fn is_json(text: &str) -> Result<()> {
+        serde_json::from_str::<serde_json::Value>(text).map(drop).map_err(Into::into)
+    }
+
     #[test]
     fn a_history_in_the_checkout_is_taken_over_once() {
         let sh = Shell::new().unwrap();
@@ -527,18 +537,18 @@ mod tests {
         let text = r#"{"format": 1, "releases": [
             {"image": "logbook:aaa", "revision": "r1", "deployed_at": "t1", "previous": null}]}"#;
         std::fs::write(&old, text).unwrap();
-        let path = take_over(&state, &checkout, "logbook").unwrap();
+        let path = take_over(&state, &checkout, "logbook", is_json).unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
         assert!(!old.exists(), "the old history is still where the next run would read it");
         assert!(old.with_extension("json.taken-over").exists());
         // Once: a history written there again later is not taken over a second time.
         std::fs::write(&old, "{}").unwrap();
-        take_over(&state, &checkout, "logbook").unwrap();
+        take_over(&state, &checkout, "logbook", is_json).unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
         // A damaged one is refused, naming it.
         let other = root.path().join("state2");
         std::fs::write(&old, "{damaged").unwrap();
-        let err = format!("{:#}", take_over(&other, &checkout, "logbook").unwrap_err());
+        let err = format!("{:#}", take_over(&other, &checkout, "logbook", is_json).unwrap_err());
         assert!(err.contains("releases-logbook.json is damaged; repair it or move it aside"), "{err}");
     }
 
