@@ -6,7 +6,7 @@
 def took: if . == null then "-" else "\((. * 10 | round) / 10)s" end;
 
 # Text safe inside a table cell: one line, no column breaks.
-def cell: gsub("\n"; " ") | gsub("\\|"; "\\|");
+def cell: gsub("[\r\n]+"; " ") | gsub("\\|"; "\\|");
 
 def note:
   if .cached_from != null then

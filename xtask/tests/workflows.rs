@@ -34,8 +34,8 @@ const WORKFLOWS: [&str; 2] = ["ci.yml", "rollback.yml"];
 
 /// Where a job's `cargo xtask ci --json` report goes, and how it reaches the job summary.
 const REPORT: &str = r#"--json > "$RUNNER_TEMP/ci.json""#;
-const SUMMARY: &str =
-    r#"jq --raw-output --from-file .github/ci-summary.jq "$RUNNER_TEMP/ci.json" >> "$GITHUB_STEP_SUMMARY""#;
+/// No report (a setup step failed first): nothing to write, and no second failure.
+const SUMMARY: &str = r#"test ! -s "$RUNNER_TEMP/ci.json" || jq --raw-output --from-file .github/ci-summary.jq "$RUNNER_TEMP/ci.json" >> "$GITHUB_STEP_SUMMARY""#;
 
 /// Runs the `jq` program `.github/ci-summary.jq` over `report`.
 fn render_summary(report: &str) -> String {

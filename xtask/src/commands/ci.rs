@@ -606,7 +606,7 @@ mod tests {
             },
             StepReport {
                 step: CiStep::Lint,
-                outcome: Outcome::Pass(String::new()),
+                outcome: Outcome::Pass("first\r\nsecond".into()),
                 took: Some(Duration::from_secs(9)),
             },
             StepReport { step: CiStep::Test, outcome: Outcome::Skipped("not in --only".into()), took: None },
@@ -629,7 +629,7 @@ mod tests {
              |---|---|---|---|\n\
              | fmt | cached | - | inputs unchanged since the pass at 2026-12-04T10:00:00Z (0123456789ab, 12.3s) |\n\
              | clippy | FAIL | 3s | `cargo clippy` failed: a \\| b |\n\
-             | lint | pass | 9s |  |\n\
+             | lint | pass | 9s | first second |\n\
              | test | skipped | - | not in --only |\n\
              | build | dry run | 0.1s | commands printed, not run |\n\
              \n\

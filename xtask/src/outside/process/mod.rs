@@ -188,6 +188,16 @@ impl Runner {
         true
     }
 
+    /// Where a child's output goes: this thread's step log, when it has one; else the
+    /// terminal, but stdout to stderr while stdout is kept for a document.
+    fn route_output(&self, command: &mut std::process::Command) -> std::io::Result<()> {
+        output_to_step_log(command)?;
+        if self.stdout_is_a_document.load(Ordering::SeqCst) && !has_step_log() {
+            command.stdout(stderr_for_child()?);
+        }
+        Ok(())
+    }
+
     /// Ends a dry run before a step that would observe skipped changes.
     fn observable(&self, next: impl FnOnce() -> String) -> Result<()> {
         if self.skipped.load(Ordering::SeqCst) > 0 {
@@ -216,13 +226,7 @@ impl Runner {
         }
         // Through std, so the child inherits stdin too (xshell would give it a null one).
         let mut command: std::process::Command = cmd.to_xshell(sh).into();
-        output_to_step_log(&mut command).with_context(|| format!("cannot log the output of `{cmd}`"))?;
-        if self.stdout_is_a_document.load(Ordering::SeqCst) && !has_step_log() {
-            command.stdout(
-                stderr_for_child()
-                    .with_context(|| format!("cannot run `{cmd}` with its output on stderr"))?,
-            );
-        }
+        self.route_output(&mut command).with_context(|| format!("cannot route the output of `{cmd}`"))?;
         let mut child = command.spawn().map_err(|e| spawn_error(cmd, &e))?;
         let status = wait_within(cmd, &mut child, cmd.limit_or(RUN_LIMIT))?;
         check_status(cmd, status)
@@ -333,6 +337,7 @@ pub fn start(command: &mut std::process::Command) -> Result<std::process::Child>
     if !runner().change(&shown) {
         return Err(DryRunEnd { next: format!("use the process `{shown}`") }.into());
     }
+    runner().route_output(command).with_context(|| format!("cannot route the output of `{shown}`"))?;
     command.spawn().with_context(|| format!("cannot start `{shown}`"))
 }
 
@@ -434,6 +439,8 @@ pub fn probe(sh: &Shell, cmd: &Cmd) -> Result<Option<String>> {
     if is_dry_run() {
         return Ok(None);
     }
+    // The container it starts may leave a network or volume for a guard to remove.
+    runner().made.fetch_add(1, Ordering::SeqCst);
     query(sh, cmd).map(Some)
 }
 
