@@ -274,14 +274,17 @@ impl Ci {
         // A forced step is keyed too, so that its result replaces the record.
         let keyed =
             cache.and_then(|_| ci_cache::reads(step)).map(|reads| (step_key(sh, &reads, tree), reads));
-        // A build's green record counts only while the very image it built is there
-        // (a dirty tree's tag is shared by every dirty state).
         let hit = keyed
             .as_ref()
             .zip(cache)
             .filter(|_| !forced)
             .and_then(|((key, _), cache)| cache.hit(step, key))
-            .filter(|record| !step.builds() || (record.image.is_some() && record.image == tree_image_id(sh)));
+            .filter(|record| {
+                !step.builds()
+                    || build_record_holds(step, record.image.as_deref(), tree_image_id(sh).as_deref(), |id| {
+                        docker::image_exists(sh, id)
+                    })
+            });
         match hit {
             Some(record) => Ok(Outcome::Cached(record)),
             None => Err(Pending { step, keyed }),
@@ -395,6 +398,24 @@ impl Ci {
             }
         }
         Ok(StepReport { step, outcome, took: Some(took) })
+    }
+}
+
+/// Whether a build's green record still holds: only while the very image it built is
+/// there (a dirty tree's tag is shared by every dirty state). The BuildKit build's image is
+/// what the live steps test, so the tree's tag must name it. The classic build proves that
+/// the Dockerfile builds with that builder; the BuildKit build after it takes the tag, so
+/// its image need only still exist.
+fn build_record_holds(
+    step: CiStep,
+    built: Option<&str>,
+    tagged: Option<&str>,
+    exists: impl Fn(&str) -> bool,
+) -> bool {
+    match (step, built) {
+        (_, None) => false,
+        (CiStep::BuildClassic, Some(id)) => exists(id),
+        (_, Some(id)) => tagged == Some(id),
     }
 }
 
@@ -583,6 +604,18 @@ mod tests {
         assert_eq!(json["steps"][1]["seconds"], 3.0);
         assert!(json["steps"][2]["seconds"].is_null() && json["steps"][2]["cached_from"].is_null());
         assert_eq!(json["total_seconds"], 5.0);
+    }
+
+    #[test]
+    fn a_build_record_holds_while_its_image_is_there_and_buildkit_s_while_it_is_tagged() {
+        let exists = |id: &str| id == "sha256:classic" || id == "sha256:buildkit";
+        let tagged = Some("sha256:buildkit");
+        assert!(build_record_holds(CiStep::BuildClassic, Some("sha256:classic"), tagged, exists));
+        assert!(!build_record_holds(CiStep::BuildClassic, Some("sha256:pruned"), tagged, exists));
+        assert!(build_record_holds(CiStep::Build, Some("sha256:buildkit"), tagged, exists));
+        assert!(!build_record_holds(CiStep::Build, Some("sha256:classic"), tagged, exists));
+        assert!(!build_record_holds(CiStep::Build, Some("sha256:buildkit"), None, exists));
+        assert!(!build_record_holds(CiStep::Build, None, tagged, exists));
     }
 
     /// The workflow's job summary is `ci --json` through .github/ci-summary.jq: every kind
