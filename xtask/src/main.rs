@@ -1,13 +1,12 @@
 //! `cargo xtask`: the logbook project's operations runner. This file only dispatches.
 //!
-//! `outside/` talks to processes, Docker and HTTP; `release/` is the release policy;
-//! `targets/` applies it to compose, Swarm and Kubernetes; `checks/` and `drills/` prove
-//! the product, without and with a live engine; `commands/` holds the other subcommands.
+//! `commands/` holds every subcommand: the static checks in `commands/checks/`, the live
+//! drills with their harness in `commands/drills/`, the rest beside them. `targets/`
+//! applies the release policy (`release.rs`) to compose, Swarm and Kubernetes;
+//! `outside/` talks to processes, Docker, HTTP and the host's state.
 //! docs/ARCHITECTURE.md draws the layers.
 
-mod checks;
 mod commands;
-mod drills;
 mod flags;
 mod outside;
 mod project;

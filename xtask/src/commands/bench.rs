@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use xshell::Shell;
 
-use crate::drills::harness;
+use crate::commands::drills::harness;
 use crate::flags::Bench;
 use crate::outside::local_service::{self, LocalService, Profile};
 use crate::outside::process::{self, Cmd};

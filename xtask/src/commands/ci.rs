@@ -9,7 +9,7 @@ use xshell::Shell;
 use clap::ValueEnum;
 
 use super::ci_cache::{self, Cache};
-use crate::checks::{advisories, coverage, lint};
+use crate::commands::checks::{advisories, coverage, lint};
 use crate::flags::{
     AuditImage, Build, Builder, Ci, CiStep, DEFAULT_FAIL_UNDER, Drill, FaultDrill, MonitoringSmoke, Platform,
     RecoveryDrill, ReleaseDrill, Scan, ScanFormat, SchemaDrill, Smoke, SwarmDrill,
@@ -95,7 +95,7 @@ impl CiStep {
             // This machine's image: the other platforms' are platform-smoke's.
             CiStep::BuildClassic => done(Build { builder: Builder::Classic, platform: host_only() }.run(sh)),
             CiStep::Build => done(Build { builder: Builder::Buildkit, platform: host_only() }.run(sh)),
-            CiStep::PlatformSmoke => done(crate::drills::platform_smoke::run(sh, true, true)),
+            CiStep::PlatformSmoke => done(crate::commands::drills::platform_smoke::run(sh, true, true)),
             CiStep::Smoke => done(Smoke { no_build: true, tag: None, url: None }.run(sh)),
             CiStep::Drill => done(Drill { no_build: true }.run(sh)),
             CiStep::MonitoringSmoke => done(MonitoringSmoke { no_build: true }.run(sh)),

@@ -388,8 +388,8 @@ mod tests {
             assert!(!reads_file(CiStep::Build, file));
             assert!(reads_file(CiStep::Smoke, file));
         }
-        assert!(reads_file(CiStep::Smoke, "xtask/src/checks/smoke.rs"));
-        assert!(reads_file(CiStep::Fmt, "xtask/src/checks/smoke.rs"));
+        assert!(reads_file(CiStep::Smoke, "xtask/src/commands/drills/smoke.rs"));
+        assert!(reads_file(CiStep::Fmt, "xtask/src/commands/drills/smoke.rs"));
         assert!(!reads_file(CiStep::Fmt, "docker-compose.yml"));
         // A nested README is a product file (a chart's, say), read where its folder is.
         assert!(reads_file(CiStep::Lint, "deploy/k8s/README.md"));

@@ -3,7 +3,7 @@
 use anyhow::{Result, bail};
 use xshell::Shell;
 
-use crate::checks::coverage;
+use crate::commands::checks::coverage;
 use clap::ValueEnum;
 
 use crate::flags::{Doctor, Platform};

@@ -12,7 +12,7 @@ use anyhow::{Context, Result, ensure};
 use xshell::Shell;
 
 use super::harness;
-use crate::checks::report::Checks;
+use crate::commands::checks::report::Checks;
 use crate::flags::RecoveryDrill;
 use crate::outside::docker::{self, Compose};
 use crate::outside::process::{self, Cmd};

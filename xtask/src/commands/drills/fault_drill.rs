@@ -13,7 +13,7 @@ use anyhow::{Context, Result, bail, ensure};
 use xshell::Shell;
 
 use super::harness::{self, Traffic};
-use crate::checks::report::Checks;
+use crate::commands::checks::report::Checks;
 use crate::flags::FaultDrill;
 use crate::outside::docker::{self, Compose};
 use crate::outside::{image, process};

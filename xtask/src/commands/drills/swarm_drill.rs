@@ -6,7 +6,7 @@ use anyhow::{Context, Result, bail, ensure};
 use xshell::Shell;
 
 use super::harness::{self, Traffic};
-use crate::checks::report::Checks;
+use crate::commands::checks::report::Checks;
 use crate::flags::{Builder, SwarmDrill};
 use crate::outside::image::{self, ImagePlan};
 use crate::outside::process::{self, Cmd};

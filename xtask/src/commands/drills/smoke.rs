@@ -6,7 +6,7 @@ use anyhow::{Context, Result, bail, ensure};
 use xshell::Shell;
 
 use super::harness::{self, REQUEST_TIMEOUT};
-use crate::checks::report::Checks;
+use crate::commands::checks::report::Checks;
 use crate::flags::Smoke;
 use crate::outside::docker::{self, Compose};
 use crate::outside::process::{self, Cmd};

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use xshell::Shell;
 
 use super::harness;
-use crate::checks::report::Checks;
+use crate::commands::checks::report::Checks;
 use crate::flags::{MonitoringService, MonitoringSmoke};
 use crate::outside::{docker, http, image, process};
 use crate::targets::compose::{self, OnDrop, StackGuard, monitoring};

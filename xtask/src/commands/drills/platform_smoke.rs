@@ -9,8 +9,8 @@ use anyhow::{Context, Result, bail};
 use xshell::Shell;
 
 use super::harness;
-use crate::checks::audit;
-use crate::checks::report::Checks;
+use crate::commands::checks::audit;
+use crate::commands::checks::report::Checks;
 use crate::flags::{Platform, PlatformSmoke};
 use crate::outside::image::{self, ImagePlan};
 use crate::outside::local_service::wait_ready_at;

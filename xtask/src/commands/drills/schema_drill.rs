@@ -17,7 +17,7 @@ use anyhow::{Context, Result, bail, ensure};
 use xshell::Shell;
 
 use super::harness::{self, Traffic, TrafficReport};
-use crate::checks::report::Checks;
+use crate::commands::checks::report::Checks;
 use crate::flags::{Builder, SchemaDrill};
 use crate::outside::docker::{self, Compose};
 use crate::outside::image::{self, ImagePlan};

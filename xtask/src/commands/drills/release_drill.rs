@@ -13,7 +13,7 @@ use xshell::Shell;
 use yaml_rust2::YamlLoader;
 
 use super::harness::{self, Traffic};
-use crate::checks::report::Checks;
+use crate::commands::checks::report::Checks;
 use crate::flags::{Builder, ReleaseDrill};
 use crate::outside::docker;
 use crate::outside::image::{self, ImagePlan};
