@@ -524,3 +524,21 @@ fn a_dry_run_of_ci_plans_its_steps_and_records_nothing() {
     assert_eq!((read("fmt"), read("clippy")), before, "a dry run changed the records of results");
     std::fs::remove_dir_all(state.parent().unwrap()).unwrap();
 }
+
+/// `--dry-run=json` on a subcommand with no plan is a clear error, never its text output
+/// in place of the JSON.
+#[test]
+fn a_json_plan_of_a_subcommand_without_one_is_refused() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["completions", "bash", "--dry-run=json"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        out.stdout.is_empty(),
+        "no script in place of the plan: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(stderr.contains("there is no plan to print: completions prints a completion script"), "{stderr}");
+}

@@ -256,9 +256,27 @@ impl Cache {
     }
 
     /// The green run recorded under `key`, if the step's last result was one.
+    /// A damaged record is ignored with one line, and the step runs.
     pub fn hit(&self, step: CiStep, key: &str) -> Option<Record> {
-        let text = std::fs::read_to_string(self.path(step)).ok()?;
-        serde_json::from_str::<Record>(&text).ok().filter(|r| r.key == key)
+        match self.record(step) {
+            Ok(record) => record.filter(|r| r.key == key),
+            Err(e) => {
+                process::say(&format!("ci: {e:#}; ignoring it, so {} runs", step.name()));
+                None
+            }
+        }
+    }
+
+    /// The record of `step`: none when there is no file, an error when it is damaged.
+    fn record(&self, step: CiStep) -> Result<Option<Record>> {
+        let path = self.path(step);
+        let text = match std::fs::read_to_string(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            read => read.with_context(|| format!("cannot read the record {}", path.display()))?,
+        };
+        serde_json::from_str(&text)
+            .map(Some)
+            .with_context(|| format!("the record {} is damaged", path.display()))
     }
 
     /// Records a pass under its key; any other result removes what was recorded.
@@ -421,6 +439,12 @@ mod tests {
         cache.note(CiStep::Fmt, None).unwrap();
         assert_eq!(cache.hit(CiStep::Fmt, &key), None, "a red run keeps no green record");
         cache.note(CiStep::Fmt, None).unwrap();
+        // A damaged record is no hit, and says so; a missing one is simply none.
+        std::fs::write(cache.path(CiStep::Fmt), r#"{"key": "#).unwrap();
+        let damaged = format!("{:#}", cache.record(CiStep::Fmt).unwrap_err());
+        assert!(damaged.contains("fmt.json is damaged"), "{damaged}");
+        assert_eq!(cache.hit(CiStep::Fmt, &key), None);
+        assert!(cache.record(CiStep::Clippy).unwrap().is_none());
     }
 
     #[test]

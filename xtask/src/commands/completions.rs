@@ -7,9 +7,11 @@ use clap::CommandFactory;
 use xshell::Shell;
 
 use crate::flags::{Completions, Xtask};
+use crate::outside::process;
 
 impl Completions {
     pub fn run(self, _sh: &Shell) -> Result<()> {
+        process::has_no_plan("completions prints a completion script and changes nothing")?;
         let mut script = Vec::new();
         clap_complete::generate(self.shell, &mut Xtask::command(), "cargo-xtask", &mut script);
         let mut stdout = std::io::stdout().lock();

@@ -341,6 +341,15 @@ pub fn start(command: &mut std::process::Command) -> Result<std::process::Child>
     command.spawn().with_context(|| format!("cannot start `{shown}`"))
 }
 
+/// Refuses `--dry-run=json` for a subcommand that has no plan to print, whose output is
+/// not JSON (`why` says what it prints instead); does nothing otherwise.
+pub fn has_no_plan(why: &str) -> Result<()> {
+    if runner().plan.is_some() {
+        bail!("--dry-run=json: there is no plan to print: {why}; run it without --dry-run");
+    }
+    Ok(())
+}
+
 /// Splits a result for code that handles a failure (a restore, a diagnosis, a warning):
 /// the end of a dry run is no failure to handle, so it comes back as the error, to pass on
 /// with `?`; a real outcome, failed or not, comes back inside.
