@@ -20,8 +20,8 @@ pub use files::{
     create_dir_all, create_dir_with_mode, observe_size, place_new, read_written, remove_file, unique_beside,
     write_file, write_file_with_mode,
 };
+use output::route_child_output;
 pub use output::{document, echo, keep_stdout_for_a_document, logging_to, result, say, summary};
-use output::{has_step_log, output_to_step_log, stderr_for_child};
 pub use signals::{clear_interrupt, install_interrupt_handler, interrupted};
 pub use wait::wait_for;
 
@@ -188,16 +188,6 @@ impl Runner {
         true
     }
 
-    /// Where a child's output goes: this thread's step log, when it has one; else the
-    /// terminal, but stdout to stderr while stdout is kept for a document.
-    fn route_output(&self, command: &mut std::process::Command) -> std::io::Result<()> {
-        output_to_step_log(command)?;
-        if self.stdout_is_a_document.load(Ordering::SeqCst) && !has_step_log() {
-            command.stdout(stderr_for_child()?);
-        }
-        Ok(())
-    }
-
     /// Ends a dry run before a step that would observe skipped changes.
     fn observable(&self, next: impl FnOnce() -> String) -> Result<()> {
         if self.skipped.load(Ordering::SeqCst) > 0 {
@@ -226,7 +216,7 @@ impl Runner {
         }
         // Through std, so the child inherits stdin too (xshell would give it a null one).
         let mut command: std::process::Command = cmd.to_xshell(sh).into();
-        self.route_output(&mut command).with_context(|| format!("cannot route the output of `{cmd}`"))?;
+        route_child_output(&mut command).with_context(|| format!("cannot route the output of `{cmd}`"))?;
         let mut child = command.spawn().map_err(|e| spawn_error(cmd, &e))?;
         let status = wait_within(cmd, &mut child, cmd.limit_or(RUN_LIMIT))?;
         check_status(cmd, status)
@@ -337,7 +327,7 @@ pub fn start(command: &mut std::process::Command) -> Result<std::process::Child>
     if !runner().change(&shown) {
         return Err(DryRunEnd { next: format!("use the process `{shown}`") }.into());
     }
-    runner().route_output(command).with_context(|| format!("cannot route the output of `{shown}`"))?;
+    route_child_output(command).with_context(|| format!("cannot route the output of `{shown}`"))?;
     command.spawn().with_context(|| format!("cannot start `{shown}`"))
 }
 

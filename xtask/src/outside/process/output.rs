@@ -16,15 +16,9 @@ pub fn echo(cmd: &Cmd) {
 /// After a change that a dry run only printed, there is no real result to report, so
 /// nothing is printed.
 pub fn result(line: &str) {
-    use std::io::Write;
-    if runner().skipped.load(Ordering::SeqCst) > 0 || to_step_log(line) {
-        return;
+    if runner().skipped.load(Ordering::SeqCst) == 0 {
+        summary(line);
     }
-    if runner().stdout_is_a_document.load(Ordering::SeqCst) {
-        say(line);
-        return;
-    }
-    let _ = writeln!(std::io::stdout().lock(), "{line}");
 }
 
 /// From here on, stdout is for one JSON document alone, so that a program can read it
@@ -46,7 +40,7 @@ pub fn document(json: &str) {
 }
 
 /// A closing summary that says itself which steps only printed their changes (the `ci`
-/// table): a result, printed after a dry run's printed changes too.
+/// table): a [`result`], printed after a dry run's printed changes too.
 pub fn summary(text: &str) {
     use std::io::Write;
     if to_step_log(text) {
@@ -100,21 +94,15 @@ fn to_step_log(line: &str) -> bool {
     })
 }
 
-pub(super) fn has_step_log() -> bool {
-    STEP_LOG.with(|current| current.borrow().is_some())
-}
-
-/// This process's stderr, for a child's stdout.
-pub(super) fn stderr_for_child() -> std::io::Result<std::process::Stdio> {
+/// Where a child's output goes: this thread's step log, when it has one; else the
+/// terminal, but its stdout to stderr while stdout is kept for a document.
+pub(super) fn route_child_output(command: &mut std::process::Command) -> std::io::Result<()> {
     use std::os::fd::AsFd;
-    Ok(std::io::stderr().as_fd().try_clone_to_owned()?.into())
-}
-
-/// Gives `command` this thread's step log as its stdout and stderr, when there is one.
-pub(super) fn output_to_step_log(command: &mut std::process::Command) -> std::io::Result<()> {
     STEP_LOG.with(|current| {
         if let Some(log) = current.borrow().as_ref() {
             command.stdout(log.try_clone()?).stderr(log.try_clone()?);
+        } else if runner().stdout_is_a_document.load(Ordering::SeqCst) {
+            command.stdout(std::io::stderr().as_fd().try_clone_to_owned()?);
         }
         Ok(())
     })
